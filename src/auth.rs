@@ -1,1 +1,402 @@
-//! (to be written)
+//! Authentication: user/password, token, nkey seed, and creds files (user JWT + seed).
+//!
+//! With an nkey or a creds file, the server's INFO carries a nonce; the client signs it
+//! with the user's Ed25519 key and sends the signature, base64url without padding, as
+//! `sig` in CONNECT, with `nkey` (the public key) or `jwt`. Seeds and JWTs never appear in
+//! errors or `Debug` output.
+
+use std::fmt;
+use std::path::{Path, PathBuf};
+
+use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+use base64::Engine;
+use nkeys::{KeyPair, KeyPairType};
+
+use crate::error::Error;
+
+/// How the client proves who it is.
+#[derive(Clone, Default)]
+pub enum Auth {
+    /// No credentials (or those in the server URL).
+    #[default]
+    None,
+    /// `user` and `pass` in CONNECT.
+    UserPassword {
+        /// User name.
+        user: String,
+        /// Password.
+        password: String,
+    },
+    /// `auth_token` in CONNECT.
+    Token(String),
+    /// A user nkey seed (`SU…`): `nkey` and `sig` in CONNECT.
+    NKeySeed(String),
+    /// A creds file, read at each connect: `jwt` and `sig` in CONNECT.
+    CredsFile(PathBuf),
+    /// A user JWT and its seed, already in memory.
+    Credentials {
+        /// The user JWT.
+        jwt: String,
+        /// The user nkey seed.
+        seed: String,
+    },
+}
+
+impl fmt::Debug for Auth {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Auth::None => f.write_str("None"),
+            Auth::UserPassword { user, .. } => f
+                .debug_struct("UserPassword")
+                .field("user", user)
+                .field("password", &"***")
+                .finish(),
+            Auth::Token(_) => f.write_str("Token(***)"),
+            Auth::NKeySeed(_) => f.write_str("NKeySeed(***)"),
+            Auth::CredsFile(path) => f.debug_tuple("CredsFile").field(path).finish(),
+            Auth::Credentials { .. } => f.write_str("Credentials { jwt: ***, seed: *** }"),
+        }
+    }
+}
+
+/// The CONNECT fields an [`Auth`] fills in.
+#[derive(Clone, Default, PartialEq, Eq)]
+pub struct ConnectFields {
+    /// `user`.
+    pub user: Option<String>,
+    /// `pass`.
+    pub pass: Option<String>,
+    /// `auth_token`.
+    pub auth_token: Option<String>,
+    /// `jwt`.
+    pub jwt: Option<String>,
+    /// `nkey`.
+    pub nkey: Option<String>,
+    /// `sig`.
+    pub sig: Option<String>,
+}
+
+impl fmt::Debug for ConnectFields {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let hide = |v: &Option<String>| v.as_ref().map(|_| "***");
+        f.debug_struct("ConnectFields")
+            .field("user", &self.user)
+            .field("pass", &hide(&self.pass))
+            .field("auth_token", &hide(&self.auth_token))
+            .field("jwt", &hide(&self.jwt))
+            .field("nkey", &self.nkey)
+            .field("sig", &hide(&self.sig))
+            .finish()
+    }
+}
+
+/// A user JWT and its seed, as read from a creds file.
+#[derive(Clone, PartialEq, Eq)]
+pub struct Credentials {
+    jwt: String,
+    seed: String,
+}
+
+impl fmt::Debug for Credentials {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("Credentials { jwt: ***, seed: *** }")
+    }
+}
+
+impl Credentials {
+    /// The user JWT.
+    pub fn jwt(&self) -> &str {
+        &self.jwt
+    }
+
+    /// The user seed.
+    pub fn seed(&self) -> &str {
+        &self.seed
+    }
+}
+
+/// The text of the block named `name` (`NATS USER JWT`, `USER NKEY SEED`) in `text`.
+fn block<'a>(text: &'a str, name: &str) -> Result<Option<&'a str>, &'static str> {
+    let mut lines = text.lines().map(|l| l.trim_end_matches('\r'));
+    let is_marker = |line: &str, word: &str| {
+        let t = line.trim();
+        let inner = t.trim_matches('-');
+        t.starts_with("---")
+            && t.ends_with("---")
+            && inner.trim() == format!("{word} {name}")
+    };
+    while let Some(line) = lines.next() {
+        if !is_marker(line, "BEGIN") {
+            continue;
+        }
+        let mut content: Option<&str> = None;
+        for inner in lines.by_ref() {
+            if is_marker(inner, "END") {
+                return match content {
+                    Some(c) => Ok(Some(c)),
+                    None => Err(match name {
+                        "NATS USER JWT" => "empty NATS USER JWT block",
+                        _ => "empty USER NKEY SEED block",
+                    }),
+                };
+            }
+            let t = inner.trim();
+            if t.is_empty() {
+                return Err(match name {
+                    "NATS USER JWT" => "blank line inside the NATS USER JWT block",
+                    _ => "blank line inside the USER NKEY SEED block",
+                });
+            }
+            if content.is_some() {
+                return Err(match name {
+                    "NATS USER JWT" => "more than one line inside the NATS USER JWT block",
+                    _ => "more than one line inside the USER NKEY SEED block",
+                });
+            }
+            content = Some(t);
+        }
+        return Err(match name {
+            "NATS USER JWT" => "unterminated NATS USER JWT block",
+            _ => "unterminated USER NKEY SEED block",
+        });
+    }
+    Ok(None)
+}
+
+/// Parses the text of a creds file. The error is a reason that never quotes the file.
+pub fn parse_creds(text: &str) -> Result<Credentials, &'static str> {
+    let jwt = block(text, "NATS USER JWT")?.ok_or("missing the NATS USER JWT block")?;
+    let seed = block(text, "USER NKEY SEED")?.ok_or("missing the USER NKEY SEED block")?;
+    if jwt.split('.').count() != 3 {
+        return Err("the NATS USER JWT block does not hold a JWT");
+    }
+    Ok(Credentials {
+        jwt: jwt.to_owned(),
+        seed: seed.to_owned(),
+    })
+}
+
+fn read_text(path: &Path) -> Result<String, Error> {
+    std::fs::read_to_string(path).map_err(|e| {
+        let why = match e.kind() {
+            std::io::ErrorKind::NotFound => "file not found".to_owned(),
+            std::io::ErrorKind::PermissionDenied => "permission denied".to_owned(),
+            std::io::ErrorKind::InvalidData => "not UTF-8 text".to_owned(),
+            _ => format!("cannot be read ({})", e.kind()),
+        };
+        Error::creds_file(path, why)
+    })
+}
+
+/// Reads and parses a creds file.
+pub fn load_creds_file(path: &Path) -> Result<Credentials, Error> {
+    let text = read_text(path)?;
+    let creds = parse_creds(&text).map_err(|why| Error::creds_file(path, why))?;
+    user_key_pair(&creds.seed, &path.display().to_string())?;
+    Ok(creds)
+}
+
+/// A seed given directly (`SU…`) or the path of a file holding one (bare, or in a
+/// `USER NKEY SEED` block).
+pub fn load_seed(seed_or_path: &str) -> Result<String, Error> {
+    let trimmed = seed_or_path.trim();
+    if trimmed.starts_with('S') && nkeys::decode_seed(trimmed).is_ok() {
+        return Ok(trimmed.to_owned());
+    }
+    let path = Path::new(trimmed);
+    if !path.exists() {
+        // Do not echo what might be a mistyped seed.
+        return Err(Error::credentials(
+            "nkey seed",
+            "neither a valid seed nor the path of an existing file",
+        ));
+    }
+    let text = read_text(path)?;
+    let seed = match block(&text, "USER NKEY SEED") {
+        Ok(Some(seed)) => seed.to_owned(),
+        Ok(None) => text
+            .lines()
+            .map(str::trim)
+            .find(|l| l.starts_with('S'))
+            .map(str::to_owned)
+            .ok_or_else(|| Error::creds_file(path, "no nkey seed in the file"))?,
+        Err(why) => return Err(Error::creds_file(path, why)),
+    };
+    Ok(seed)
+}
+
+/// The key pair of a USER seed; any other kind of seed is refused.
+pub fn user_key_pair(seed: &str, source: &str) -> Result<KeyPair, Error> {
+    let kp = KeyPair::from_seed(seed.trim())
+        .map_err(|_| Error::credentials(source, "not a valid nkey seed"))?;
+    match kp.key_pair_type() {
+        KeyPairType::User => Ok(kp),
+        other => {
+            let kind = match other {
+                KeyPairType::Account => "an account seed",
+                KeyPairType::Operator => "an operator seed",
+                KeyPairType::Server => "a server seed",
+                KeyPairType::Cluster => "a cluster seed",
+                _ => "a seed of another kind",
+            };
+            Err(Error::credentials(
+                source,
+                format!("{kind} where a user seed is required"),
+            ))
+        }
+    }
+}
+
+/// Signs the server's nonce: Ed25519 over its bytes, base64url without padding.
+pub fn sign_nonce(kp: &KeyPair, nonce: &str) -> Result<String, Error> {
+    let sig = kp
+        .sign(nonce.as_bytes())
+        .map_err(|_| Error::credentials("nkey seed", "signing the server's nonce failed"))?;
+    Ok(URL_SAFE_NO_PAD.encode(sig))
+}
+
+impl Auth {
+    /// Fills the CONNECT fields. Without a nonce (the server asked for no signature) an
+    /// nkey or JWT is still sent, unsigned, and the server decides.
+    pub fn apply(&self, nonce: Option<&str>, fields: &mut ConnectFields) -> Result<(), Error> {
+        match self {
+            Auth::None => {}
+            Auth::UserPassword { user, password } => {
+                fields.user = Some(user.clone());
+                fields.pass = Some(password.clone());
+            }
+            Auth::Token(token) => fields.auth_token = Some(token.clone()),
+            Auth::NKeySeed(seed) => {
+                let kp = user_key_pair(&load_seed(seed)?, "nkey seed")?;
+                fields.nkey = Some(kp.public_key());
+                if let Some(n) = nonce {
+                    fields.sig = Some(sign_nonce(&kp, n)?);
+                }
+            }
+            Auth::CredsFile(path) => {
+                let creds = load_creds_file(path)?;
+                let kp = user_key_pair(&creds.seed, &path.display().to_string())?;
+                fields.jwt = Some(creds.jwt);
+                if let Some(n) = nonce {
+                    fields.sig = Some(sign_nonce(&kp, n)?);
+                }
+            }
+            Auth::Credentials { jwt, seed } => {
+                let kp = user_key_pair(seed, "credentials")?;
+                fields.jwt = Some(jwt.clone());
+                if let Some(n) = nonce {
+                    fields.sig = Some(sign_nonce(&kp, n)?);
+                }
+            }
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const JWT: &str = "eyJ0eXAiOiJKV1QiLCJhbGciOiJlZDI1NTE5LW5rZXkifQ.eyJzdWIiOiJVIn0.c2ln";
+
+    fn creds_text(jwt: &str, seed: &str) -> String {
+        format!(
+            "-----BEGIN NATS USER JWT-----\n{jwt}\n------END NATS USER JWT------\n\n\
+             ************************* IMPORTANT *************************\n\
+             NKEY Seed printed below can be used to sign and prove identity.\n\n\
+             -----BEGIN USER NKEY SEED-----\n{seed}\n------END USER NKEY SEED------\n\n\
+             *************************************************************\n"
+        )
+    }
+
+    #[test]
+    fn parses_nsc_style_files_lf_and_crlf() {
+        let seed = KeyPair::new_user().seed().unwrap();
+        let text = creds_text(JWT, &seed);
+        let c = parse_creds(&text).unwrap();
+        assert_eq!((c.jwt(), c.seed()), (JWT, seed.as_str()));
+        let c = parse_creds(&text.replace('\n', "\r\n")).unwrap();
+        assert_eq!((c.jwt(), c.seed()), (JWT, seed.as_str()));
+    }
+
+    #[test]
+    fn malformed_creds_give_specific_reasons() {
+        let seed = KeyPair::new_user().seed().unwrap();
+        let good = creds_text(JWT, &seed);
+        let table = [
+            (good.replace("BEGIN NATS USER JWT", "BEGIN X"), "missing the NATS USER JWT block"),
+            (good.replace("BEGIN USER NKEY SEED", "BEGIN X"), "missing the USER NKEY SEED block"),
+            (good.replace(&format!("{JWT}\n"), &format!("{JWT}\n\n")), "blank line inside the NATS USER JWT block"),
+            (good.replace(&format!("{seed}\n"), &format!("\n{seed}\n")), "blank line inside the USER NKEY SEED block"),
+            (good.replace("------END USER NKEY SEED------", ""), "unterminated USER NKEY SEED block"),
+            (good.replace(&format!("{JWT}\n"), ""), "empty NATS USER JWT block"),
+            (good.replace(JWT, "notajwt"), "the NATS USER JWT block does not hold a JWT"),
+        ];
+        for (text, want) in table {
+            assert_eq!(parse_creds(&text), Err(want));
+        }
+    }
+
+    #[test]
+    fn signs_nonces_verifiably() {
+        let kp = KeyPair::new_user();
+        let sig = sign_nonce(&kp, "nonce-123").unwrap();
+        assert!(!sig.contains('=') && !sig.contains('+') && !sig.contains('/'));
+        let raw = URL_SAFE_NO_PAD.decode(&sig).unwrap();
+        kp.verify(b"nonce-123", &raw).unwrap();
+    }
+
+    #[test]
+    fn refuses_seeds_of_other_kinds() {
+        let account = KeyPair::new_account().seed().unwrap();
+        let e = user_key_pair(&account, "nkey seed").unwrap_err();
+        assert_eq!(
+            e.to_string(),
+            "credentials: nkey seed: an account seed where a user seed is required"
+        );
+        assert!(!e.to_string().contains(&account));
+        let e = user_key_pair("SUnotaseed", "nkey seed").unwrap_err();
+        assert_eq!(e.to_string(), "credentials: nkey seed: not a valid nkey seed");
+    }
+
+    #[test]
+    fn apply_fills_connect_fields() {
+        let kp = KeyPair::new_user();
+        let seed = kp.seed().unwrap();
+        let mut f = ConnectFields::default();
+        Auth::NKeySeed(seed.clone()).apply(Some("abc"), &mut f).unwrap();
+        assert_eq!(f.nkey.as_deref(), Some(kp.public_key().as_str()));
+        let raw = URL_SAFE_NO_PAD.decode(f.sig.as_deref().unwrap()).unwrap();
+        kp.verify(b"abc", &raw).unwrap();
+        let mut f = ConnectFields::default();
+        Auth::Credentials { jwt: JWT.into(), seed }.apply(Some("n"), &mut f).unwrap();
+        assert_eq!(f.jwt.as_deref(), Some(JWT));
+        assert!(f.sig.is_some());
+    }
+
+    #[test]
+    fn secrets_stay_out_of_debug_and_errors() {
+        let seed = KeyPair::new_user().seed().unwrap();
+        let shown = format!(
+            "{:?} {:?} {:?} {:?}",
+            Auth::UserPassword { user: "u".into(), password: "pw-secret".into() },
+            Auth::Token("tok-secret".into()),
+            Auth::NKeySeed(seed.clone()),
+            Auth::Credentials { jwt: JWT.into(), seed: seed.clone() },
+        );
+        for secret in ["pw-secret", "tok-secret", seed.as_str(), JWT] {
+            assert!(!shown.contains(secret), "{shown}");
+        }
+        let e = load_seed("SUAnot-a-real-seed-but-secretish").unwrap_err();
+        assert!(!e.to_string().contains("secretish"), "{e}");
+    }
+
+    #[test]
+    fn missing_creds_file_names_the_path() {
+        let e = load_creds_file(Path::new("/nonexistent/dir/app.creds")).unwrap_err();
+        assert_eq!(
+            e.to_string(),
+            "credentials: /nonexistent/dir/app.creds: file not found"
+        );
+    }
+}

@@ -140,6 +140,13 @@ pub enum Error {
     Disconnected,
     /// The client was closed (by the user, or for good after a fatal error).
     Closed,
+    /// The client closed with messages the server never confirmed.
+    NotDelivered {
+        /// How many messages were not confirmed delivered.
+        messages: u64,
+        /// Why (the last connection error).
+        reason: String,
+    },
     /// A buffer is full: the message was not queued.
     BufferFull {
         /// Which buffer: `reconnect buffer` or `flusher queue`.
@@ -211,6 +218,10 @@ impl fmt::Display for Error {
                 f.write_str("connection: lost while the operation was pending; data may be lost")
             }
             Error::Closed => f.write_str("connection: closed"),
+            Error::NotDelivered { messages, reason } => write!(
+                f,
+                "close: {messages} messages were not confirmed delivered ({reason})"
+            ),
             Error::BufferFull { which, limit } => {
                 write!(f, "publish: {which} full ({limit} bytes); message not queued")
             }

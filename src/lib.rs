@@ -9,5 +9,7 @@ pub mod proto;
 pub mod subject;
 pub mod tls;
 pub mod url;
+pub mod client;
+pub mod emitter;
 
 pub use error::{Error, ProtoError, Result};

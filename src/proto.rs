@@ -1,1 +1,830 @@
-//! (to be written)
+//! The NATS client protocol as bytes, in both directions, with no I/O.
+//!
+//! [`parse_server_op`] and [`parse_client_op`] are push parsers: they look at the start of
+//! a buffer and either return one complete operation with the number of bytes it used, or
+//! [`Status::Partial`] when more bytes are needed. Short input is never an error. Op names
+//! are case-insensitive and arguments are separated by any run of spaces and tabs, as
+//! nats-server accepts them. Control lines end in CRLF and are bounded by a limit; payloads
+//! are not (the server's `max_payload` bounds them).
+//!
+//! The encoders append exact wire bytes to a `Vec<u8>`.
+
+use serde_json::{Map, Value};
+
+use crate::error::ProtoError;
+
+/// nats-server's default `max_control_line`, 4 KiB.
+pub const DEFAULT_MAX_CONTROL_LINE: usize = 4096;
+
+/// The result of parsing the start of a buffer.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Status<T> {
+    /// A whole item was found.
+    Complete(T),
+    /// The buffer ends before the item does.
+    Partial,
+}
+
+/// The server's INFO, as far as a client needs it.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct ServerInfo {
+    /// Unique id of the server.
+    pub server_id: String,
+    /// Name of the server.
+    pub server_name: String,
+    /// Server version.
+    pub version: String,
+    /// Go version the server was built with.
+    pub go: String,
+    /// Host the server listens on.
+    pub host: String,
+    /// Client port of the server.
+    pub port: u16,
+    /// Whether the server supports headers.
+    pub headers: bool,
+    /// The largest payload the server accepts, headers included; 0 when not sent.
+    pub max_payload: usize,
+    /// Protocol version.
+    pub proto: i64,
+    /// The id the server gave this client.
+    pub client_id: Option<u64>,
+    /// Whether the server requires authentication.
+    pub auth_required: bool,
+    /// Whether the server requires TLS.
+    pub tls_required: bool,
+    /// Whether the server verifies client certificates.
+    pub tls_verify: bool,
+    /// Whether the server accepts TLS without requiring it.
+    pub tls_available: bool,
+    /// Other servers of the cluster a client may connect to (`host:port`).
+    pub connect_urls: Vec<String>,
+    /// Lame duck mode: the server is about to shut down.
+    pub ldm: bool,
+    /// The challenge to sign for nkey and JWT authentication.
+    pub nonce: Option<String>,
+    /// Whether JetStream is enabled.
+    pub jetstream: bool,
+    /// The client's address as the server sees it.
+    pub client_ip: Option<String>,
+    /// The cluster name.
+    pub cluster: Option<String>,
+    /// The JetStream domain.
+    pub domain: Option<String>,
+}
+
+fn get_str(map: &Map<String, Value>, key: &str) -> Result<Option<String>, ProtoError> {
+    match map.get(key) {
+        None | Some(Value::Null) => Ok(None),
+        Some(Value::String(s)) => Ok(Some(s.clone())),
+        Some(_) => Err(ProtoError::BadJson),
+    }
+}
+
+fn get_bool(map: &Map<String, Value>, key: &str) -> Result<bool, ProtoError> {
+    match map.get(key) {
+        None | Some(Value::Null) => Ok(false),
+        Some(Value::Bool(b)) => Ok(*b),
+        Some(_) => Err(ProtoError::BadJson),
+    }
+}
+
+fn get_u64(map: &Map<String, Value>, key: &str) -> Result<Option<u64>, ProtoError> {
+    match map.get(key) {
+        None | Some(Value::Null) => Ok(None),
+        Some(Value::Number(n)) => n.as_u64().map(Some).ok_or(ProtoError::BadJson),
+        Some(_) => Err(ProtoError::BadJson),
+    }
+}
+
+fn object(json: &[u8]) -> Result<Map<String, Value>, ProtoError> {
+    match serde_json::from_slice::<Value>(json) {
+        Ok(Value::Object(map)) => Ok(map),
+        _ => Err(ProtoError::BadJson),
+    }
+}
+
+impl ServerInfo {
+    /// Reads INFO JSON. Unknown fields are ignored and missing ones take their default;
+    /// a known field of the wrong type is [`ProtoError::BadJson`].
+    pub fn from_json(json: &[u8]) -> Result<ServerInfo, ProtoError> {
+        let m = object(json)?;
+        let connect_urls = match m.get("connect_urls") {
+            None | Some(Value::Null) => Vec::new(),
+            Some(Value::Array(items)) => items
+                .iter()
+                .map(|v| v.as_str().map(str::to_owned).ok_or(ProtoError::BadJson))
+                .collect::<Result<_, _>>()?,
+            Some(_) => return Err(ProtoError::BadJson),
+        };
+        let port = get_u64(&m, "port")?.unwrap_or(0);
+        let max_payload = get_u64(&m, "max_payload")?.unwrap_or(0);
+        let proto = match m.get("proto") {
+            None | Some(Value::Null) => 0,
+            Some(Value::Number(n)) => n.as_i64().ok_or(ProtoError::BadJson)?,
+            Some(_) => return Err(ProtoError::BadJson),
+        };
+        Ok(ServerInfo {
+            server_id: get_str(&m, "server_id")?.unwrap_or_default(),
+            server_name: get_str(&m, "server_name")?.unwrap_or_default(),
+            version: get_str(&m, "version")?.unwrap_or_default(),
+            go: get_str(&m, "go")?.unwrap_or_default(),
+            host: get_str(&m, "host")?.unwrap_or_default(),
+            port: u16::try_from(port).map_err(|_| ProtoError::BadJson)?,
+            headers: get_bool(&m, "headers")?,
+            max_payload: usize::try_from(max_payload).map_err(|_| ProtoError::BadJson)?,
+            proto,
+            client_id: get_u64(&m, "client_id")?,
+            auth_required: get_bool(&m, "auth_required")?,
+            tls_required: get_bool(&m, "tls_required")?,
+            tls_verify: get_bool(&m, "tls_verify")?,
+            tls_available: get_bool(&m, "tls_available")?,
+            connect_urls,
+            ldm: get_bool(&m, "ldm")?,
+            nonce: get_str(&m, "nonce")?,
+            jetstream: get_bool(&m, "jetstream")?,
+            client_ip: get_str(&m, "client_ip")?,
+            cluster: get_str(&m, "cluster")?,
+            domain: get_str(&m, "domain")?,
+        })
+    }
+
+    /// INFO JSON with every field; `None` fields are left out.
+    pub fn to_json(&self) -> String {
+        let mut m = Map::new();
+        m.insert("server_id".into(), self.server_id.clone().into());
+        m.insert("server_name".into(), self.server_name.clone().into());
+        m.insert("version".into(), self.version.clone().into());
+        m.insert("go".into(), self.go.clone().into());
+        m.insert("host".into(), self.host.clone().into());
+        m.insert("port".into(), self.port.into());
+        m.insert("headers".into(), self.headers.into());
+        m.insert("max_payload".into(), self.max_payload.into());
+        m.insert("proto".into(), self.proto.into());
+        if let Some(id) = self.client_id {
+            m.insert("client_id".into(), id.into());
+        }
+        m.insert("auth_required".into(), self.auth_required.into());
+        m.insert("tls_required".into(), self.tls_required.into());
+        m.insert("tls_verify".into(), self.tls_verify.into());
+        m.insert("tls_available".into(), self.tls_available.into());
+        if !self.connect_urls.is_empty() {
+            m.insert("connect_urls".into(), self.connect_urls.clone().into());
+        }
+        m.insert("ldm".into(), self.ldm.into());
+        for (key, value) in [
+            ("nonce", &self.nonce),
+            ("client_ip", &self.client_ip),
+            ("cluster", &self.cluster),
+            ("domain", &self.domain),
+        ] {
+            if let Some(v) = value {
+                m.insert(key.into(), v.clone().into());
+            }
+        }
+        m.insert("jetstream".into(), self.jetstream.into());
+        Value::Object(m).to_string()
+    }
+}
+
+/// The client's CONNECT.
+#[derive(Clone, PartialEq, Eq)]
+pub struct ConnectInfo {
+    /// Ask for `+OK` after each operation.
+    pub verbose: bool,
+    /// Ask for strict subject checking.
+    pub pedantic: bool,
+    /// The client requires TLS.
+    pub tls_required: bool,
+    /// Token authentication.
+    pub auth_token: Option<String>,
+    /// User name.
+    pub user: Option<String>,
+    /// Password.
+    pub pass: Option<String>,
+    /// Connection name.
+    pub name: Option<String>,
+    /// Client language.
+    pub lang: String,
+    /// Client version.
+    pub version: String,
+    /// Protocol version: 1 lets the server send INFO updates at any time.
+    pub protocol: u8,
+    /// Receive our own messages.
+    pub echo: bool,
+    /// Signature of the server's nonce.
+    pub sig: Option<String>,
+    /// User JWT.
+    pub jwt: Option<String>,
+    /// Public nkey.
+    pub nkey: Option<String>,
+    /// The client understands headers.
+    pub headers: bool,
+    /// The client wants 503 status messages when a request has no responders.
+    pub no_responders: bool,
+}
+
+impl Default for ConnectInfo {
+    fn default() -> ConnectInfo {
+        ConnectInfo {
+            verbose: false,
+            pedantic: false,
+            tls_required: false,
+            auth_token: None,
+            user: None,
+            pass: None,
+            name: None,
+            lang: "rust".into(),
+            version: env!("CARGO_PKG_VERSION").into(),
+            protocol: 1,
+            echo: true,
+            sig: None,
+            jwt: None,
+            nkey: None,
+            headers: true,
+            no_responders: true,
+        }
+    }
+}
+
+impl std::fmt::Debug for ConnectInfo {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let hide = |v: &Option<String>| v.as_ref().map(|_| "***");
+        f.debug_struct("ConnectInfo")
+            .field("verbose", &self.verbose)
+            .field("pedantic", &self.pedantic)
+            .field("tls_required", &self.tls_required)
+            .field("auth_token", &hide(&self.auth_token))
+            .field("user", &self.user)
+            .field("pass", &hide(&self.pass))
+            .field("name", &self.name)
+            .field("lang", &self.lang)
+            .field("version", &self.version)
+            .field("protocol", &self.protocol)
+            .field("echo", &self.echo)
+            .field("sig", &hide(&self.sig))
+            .field("jwt", &hide(&self.jwt))
+            .field("nkey", &self.nkey)
+            .field("headers", &self.headers)
+            .field("no_responders", &self.no_responders)
+            .finish()
+    }
+}
+
+impl ConnectInfo {
+    /// CONNECT JSON: the flags always, optional fields only when set.
+    pub fn to_json(&self) -> String {
+        let mut m = Map::new();
+        m.insert("verbose".into(), self.verbose.into());
+        m.insert("pedantic".into(), self.pedantic.into());
+        m.insert("tls_required".into(), self.tls_required.into());
+        for (key, value) in [
+            ("auth_token", &self.auth_token),
+            ("user", &self.user),
+            ("pass", &self.pass),
+            ("name", &self.name),
+            ("sig", &self.sig),
+            ("jwt", &self.jwt),
+            ("nkey", &self.nkey),
+        ] {
+            if let Some(v) = value {
+                m.insert(key.into(), v.clone().into());
+            }
+        }
+        m.insert("lang".into(), self.lang.clone().into());
+        m.insert("version".into(), self.version.clone().into());
+        m.insert("protocol".into(), self.protocol.into());
+        m.insert("echo".into(), self.echo.into());
+        m.insert("headers".into(), self.headers.into());
+        m.insert("no_responders".into(), self.no_responders.into());
+        Value::Object(m).to_string()
+    }
+
+    /// Reads CONNECT JSON; missing flags take the protocol's defaults (false, or true
+    /// for `echo`).
+    pub fn from_json(json: &[u8]) -> Result<ConnectInfo, ProtoError> {
+        let m = object(json)?;
+        let echo = match m.get("echo") {
+            None | Some(Value::Null) => true,
+            Some(Value::Bool(b)) => *b,
+            Some(_) => return Err(ProtoError::BadJson),
+        };
+        let protocol = get_u64(&m, "protocol")?.unwrap_or(0);
+        Ok(ConnectInfo {
+            verbose: get_bool(&m, "verbose")?,
+            pedantic: get_bool(&m, "pedantic")?,
+            tls_required: get_bool(&m, "tls_required")?,
+            auth_token: get_str(&m, "auth_token")?,
+            user: get_str(&m, "user")?,
+            pass: get_str(&m, "pass")?,
+            name: get_str(&m, "name")?,
+            lang: get_str(&m, "lang")?.unwrap_or_default(),
+            version: get_str(&m, "version")?.unwrap_or_default(),
+            protocol: u8::try_from(protocol).map_err(|_| ProtoError::BadJson)?,
+            echo,
+            sig: get_str(&m, "sig")?,
+            jwt: get_str(&m, "jwt")?,
+            nkey: get_str(&m, "nkey")?,
+            headers: get_bool(&m, "headers")?,
+            no_responders: get_bool(&m, "no_responders")?,
+        })
+    }
+}
+
+/// A message delivered by the server (MSG or HMSG), borrowing from the read buffer.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Msg<'a> {
+    /// The subject it was published to.
+    pub subject: &'a str,
+    /// The subscription it is for.
+    pub sid: u64,
+    /// The reply subject, if any.
+    pub reply: Option<&'a str>,
+    /// The raw header block (`NATS/1.0…\r\n\r\n`) of an HMSG; `None` for MSG.
+    pub header: Option<&'a [u8]>,
+    /// The payload.
+    pub payload: &'a [u8],
+}
+
+/// An operation sent by the server.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ServerOp<'a> {
+    /// `INFO {json}\r\n`
+    Info(Box<ServerInfo>),
+    /// `MSG <subject> <sid> [reply-to] <#bytes>\r\n<payload>\r\n` or
+    /// `HMSG <subject> <sid> [reply-to] <#header bytes> <#total bytes>\r\n<headers><payload>\r\n`
+    Msg(Msg<'a>),
+    /// `PING\r\n`
+    Ping,
+    /// `PONG\r\n`
+    Pong,
+    /// `+OK\r\n`
+    Ok,
+    /// `-ERR '<text>'\r\n` (the text without its quotes; also accepted without quotes).
+    Err(&'a str),
+}
+
+/// An operation sent by a client.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ClientOp<'a> {
+    /// `CONNECT {json}\r\n`
+    Connect(Box<ConnectInfo>),
+    /// `PUB <subject> [reply-to] <#bytes>\r\n<payload>\r\n`
+    Pub {
+        /// Subject.
+        subject: &'a str,
+        /// Reply subject.
+        reply: Option<&'a str>,
+        /// Payload.
+        payload: &'a [u8],
+    },
+    /// `HPUB <subject> [reply-to] <#header bytes> <#total bytes>\r\n<headers><payload>\r\n`
+    Hpub {
+        /// Subject.
+        subject: &'a str,
+        /// Reply subject.
+        reply: Option<&'a str>,
+        /// The header block, `NATS/1.0\r\n` through the blank line's CRLF.
+        header: &'a [u8],
+        /// Payload.
+        payload: &'a [u8],
+    },
+    /// `SUB <subject> [queue group] <sid>\r\n`
+    Sub {
+        /// Subject, wildcards allowed.
+        subject: &'a str,
+        /// Queue group.
+        queue_group: Option<&'a str>,
+        /// Subscription id.
+        sid: u64,
+    },
+    /// `UNSUB <sid> [max_msgs]\r\n`
+    Unsub {
+        /// Subscription id.
+        sid: u64,
+        /// Messages to deliver before the subscription ends.
+        max: Option<u64>,
+    },
+    /// `PING\r\n`
+    Ping,
+    /// `PONG\r\n`
+    Pong,
+}
+
+/// The control line at the start of `buf`: (line without CRLF, bytes including CRLF).
+fn control_line(buf: &[u8], limit: usize) -> Result<Status<(&[u8], usize)>, ProtoError> {
+    match buf.iter().position(|&b| b == b'\n') {
+        Some(lf) => {
+            if lf > limit.saturating_add(1) {
+                return Err(ProtoError::ControlLineTooLong { limit });
+            }
+            match lf.checked_sub(1).and_then(|i| buf.get(i)) {
+                Some(b'\r') => Ok(Status::Complete((buf.get(..lf - 1).unwrap_or_default(), lf + 1))),
+                _ => Err(ProtoError::BadLineEnding),
+            }
+        }
+        None if buf.len() > limit.saturating_add(1) => {
+            Err(ProtoError::ControlLineTooLong { limit })
+        }
+        None => Ok(Status::Partial),
+    }
+}
+
+/// Splits arguments on runs of spaces and tabs.
+fn args(line: &[u8]) -> impl Iterator<Item = &[u8]> {
+    line.split(|&b| b == b' ' || b == b'\t').filter(|a| !a.is_empty())
+}
+
+fn number(arg: &[u8]) -> Result<u64, ProtoError> {
+    if arg.is_empty() || arg.len() > 20 {
+        return Err(ProtoError::BadNumber);
+    }
+    let mut n: u64 = 0;
+    for &b in arg {
+        if !b.is_ascii_digit() {
+            return Err(ProtoError::BadNumber);
+        }
+        n = n
+            .checked_mul(10)
+            .and_then(|n| n.checked_add(u64::from(b - b'0')))
+            .ok_or(ProtoError::BadNumber)?;
+    }
+    Ok(n)
+}
+
+fn size(arg: &[u8]) -> Result<usize, ProtoError> {
+    usize::try_from(number(arg)?).map_err(|_| ProtoError::BadNumber)
+}
+
+fn text(arg: &[u8]) -> Result<&str, ProtoError> {
+    std::str::from_utf8(arg).map_err(|_| ProtoError::BadArguments("not UTF-8"))
+}
+
+/// The op name: the first word, upper-cased into `name` (only the first 8 bytes matter).
+fn op_name(line: &[u8]) -> ([u8; 8], usize, &[u8]) {
+    let end = line
+        .iter()
+        .position(|&b| b == b' ' || b == b'\t')
+        .unwrap_or(line.len());
+    let (word, rest) = line.split_at(end);
+    let mut name = [0u8; 8];
+    for (d, s) in name.iter_mut().zip(word) {
+        *d = s.to_ascii_uppercase();
+    }
+    (name, word.len(), rest)
+}
+
+fn name_is(name: &[u8; 8], len: usize, want: &[u8]) -> bool {
+    len == want.len() && name.get(..len) == Some(want)
+}
+
+/// Could `partial` (upper-cased, no separator yet) still become one of `names`?
+fn could_be(buf: &[u8], names: &[&[u8]]) -> bool {
+    let n = buf.len().min(8);
+    let mut up = [0u8; 8];
+    for (d, s) in up.iter_mut().zip(buf) {
+        *d = s.to_ascii_uppercase();
+    }
+    let head = up.get(..n).unwrap_or_default();
+    // A separator or line end after a full name is checked by the full parse later.
+    names.iter().any(|name| {
+        let m = n.min(name.len());
+        name.get(..m) == head.get(..m)
+    })
+}
+
+const SERVER_OPS: &[&[u8]] = &[b"INFO", b"MSG", b"HMSG", b"PING", b"PONG", b"+OK", b"-ERR"];
+const CLIENT_OPS: &[&[u8]] = &[
+    b"CONNECT", b"PUB", b"HPUB", b"SUB", b"UNSUB", b"PING", b"PONG",
+];
+
+/// Reads a payload of `len` bytes plus CRLF that starts at `start`.
+fn payload(buf: &[u8], start: usize, len: usize) -> Result<Status<(&[u8], usize)>, ProtoError> {
+    let end = start.checked_add(len).ok_or(ProtoError::BadNumber)?;
+    let after = end.checked_add(2).ok_or(ProtoError::BadNumber)?;
+    if buf.len() < after {
+        return Ok(Status::Partial);
+    }
+    if buf.get(end..after) != Some(b"\r\n") {
+        return Err(ProtoError::BadPayloadEnd);
+    }
+    Ok(Status::Complete((buf.get(start..end).unwrap_or_default(), after)))
+}
+
+/// The JSON argument of INFO or CONNECT: everything after the separator.
+fn json_arg(rest: &[u8]) -> Result<&[u8], ProtoError> {
+    let start = rest
+        .iter()
+        .position(|&b| b != b' ' && b != b'\t')
+        .ok_or(ProtoError::BadArguments("missing JSON"))?;
+    Ok(rest.get(start..).unwrap_or_default())
+}
+
+/// Parses one server operation from the start of `buf`.
+pub fn parse_server_op(
+    buf: &[u8],
+    max_control_line: usize,
+) -> Result<Status<(ServerOp<'_>, usize)>, ProtoError> {
+    let (line, used) = match control_line(buf, max_control_line) {
+        Ok(Status::Complete(found)) => found,
+        Ok(Status::Partial) => {
+            return if could_be(buf, SERVER_OPS) {
+                Ok(Status::Partial)
+            } else {
+                Err(ProtoError::UnknownOp)
+            }
+        }
+        Err(e) => return Err(e),
+    };
+    let (name, len, rest) = op_name(line);
+    if name_is(&name, len, b"MSG") || name_is(&name, len, b"HMSG") {
+        let headers = len == 4;
+        let a: Vec<&[u8]> = args(rest).collect();
+        let (subject, sid, reply, hdr, total) = match (headers, a.as_slice()) {
+            (false, [s, sid, n]) => (s, sid, None, None, n),
+            (false, [s, sid, r, n]) => (s, sid, Some(r), None, n),
+            (true, [s, sid, h, n]) => (s, sid, None, Some(h), n),
+            (true, [s, sid, r, h, n]) => (s, sid, Some(r), Some(h), n),
+            _ => return Err(ProtoError::BadArguments("MSG/HMSG argument count")),
+        };
+        let sid = number(sid)?;
+        let total = size(total)?;
+        let hdr = hdr.map(|h| size(h)).transpose()?;
+        if hdr.is_some_and(|h| h > total) {
+            return Err(ProtoError::HeaderLongerThanTotal);
+        }
+        let subject = text(subject)?;
+        let reply = reply.map(|r| text(r)).transpose()?;
+        let (body, used) = match payload(buf, used, total)? {
+            Status::Complete(found) => found,
+            Status::Partial => return Ok(Status::Partial),
+        };
+        let (header, payload) = match hdr {
+            Some(h) => {
+                let (hb, pb) = body.split_at(h);
+                (Some(hb), pb)
+            }
+            None => (None, body),
+        };
+        let msg = Msg {
+            subject,
+            sid,
+            reply,
+            header,
+            payload,
+        };
+        return Ok(Status::Complete((ServerOp::Msg(msg), used)));
+    }
+    let op = if name_is(&name, len, b"PING") {
+        ServerOp::Ping
+    } else if name_is(&name, len, b"PONG") {
+        ServerOp::Pong
+    } else if name_is(&name, len, b"+OK") {
+        ServerOp::Ok
+    } else if name_is(&name, len, b"INFO") {
+        ServerOp::Info(Box::new(ServerInfo::from_json(json_arg(rest)?)?))
+    } else if name_is(&name, len, b"-ERR") {
+        let t = text(rest)?.trim_matches(|c| c == ' ' || c == '\t');
+        let t = t
+            .strip_prefix('\'')
+            .and_then(|t| t.strip_suffix('\''))
+            .unwrap_or(t);
+        ServerOp::Err(t)
+    } else {
+        return Err(ProtoError::UnknownOp);
+    };
+    Ok(Status::Complete((op, used)))
+}
+
+/// Parses one client operation from the start of `buf` (for fake servers and tests).
+pub fn parse_client_op(
+    buf: &[u8],
+    max_control_line: usize,
+) -> Result<Status<(ClientOp<'_>, usize)>, ProtoError> {
+    let (line, used) = match control_line(buf, max_control_line) {
+        Ok(Status::Complete(found)) => found,
+        Ok(Status::Partial) => {
+            return if could_be(buf, CLIENT_OPS) {
+                Ok(Status::Partial)
+            } else {
+                Err(ProtoError::UnknownOp)
+            }
+        }
+        Err(e) => return Err(e),
+    };
+    let (name, len, rest) = op_name(line);
+    if name_is(&name, len, b"PUB") || name_is(&name, len, b"HPUB") {
+        let headers = len == 4;
+        let a: Vec<&[u8]> = args(rest).collect();
+        let (subject, reply, hdr, total) = match (headers, a.as_slice()) {
+            (false, [s, n]) => (s, None, None, n),
+            (false, [s, r, n]) => (s, Some(r), None, n),
+            (true, [s, h, n]) => (s, None, Some(h), n),
+            (true, [s, r, h, n]) => (s, Some(r), Some(h), n),
+            _ => return Err(ProtoError::BadArguments("PUB/HPUB argument count")),
+        };
+        let total = size(total)?;
+        let hdr = hdr.map(|h| size(h)).transpose()?;
+        if hdr.is_some_and(|h| h > total) {
+            return Err(ProtoError::HeaderLongerThanTotal);
+        }
+        let subject = text(subject)?;
+        let reply = reply.map(|r| text(r)).transpose()?;
+        let (body, used) = match payload(buf, used, total)? {
+            Status::Complete(found) => found,
+            Status::Partial => return Ok(Status::Partial),
+        };
+        let op = match hdr {
+            Some(h) => {
+                let (header, payload) = body.split_at(h);
+                ClientOp::Hpub {
+                    subject,
+                    reply,
+                    header,
+                    payload,
+                }
+            }
+            None => ClientOp::Pub {
+                subject,
+                reply,
+                payload: body,
+            },
+        };
+        return Ok(Status::Complete((op, used)));
+    }
+    let op = if name_is(&name, len, b"PING") {
+        ClientOp::Ping
+    } else if name_is(&name, len, b"PONG") {
+        ClientOp::Pong
+    } else if name_is(&name, len, b"SUB") {
+        let a: Vec<&[u8]> = args(rest).collect();
+        let (subject, queue_group, sid) = match a.as_slice() {
+            [s, sid] => (text(s)?, None, number(sid)?),
+            [s, q, sid] => (text(s)?, Some(text(q)?), number(sid)?),
+            _ => return Err(ProtoError::BadArguments("SUB argument count")),
+        };
+        ClientOp::Sub {
+            subject,
+            queue_group,
+            sid,
+        }
+    } else if name_is(&name, len, b"UNSUB") {
+        let a: Vec<&[u8]> = args(rest).collect();
+        match a.as_slice() {
+            [sid] => ClientOp::Unsub {
+                sid: number(sid)?,
+                max: None,
+            },
+            [sid, max] => ClientOp::Unsub {
+                sid: number(sid)?,
+                max: Some(number(max)?),
+            },
+            _ => return Err(ProtoError::BadArguments("UNSUB argument count")),
+        }
+    } else if len == 7 && name.get(..7) == Some(b"CONNECT") {
+        ClientOp::Connect(Box::new(ConnectInfo::from_json(json_arg(rest)?)?))
+    } else {
+        return Err(ProtoError::UnknownOp);
+    };
+    Ok(Status::Complete((op, used)))
+}
+
+/// Appends the decimal digits of `n`.
+fn push_num(out: &mut Vec<u8>, mut n: u64) {
+    let mut digits = [0u8; 20];
+    let mut i = digits.len();
+    loop {
+        i -= 1;
+        if let Some(d) = digits.get_mut(i) {
+            *d = b'0' + (n % 10) as u8;
+        }
+        n /= 10;
+        if n == 0 || i == 0 {
+            break;
+        }
+    }
+    out.extend_from_slice(digits.get(i..).unwrap_or_default());
+}
+
+/// Appends a PUB (no header) or HPUB: the client's publish fast path.
+pub fn encode_pub(
+    out: &mut Vec<u8>,
+    subject: &str,
+    reply: Option<&str>,
+    header: Option<&[u8]>,
+    payload: &[u8],
+) {
+    out.reserve(subject.len() + payload.len() + header.map_or(0, <[u8]>::len) + 40);
+    out.extend_from_slice(if header.is_some() { b"HPUB " } else { b"PUB " });
+    out.extend_from_slice(subject.as_bytes());
+    out.push(b' ');
+    if let Some(r) = reply {
+        out.extend_from_slice(r.as_bytes());
+        out.push(b' ');
+    }
+    if let Some(h) = header {
+        push_num(out, h.len() as u64);
+        out.push(b' ');
+        push_num(out, (h.len() + payload.len()) as u64);
+        out.extend_from_slice(b"\r\n");
+        out.extend_from_slice(h);
+    } else {
+        push_num(out, payload.len() as u64);
+        out.extend_from_slice(b"\r\n");
+    }
+    out.extend_from_slice(payload);
+    out.extend_from_slice(b"\r\n");
+}
+
+impl ClientOp<'_> {
+    /// Appends the operation's exact wire bytes.
+    pub fn encode(&self, out: &mut Vec<u8>) {
+        match self {
+            ClientOp::Connect(info) => {
+                out.extend_from_slice(b"CONNECT ");
+                out.extend_from_slice(info.to_json().as_bytes());
+                out.extend_from_slice(b"\r\n");
+            }
+            ClientOp::Pub {
+                subject,
+                reply,
+                payload,
+            } => encode_pub(out, subject, *reply, None, payload),
+            ClientOp::Hpub {
+                subject,
+                reply,
+                header,
+                payload,
+            } => encode_pub(out, subject, *reply, Some(header), payload),
+            ClientOp::Sub {
+                subject,
+                queue_group,
+                sid,
+            } => {
+                out.extend_from_slice(b"SUB ");
+                out.extend_from_slice(subject.as_bytes());
+                out.push(b' ');
+                if let Some(q) = queue_group {
+                    out.extend_from_slice(q.as_bytes());
+                    out.push(b' ');
+                }
+                push_num(out, *sid);
+                out.extend_from_slice(b"\r\n");
+            }
+            ClientOp::Unsub { sid, max } => {
+                out.extend_from_slice(b"UNSUB ");
+                push_num(out, *sid);
+                if let Some(m) = max {
+                    out.push(b' ');
+                    push_num(out, *m);
+                }
+                out.extend_from_slice(b"\r\n");
+            }
+            ClientOp::Ping => out.extend_from_slice(b"PING\r\n"),
+            ClientOp::Pong => out.extend_from_slice(b"PONG\r\n"),
+        }
+    }
+}
+
+impl ServerOp<'_> {
+    /// Appends the operation's exact wire bytes.
+    pub fn encode(&self, out: &mut Vec<u8>) {
+        match self {
+            ServerOp::Info(info) => {
+                out.extend_from_slice(b"INFO ");
+                out.extend_from_slice(info.to_json().as_bytes());
+                out.extend_from_slice(b"\r\n");
+            }
+            ServerOp::Msg(m) => {
+                out.extend_from_slice(if m.header.is_some() { b"HMSG " } else { b"MSG " });
+                out.extend_from_slice(m.subject.as_bytes());
+                out.push(b' ');
+                push_num(out, m.sid);
+                out.push(b' ');
+                if let Some(r) = m.reply {
+                    out.extend_from_slice(r.as_bytes());
+                    out.push(b' ');
+                }
+                if let Some(h) = m.header {
+                    push_num(out, h.len() as u64);
+                    out.push(b' ');
+                    push_num(out, (h.len() + m.payload.len()) as u64);
+                    out.extend_from_slice(b"\r\n");
+                    out.extend_from_slice(h);
+                } else {
+                    push_num(out, m.payload.len() as u64);
+                    out.extend_from_slice(b"\r\n");
+                }
+                out.extend_from_slice(m.payload);
+                out.extend_from_slice(b"\r\n");
+            }
+            ServerOp::Ping => out.extend_from_slice(b"PING\r\n"),
+            ServerOp::Pong => out.extend_from_slice(b"PONG\r\n"),
+            ServerOp::Ok => out.extend_from_slice(b"+OK\r\n"),
+            ServerOp::Err(t) => {
+                out.extend_from_slice(b"-ERR '");
+                out.extend_from_slice(t.as_bytes());
+                out.extend_from_slice(b"'\r\n");
+            }
+        }
+    }
+}

@@ -1,1 +1,288 @@
-//! (to be written)
+//! Server addresses: `nats://[user:pass@|token@]host[:port]`, `tls://…`, or `host[:port]`.
+//!
+//! The port defaults to 4222. IPv6 literals go in brackets (`nats://[::1]:4222`).
+//! Credentials in the URL are percent-decoded; they never appear in `Display`, `Debug`
+//! or an error message.
+
+use std::fmt;
+use std::str::FromStr;
+
+use crate::error::{Error, Invalid};
+
+/// How to talk to a server.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Scheme {
+    /// `nats://`: plain TCP, upgraded to TLS when the server requires it.
+    Nats,
+    /// `tls://`: TLS required.
+    Tls,
+}
+
+/// One server to connect to.
+#[derive(Clone, PartialEq, Eq)]
+pub struct ServerAddr {
+    /// The scheme.
+    pub scheme: Scheme,
+    /// Host name or IP address (IPv6 without brackets).
+    pub host: String,
+    /// Port.
+    pub port: u16,
+    /// User name from `user:pass@`.
+    pub user: Option<String>,
+    /// Password from `user:pass@`.
+    pub password: Option<String>,
+    /// Token from `token@`.
+    pub token: Option<String>,
+}
+
+impl fmt::Debug for ServerAddr {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("ServerAddr")
+            .field("scheme", &self.scheme)
+            .field("host", &self.host)
+            .field("port", &self.port)
+            .field("user", &self.user)
+            .field("password", &self.password.as_ref().map(|_| "***"))
+            .field("token", &self.token.as_ref().map(|_| "***"))
+            .finish()
+    }
+}
+
+impl fmt::Display for ServerAddr {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let scheme = match self.scheme {
+            Scheme::Nats => "nats",
+            Scheme::Tls => "tls",
+        };
+        write!(f, "{scheme}://{}", self.host_port())
+    }
+}
+
+impl ServerAddr {
+    /// `host:port` for a socket connect, IPv6 in brackets.
+    pub fn host_port(&self) -> String {
+        if self.host.contains(':') {
+            format!("[{}]:{}", self.host, self.port)
+        } else {
+            format!("{}:{}", self.host, self.port)
+        }
+    }
+
+    /// True for `tls://`.
+    pub fn is_tls(&self) -> bool {
+        self.scheme == Scheme::Tls
+    }
+
+    /// True when the URL carried a user, password or token.
+    pub fn has_credentials(&self) -> bool {
+        self.user.is_some() || self.password.is_some() || self.token.is_some()
+    }
+}
+
+fn invalid(shown: &str, reason: &'static str) -> Error {
+    Error::InvalidUrl(Invalid {
+        value: shown.to_owned(),
+        reason,
+    })
+}
+
+fn percent_decode(s: &str) -> Option<String> {
+    let bytes = s.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while let Some(&b) = bytes.get(i) {
+        if b == b'%' {
+            let hex = bytes.get(i + 1..i + 3)?;
+            let hex = std::str::from_utf8(hex).ok()?;
+            out.push(u8::from_str_radix(hex, 16).ok()?);
+            i += 3;
+        } else {
+            out.push(b);
+            i += 1;
+        }
+    }
+    String::from_utf8(out).ok()
+}
+
+impl FromStr for ServerAddr {
+    type Err = Error;
+
+    fn from_str(url: &str) -> Result<ServerAddr, Error> {
+        let url = url.trim();
+        if url.is_empty() {
+            return Err(invalid(url, "empty"));
+        }
+        let (scheme, rest) = match url.split_once("://") {
+            Some((s, rest)) => {
+                let scheme = match s.to_ascii_lowercase().as_str() {
+                    "nats" => Scheme::Nats,
+                    "tls" => Scheme::Tls,
+                    _ => {
+                        return Err(invalid(
+                            s,
+                            "unsupported scheme (use nats:// or tls://)",
+                        ))
+                    }
+                };
+                (scheme, rest)
+            }
+            None => (Scheme::Nats, url),
+        };
+        let rest = rest.strip_suffix('/').unwrap_or(rest);
+        let (userinfo, hostport) = match rest.rsplit_once('@') {
+            Some((u, h)) => (Some(u), h),
+            None => (None, rest),
+        };
+        // What errors may show: the URL without its credentials.
+        let shown = format!(
+            "{}://{hostport}",
+            if scheme == Scheme::Tls { "tls" } else { "nats" }
+        );
+        if hostport.contains(['/', '?', '#']) {
+            return Err(invalid(&shown, "a server URL has no path"));
+        }
+        let (host, port) = if let Some(v6) = hostport.strip_prefix('[') {
+            let (host, after) = v6
+                .split_once(']')
+                .ok_or_else(|| invalid(&shown, "unclosed '[' in IPv6 address"))?;
+            match after {
+                "" => (host, None),
+                p => (
+                    host,
+                    Some(
+                        p.strip_prefix(':')
+                            .ok_or_else(|| invalid(&shown, "invalid port"))?,
+                    ),
+                ),
+            }
+        } else {
+            match hostport.rsplit_once(':') {
+                Some((h, _)) if h.contains(':') => {
+                    return Err(invalid(&shown, "IPv6 addresses need brackets"))
+                }
+                Some((h, p)) => (h, Some(p)),
+                None => (hostport, None),
+            }
+        };
+        if host.is_empty() {
+            return Err(invalid(&shown, "missing host"));
+        }
+        if host.contains(|c: char| c.is_whitespace() || c.is_control()) {
+            return Err(invalid(&shown, "host contains whitespace"));
+        }
+        let port = match port {
+            None => 4222,
+            Some(p) if p.is_empty() || !p.bytes().all(|b| b.is_ascii_digit()) => {
+                return Err(invalid(&shown, "invalid port"))
+            }
+            Some(p) => match p.parse::<u16>() {
+                Ok(0) | Err(_) => return Err(invalid(&shown, "port out of range")),
+                Ok(n) => n,
+            },
+        };
+        let (mut user, mut password, mut token) = (None, None, None);
+        if let Some(info) = userinfo {
+            let decode = |s: &str| {
+                percent_decode(s).ok_or_else(|| invalid(&shown, "bad percent-encoding in credentials"))
+            };
+            match info.split_once(':') {
+                Some((u, p)) => {
+                    user = Some(decode(u)?);
+                    password = Some(decode(p)?);
+                }
+                None if !info.is_empty() => token = Some(decode(info)?),
+                None => {}
+            }
+        }
+        Ok(ServerAddr {
+            scheme,
+            host: host.to_owned(),
+            port,
+            user,
+            password,
+            token,
+        })
+    }
+}
+
+/// Parses a comma-separated list; blank items are skipped, an empty list is an error.
+pub fn parse_server_list(list: &str) -> Result<Vec<ServerAddr>, Error> {
+    let servers = list
+        .split(',')
+        .map(str::trim)
+        .filter(|s| !s.is_empty())
+        .map(str::parse)
+        .collect::<Result<Vec<ServerAddr>, Error>>()?;
+    if servers.is_empty() {
+        return Err(invalid(list, "no server in the list"));
+    }
+    Ok(servers)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(s: &str) -> ServerAddr {
+        s.parse().unwrap_or_else(|e| panic!("{s}: {e}"))
+    }
+
+    #[test]
+    fn valid_urls() {
+        let a = parse("nats://127.0.0.1:4333");
+        assert_eq!((a.scheme, a.host.as_str(), a.port), (Scheme::Nats, "127.0.0.1", 4333));
+        let a = parse("localhost");
+        assert_eq!((a.host.as_str(), a.port), ("localhost", 4222));
+        let a = parse("TLS://example.com/");
+        assert!(a.is_tls());
+        assert_eq!(a.port, 4222);
+        let a = parse("nats://[::1]:5000");
+        assert_eq!((a.host.as_str(), a.port), ("::1", 5000));
+        assert_eq!(a.host_port(), "[::1]:5000");
+        assert_eq!(a.to_string(), "nats://[::1]:5000");
+        let a = parse("nats://alice:p%40ss@host:1");
+        assert_eq!(a.user.as_deref(), Some("alice"));
+        assert_eq!(a.password.as_deref(), Some("p@ss"));
+        assert!(a.has_credentials());
+        let a = parse("nats://s3cr3t@host");
+        assert_eq!(a.token.as_deref(), Some("s3cr3t"));
+    }
+
+    #[test]
+    fn invalid_urls() {
+        let table = [
+            ("", "url: \"\": empty"),
+            ("ws://host:1", "url: \"ws\": unsupported scheme (use nats:// or tls://)"),
+            ("nats://host:abc", "url: \"nats://host:abc\": invalid port"),
+            ("nats://host:", "url: \"nats://host:\": invalid port"),
+            ("nats://host:70000", "url: \"nats://host:70000\": port out of range"),
+            ("nats://host:0", "url: \"nats://host:0\": port out of range"),
+            ("nats://:4222", "url: \"nats://:4222\": missing host"),
+            ("nats://::1", "url: \"nats://::1\": IPv6 addresses need brackets"),
+            ("nats://host/path", "url: \"nats://host/path\": a server URL has no path"),
+            ("nats://u:pw@host:x", "url: \"nats://host:x\": invalid port"),
+        ];
+        for (url, want) in table {
+            let e = url.parse::<ServerAddr>().unwrap_err();
+            assert_eq!(e.to_string(), want, "{url}");
+        }
+    }
+
+    #[test]
+    fn credentials_never_shown() {
+        let a = parse("nats://user:topsecret@host:1");
+        let b = parse("nats://tokensecret@host:1");
+        for text in [format!("{a} {a:?}"), format!("{b} {b:?}")] {
+            assert!(!text.contains("secret"), "{text}");
+        }
+    }
+
+    #[test]
+    fn lists() {
+        let l = parse_server_list(" nats://a:1 , ,b:2,").unwrap();
+        assert_eq!(l.len(), 2);
+        assert_eq!(l[1].host, "b");
+        assert!(parse_server_list(" , ").is_err());
+        assert!(parse_server_list("a:1,ws://b").is_err());
+    }
+}

@@ -1,0 +1,434 @@
+//! The client against real nats-server processes, each result checked by an independent
+//! subscriber (nats-py) or by the server's own refusal.
+
+use std::time::Duration;
+
+use ansible_runner_nats::client::{Client, Options};
+use ansible_runner_nats::headers::HeaderMap;
+use ansible_runner_nats::Error;
+use proto_tests::{JwtSetup, PySubOptions, PySubscriber, ServerConfig, TlsFiles};
+
+const WAIT: Duration = Duration::from_secs(20);
+
+fn connect(url: &str) -> Client {
+    Options::new()
+        .servers(url)
+        .unwrap()
+        .connect()
+        .unwrap_or_else(|e| panic!("connect to {url}: {e}"))
+}
+
+/// Publishes one message and checks the independent subscriber got exactly it.
+fn assert_delivers(client: &Client, sub: &mut PySubscriber, subject: &str) {
+    client.publish(subject, b"proof").unwrap();
+    client.flush(WAIT).unwrap();
+    let got = sub.wait_for(1, WAIT);
+    assert_eq!(got.len(), 1);
+    assert_eq!(got[0].subject, subject);
+    assert_eq!(got[0].payload, b"proof");
+}
+
+#[test]
+fn publish_subscribe_round_trip() {
+    let server = ServerConfig::new().start();
+    let mut py = PySubscriber::start(&server.url(), "round.>");
+    let client = connect(&server.url());
+    let own = client.subscribe("round.*").unwrap();
+    client.flush(WAIT).unwrap();
+    let payloads: Vec<Vec<u8>> = vec![
+        b"".to_vec(),
+        b"plain".to_vec(),
+        b"with\r\nCRLF inside\r\n".to_vec(),
+        (0..=255u8).collect(),
+        vec![b'z'; 64 * 1024],
+    ];
+    for (i, p) in payloads.iter().enumerate() {
+        client.publish(&format!("round.{i}"), p).unwrap();
+    }
+    client
+        .publish_with_reply("round.reply", "reply.here", b"r")
+        .unwrap();
+    client.flush(WAIT).unwrap();
+    let got = py.wait_for(payloads.len() + 1, WAIT);
+    for (i, p) in payloads.iter().enumerate() {
+        assert_eq!(got[i].subject, format!("round.{i}"));
+        assert_eq!(&got[i].payload, p, "payload {i}");
+    }
+    assert_eq!(got[payloads.len()].reply.as_deref(), Some("reply.here"));
+    for (i, p) in payloads.iter().enumerate() {
+        let m = own.next_timeout(WAIT).unwrap();
+        assert_eq!(m.subject, format!("round.{i}"));
+        assert_eq!(&m.payload, p);
+    }
+    let stats = client.statistics();
+    assert_eq!(stats.out_msgs, payloads.len() as u64 + 1);
+    client.close().unwrap();
+}
+
+#[test]
+fn headers_round_trip() {
+    let server = ServerConfig::new().start();
+    let mut py = PySubscriber::start(&server.url(), "hdr");
+    let client = connect(&server.url());
+    let own = client.subscribe("hdr").unwrap();
+    let mut headers = HeaderMap::new();
+    headers.append("producer", "ansible-runner").unwrap();
+    headers.append("Mixed-Case", "kept").unwrap();
+    headers.append("multi", "one").unwrap();
+    headers.append("multi", "two").unwrap();
+    client
+        .publish_with_headers("hdr", &headers, b"{\"a\": 1}")
+        .unwrap();
+    client.flush(WAIT).unwrap();
+    let got = py.wait_for(1, WAIT);
+    assert_eq!(got[0].payload, b"{\"a\": 1}");
+    let find = |name: &str| -> Vec<&str> {
+        got[0]
+            .headers
+            .iter()
+            .filter(|(k, _)| k == name)
+            .map(|(_, v)| v.as_str())
+            .collect()
+    };
+    assert_eq!(find("producer"), ["ansible-runner"]);
+    assert_eq!(find("Mixed-Case"), ["kept"]);
+    // Our own subscription sees every value of a multi-valued header, in order.
+    let m = own.next_timeout(WAIT).unwrap();
+    assert_eq!(m.headers.as_ref(), Some(&headers));
+    client.close().unwrap();
+}
+
+#[test]
+fn user_password_auth() {
+    let server = ServerConfig::new().user_password("alice", "wonder-pw").start();
+    let mut py = PySubscriber::start_with(
+        &[server.url()],
+        "auth.up",
+        PySubOptions {
+            user: Some("alice".into()),
+            password: Some("wonder-pw".into()),
+            ..PySubOptions::default()
+        },
+    );
+    let good = Options::new()
+        .servers(&server.url())
+        .unwrap()
+        .user_password("alice", "wonder-pw")
+        .connect()
+        .unwrap();
+    assert_delivers(&good, &mut py, "auth.up");
+
+    let err = Options::new()
+        .servers(&server.url())
+        .unwrap()
+        .user_password("alice", "wrong-pw")
+        .connect()
+        .unwrap_err();
+    assert!(matches!(err, Error::AuthorizationViolation), "{err:?}");
+
+    // Credentials in the URL.
+    let url = server.url().replace("nats://", "nats://alice:wonder-pw@");
+    let from_url = connect(&url);
+    assert_delivers(&from_url, &mut py, "auth.up");
+    let bad_url = server.url().replace("nats://", "nats://alice:nope@");
+    let err = Options::new()
+        .servers(&bad_url)
+        .unwrap()
+        .connect()
+        .unwrap_err();
+    assert!(matches!(err, Error::AuthorizationViolation), "{err:?}");
+    assert!(!format!("{err} {err:?}").contains("nope"));
+}
+
+#[test]
+fn token_auth() {
+    let server = ServerConfig::new().token("tok-123456").start();
+    let mut py = PySubscriber::start_with(
+        &[server.url()],
+        "auth.tok",
+        PySubOptions {
+            token: Some("tok-123456".into()),
+            ..PySubOptions::default()
+        },
+    );
+    let good = Options::new()
+        .servers(&server.url())
+        .unwrap()
+        .token("tok-123456")
+        .connect()
+        .unwrap();
+    assert_delivers(&good, &mut py, "auth.tok");
+    let from_url = connect(&server.url().replace("nats://", "nats://tok-123456@"));
+    assert_delivers(&from_url, &mut py, "auth.tok");
+    let err = Options::new()
+        .servers(&server.url())
+        .unwrap()
+        .token("tok-wrong")
+        .connect()
+        .unwrap_err();
+    assert!(matches!(err, Error::AuthorizationViolation), "{err:?}");
+}
+
+#[test]
+fn nkey_seed_auth() {
+    let user = nkeys::KeyPair::new_user();
+    let seed = user.seed().unwrap();
+    let server = ServerConfig::new().nkey_user(&user.public_key()).start();
+    let mut py = PySubscriber::start_with(
+        &[server.url()],
+        "auth.nkey",
+        PySubOptions {
+            nkey_seed: Some(seed.clone()),
+            ..PySubOptions::default()
+        },
+    );
+    let good = Options::new()
+        .servers(&server.url())
+        .unwrap()
+        .nkey_seed(&seed)
+        .connect()
+        .unwrap();
+    assert_delivers(&good, &mut py, "auth.nkey");
+
+    let stranger = nkeys::KeyPair::new_user().seed().unwrap();
+    let err = Options::new()
+        .servers(&server.url())
+        .unwrap()
+        .nkey_seed(&stranger)
+        .connect()
+        .unwrap_err();
+    assert!(matches!(err, Error::AuthorizationViolation), "{err:?}");
+    assert!(!format!("{err} {err:?}").contains(&stranger));
+}
+
+#[test]
+fn creds_file_auth() {
+    let jwt = JwtSetup::new();
+    let server = ServerConfig::new().operator_mode(&jwt).start();
+    let dir = std::env::temp_dir().join(format!("arn-creds-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let good_path = dir.join("good.creds");
+    std::fs::write(&good_path, jwt.user_creds("publisher")).unwrap();
+    let py_path = dir.join("py.creds");
+    std::fs::write(&py_path, jwt.user_creds("subscriber")).unwrap();
+    let bad_path = dir.join("bad.creds");
+    std::fs::write(&bad_path, jwt.user_creds_from_other_account()).unwrap();
+
+    let mut py = PySubscriber::start_with(
+        &[server.url()],
+        "auth.creds",
+        PySubOptions {
+            creds: Some(py_path.clone()),
+            ..PySubOptions::default()
+        },
+    );
+    let good = Options::new()
+        .servers(&server.url())
+        .unwrap()
+        .credentials_file(&good_path)
+        .connect()
+        .unwrap();
+    assert_delivers(&good, &mut py, "auth.creds");
+
+    // CRLF line endings are accepted too.
+    let crlf_path = dir.join("crlf.creds");
+    std::fs::write(&crlf_path, jwt.user_creds("crlf").replace('\n', "\r\n")).unwrap();
+    let crlf = Options::new()
+        .servers(&server.url())
+        .unwrap()
+        .credentials_file(&crlf_path)
+        .connect()
+        .unwrap();
+    assert_delivers(&crlf, &mut py, "auth.creds");
+
+    let err = Options::new()
+        .servers(&server.url())
+        .unwrap()
+        .credentials_file(&bad_path)
+        .connect()
+        .unwrap_err();
+    assert!(matches!(err, Error::AuthorizationViolation), "{err:?}");
+
+    let missing = Options::new()
+        .servers(&server.url())
+        .unwrap()
+        .credentials_file(dir.join("missing.creds"))
+        .connect()
+        .unwrap_err();
+    assert!(matches!(missing, Error::Credentials { .. }), "{missing:?}");
+    assert!(missing.to_string().contains("missing.creds"), "{missing}");
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[test]
+fn tls_with_a_generated_ca() {
+    let certs = TlsFiles::generate();
+    let server = ServerConfig::new().tls(&certs).start();
+    let mut py = PySubscriber::start_with(
+        &[server.url().replace("nats://", "tls://")],
+        "tls.>",
+        PySubOptions {
+            tls_ca: Some(certs.ca_cert.clone()),
+            ..PySubOptions::default()
+        },
+    );
+    // The server requires TLS: a nats:// URL is upgraded after INFO.
+    let client = Options::new()
+        .servers(&server.url())
+        .unwrap()
+        .add_root_certificate(&certs.ca_cert)
+        .connect()
+        .unwrap();
+    assert_delivers(&client, &mut py, "tls.plain-url");
+    // A tls:// URL works the same.
+    let tls_url = server.url().replace("nats://", "tls://");
+    let client = Options::new()
+        .servers(&tls_url)
+        .unwrap()
+        .add_root_certificate(&certs.ca_cert)
+        .connect()
+        .unwrap();
+    assert_delivers(&client, &mut py, "tls.tls-url");
+
+    // Without our CA the webpki roots do not know the server's issuer.
+    let err = Options::new()
+        .servers(&tls_url)
+        .unwrap()
+        .add_root_certificate(&certs.other_ca_cert)
+        .connect()
+        .unwrap_err();
+    match &err {
+        Error::Tls(reason) => assert!(reason.contains("issuer"), "{reason}"),
+        other => panic!("expected a TLS error, got {other:?}"),
+    }
+}
+
+#[test]
+fn tls_to_a_plain_server_is_refused() {
+    let server = ServerConfig::new().start();
+    let err = Options::new()
+        .servers(&server.url().replace("nats://", "tls://"))
+        .unwrap()
+        .connect()
+        .unwrap_err();
+    assert!(matches!(err, Error::Tls(_)), "{err:?}");
+}
+
+#[test]
+fn mutual_tls() {
+    let certs = TlsFiles::generate();
+    let server = ServerConfig::new().tls(&certs).tls_verify().start();
+    let mut py = PySubscriber::start_with(
+        &[server.url().replace("nats://", "tls://")],
+        "mtls",
+        PySubOptions {
+            tls_ca: Some(certs.ca_cert.clone()),
+            tls_cert: Some((certs.client_cert.clone(), certs.client_key.clone())),
+            ..PySubOptions::default()
+        },
+    );
+    let client = Options::new()
+        .servers(&server.url())
+        .unwrap()
+        .add_root_certificate(&certs.ca_cert)
+        .client_certificate(&certs.client_cert, &certs.client_key)
+        .connect()
+        .unwrap();
+    assert_delivers(&client, &mut py, "mtls");
+
+    let without_cert = Options::new()
+        .servers(&server.url())
+        .unwrap()
+        .add_root_certificate(&certs.ca_cert)
+        .connect();
+    assert!(without_cert.is_err(), "the server must refuse a client without a certificate");
+}
+
+#[test]
+fn tls_first_handshake() {
+    let certs = TlsFiles::generate();
+    let server = ServerConfig::new().tls(&certs).tls_first().start();
+    let client = Options::new()
+        .servers(&server.url())
+        .unwrap()
+        .add_root_certificate(&certs.ca_cert)
+        .tls_first(true)
+        .connect()
+        .unwrap();
+    let own = client.subscribe("first").unwrap();
+    client.publish("first", b"over tls-first").unwrap();
+    assert_eq!(own.next_timeout(WAIT).unwrap().payload, b"over tls-first");
+    client.close().unwrap();
+}
+
+#[test]
+fn max_payload_is_refused_at_the_call() {
+    let server = ServerConfig::new().max_payload(1024).start();
+    let mut py = PySubscriber::start(&server.url(), "mp");
+    let client = connect(&server.url());
+    assert_eq!(client.server_info().max_payload, 1024);
+    let err = client.publish("mp", &[0u8; 1025]).unwrap_err();
+    assert!(
+        matches!(err, Error::MaxPayload { size: 1025, max: 1024 }),
+        "{err:?}"
+    );
+    let mut headers = HeaderMap::new();
+    headers.append("k", "v").unwrap();
+    let err = client
+        .publish_with_headers("mp", &headers, &[0u8; 1020])
+        .unwrap_err();
+    assert!(matches!(err, Error::MaxPayload { max: 1024, .. }), "{err:?}");
+    // The connection is untouched: an in-limit message still arrives, and only it.
+    client.publish("mp", &[7u8; 1024]).unwrap();
+    client.flush(WAIT).unwrap();
+    let got = py.wait_for(1, WAIT);
+    assert_eq!(got[0].payload, vec![7u8; 1024]);
+    assert!(client.is_connected());
+}
+
+#[test]
+fn flush_confirms_what_was_published() {
+    let server = ServerConfig::new().start();
+    let mut py = PySubscriber::start(&server.url(), "fl");
+    let client = connect(&server.url());
+    for round in 1..=3 {
+        for i in 0..1000 {
+            client.publish("fl", format!("{round}-{i}").as_bytes()).unwrap();
+        }
+        client.flush(WAIT).unwrap();
+    }
+    let got = py.wait_for(3000, WAIT);
+    assert_eq!(got.len(), 3000);
+    assert_eq!(got[2999].payload, b"3-999");
+    client.close().unwrap();
+    assert!(matches!(client.flush(WAIT), Err(Error::Closed)));
+}
+
+#[test]
+fn close_loses_nothing_published_before_it() {
+    const N: usize = 100_000;
+    let server = ServerConfig::new().start();
+    let mut py = PySubscriber::start(&server.url(), "bulk");
+    let client = connect(&server.url());
+    for i in 0..N {
+        client.publish("bulk", format!("{i:06}").as_bytes()).unwrap();
+    }
+    client.close().unwrap();
+    let got = py.wait_for(N, Duration::from_secs(60));
+    assert_eq!(got.len(), N);
+    for (i, m) in got.iter().enumerate() {
+        assert_eq!(m.payload, format!("{i:06}").as_bytes(), "message {i} out of order");
+    }
+}
+
+#[test]
+fn refused_connection_is_a_clear_error() {
+    let port = proto_tests::free_port();
+    let err = Options::new()
+        .servers(&format!("nats://127.0.0.1:{port}"))
+        .unwrap()
+        .connect()
+        .unwrap_err();
+    assert!(matches!(err, Error::Io { .. }), "{err:?}");
+    assert!(err.to_string().contains("refused"), "{err}");
+}

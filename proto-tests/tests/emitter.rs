@@ -1,0 +1,296 @@
+//! The emitter against a real nats-server, checked by an independent nats-py subscriber.
+
+use std::collections::HashMap;
+use std::thread;
+use std::time::{Duration, Instant};
+
+use ansible_runner_nats::emitter::{config, Emitter, Kind, Report, REDACTED, TRUNCATED_HEADER};
+use proto_tests::proxy::{Mode, Proxy};
+use proto_tests::{PySubscriber, Received, ServerConfig};
+use serde_json::{json, Value};
+
+const WAIT: Duration = Duration::from_secs(60);
+
+fn env(pairs: &[(&str, &str)]) -> HashMap<String, String> {
+    pairs
+        .iter()
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .collect()
+}
+
+/// Publishes through `emitter` with configuration from `vars`.
+fn send(emitter: &Emitter, vars: &HashMap<String, String>, ident: &str, kind: Kind<'_>, payload: &[u8]) -> Report {
+    emitter.publish(ident, kind, payload, || config::load(vars, None, "test-host"))
+}
+
+fn event(ident: &str, counter: usize, filler: usize) -> Vec<u8> {
+    serde_json::to_vec(&json!({
+        "uuid": format!("00000000-0000-0000-0000-{counter:012}"),
+        "counter": counter,
+        "event": "runner_on_ok",
+        "runner_ident": ident,
+        "stdout": "ok: [localhost]",
+        "event_data": {"res": {"results": vec!["x".repeat(filler / 60 + 1); 60]}},
+    }))
+    .unwrap()
+}
+
+fn status(ident: &str, s: &str) -> Vec<u8> {
+    serde_json::to_vec(&json!({"status": s, "runner_ident": ident})).unwrap()
+}
+
+fn json_of(m: &Received) -> Value {
+    serde_json::from_slice(&m.payload).unwrap()
+}
+
+#[test]
+fn subjects_headers_and_payloads_are_exact() {
+    let server = ServerConfig::new().start();
+    let mut sub = PySubscriber::start(&server.url(), "pub.ansible.runner.>");
+    let vars = env(&[
+        ("RUNNER_NATS_SUBJECT_ID", "test"),
+        ("RUNNER_NATS_SERVERS", &server.url()),
+        ("RUNNER_NATS_HEADERS", "producer=ansible-runner, foo=bar"),
+    ]);
+    let emitter = Emitter::new();
+    let ident = "a1b2c3";
+    let mut sent = vec![status(ident, "starting")];
+    assert!(send(&emitter, &vars, ident, Kind::Status("starting"), &sent[0]).errors.is_empty());
+    for i in 1..=3 {
+        let e = event(ident, i, 100);
+        send(&emitter, &vars, ident, Kind::Event, &e);
+        sent.push(e);
+    }
+    sent.push(status(ident, "successful"));
+    let report = send(&emitter, &vars, ident, Kind::Status("successful"), &sent[4]);
+    assert!(report.errors.is_empty(), "{:?}", report.errors);
+    let summary = report.summary.unwrap();
+    assert_eq!(summary.counters.published, 5);
+    assert_eq!(summary.counters.undelivered, 0);
+    assert_eq!(emitter.open_runs(), 0);
+
+    let got = sub.wait_for(5, WAIT);
+    let subjects: Vec<&str> = got.iter().map(|m| m.subject.as_str()).collect();
+    assert_eq!(
+        subjects,
+        [
+            "pub.ansible.runner.test.a1b2c3.status",
+            "pub.ansible.runner.test.a1b2c3.event",
+            "pub.ansible.runner.test.a1b2c3.event",
+            "pub.ansible.runner.test.a1b2c3.event",
+            "pub.ansible.runner.test.a1b2c3.status",
+        ]
+    );
+    for (m, payload) in got.iter().zip(&sent) {
+        assert_eq!(&m.payload, payload);
+        assert_eq!(
+            m.headers,
+            vec![
+                ("producer".to_string(), "ansible-runner".to_string()),
+                ("foo".to_string(), "bar".to_string())
+            ]
+        );
+    }
+}
+
+#[test]
+fn a_burst_of_large_events_before_the_final_status_all_arrive() {
+    let server = ServerConfig::new().start();
+    let mut sub = PySubscriber::start(&server.url(), "pub.ansible.runner.burst.>");
+    let vars = env(&[("RUNNER_NATS_SUBJECT_ID", "burst"), ("RUNNER_NATS_SERVERS", &server.url())]);
+    let emitter = Emitter::new();
+    let ident = "burst1";
+    send(&emitter, &vars, ident, Kind::Status("starting"), &status(ident, "starting"));
+    for i in 1..=1000 {
+        let e = event(ident, i, 38 * 1024);
+        assert!(e.len() > 38 * 1024);
+        let r = send(&emitter, &vars, ident, Kind::Event, &e);
+        assert!(r.errors.is_empty(), "{:?}", r.errors);
+    }
+    let report = send(&emitter, &vars, ident, Kind::Status("successful"), &status(ident, "successful"));
+    assert!(report.errors.is_empty(), "{:?}", report.errors);
+    let got = sub.wait_for(1002, WAIT);
+    assert_eq!(got.len(), 1002);
+    assert_eq!(json_of(&got[1001])["status"], "successful");
+    for (i, m) in got[1..1001].iter().enumerate() {
+        assert_eq!(json_of(m)["counter"], i + 1);
+    }
+}
+
+#[test]
+fn server_down_at_start_then_up_delivers_everything() {
+    let port = proto_tests::free_port();
+    let proxy = Proxy::start(port, Mode::Refuse);
+    let vars = env(&[
+        ("RUNNER_NATS_SUBJECT_ID", "late"),
+        ("RUNNER_NATS_SERVERS", &proxy.url()),
+        ("RUNNER_NATS_RECONNECT_TIME_WAIT", "0.1"),
+    ]);
+    let emitter = Emitter::new();
+    let ident = "late1";
+    let started = Instant::now();
+    send(&emitter, &vars, ident, Kind::Status("starting"), &status(ident, "starting"));
+    for i in 1..=50 {
+        send(&emitter, &vars, ident, Kind::Event, &event(ident, i, 500));
+    }
+    assert!(started.elapsed() < Duration::from_secs(1), "handlers waited on the network");
+    let server = ServerConfig::new().port(port).start();
+    let mut sub = PySubscriber::start(&server.url(), "pub.ansible.runner.late.>");
+    proxy.set_mode(Mode::Forward);
+    let report = send(&emitter, &vars, ident, Kind::Status("successful"), &status(ident, "successful"));
+    assert!(report.errors.is_empty(), "{:?}", report.errors);
+    let got = sub.wait_for(52, WAIT);
+    assert_eq!(json_of(&got[0])["status"], "starting");
+    assert_eq!(json_of(&got[51])["status"], "successful");
+}
+
+#[test]
+fn server_never_up_ends_the_run_within_the_bound_with_a_count() {
+    let proxy = Proxy::start(proto_tests::free_port(), Mode::Refuse);
+    let vars = env(&[
+        ("RUNNER_NATS_SUBJECT_ID", "never"),
+        ("RUNNER_NATS_SERVERS", &proxy.url()),
+        ("RUNNER_NATS_FLUSH_TIMEOUT", "0.5"),
+    ]);
+    let emitter = Emitter::new();
+    let ident = "never1";
+    send(&emitter, &vars, ident, Kind::Status("starting"), &status(ident, "starting"));
+    for i in 1..=20 {
+        send(&emitter, &vars, ident, Kind::Event, &event(ident, i, 100));
+    }
+    let started = Instant::now();
+    let report = send(&emitter, &vars, ident, Kind::Status("failed"), &status(ident, "failed"));
+    let took = started.elapsed();
+    assert!(took < Duration::from_millis(500) + Duration::from_secs(2), "took {took:?}");
+    let summary = report.summary.unwrap();
+    assert_eq!(summary.counters.undelivered, 22);
+    assert_eq!(report.errors.len(), 1, "{:?}", report.errors);
+    assert!(report.errors[0].contains("22 messages were not delivered"), "{}", report.errors[0]);
+}
+
+#[test]
+fn oversized_event_is_reported_and_the_rest_arrive() {
+    let server = ServerConfig::new().max_payload(64 * 1024).start();
+    let mut sub = PySubscriber::start(&server.url(), "pub.ansible.runner.big.>");
+    for (mode, expect_truncated) in [("drop", false), ("truncate", true)] {
+        let vars = env(&[
+            ("RUNNER_NATS_SUBJECT_ID", "big"),
+            ("RUNNER_NATS_SERVERS", &server.url()),
+            ("RUNNER_NATS_OVERSIZE", mode),
+        ]);
+        let emitter = Emitter::new();
+        let ident = format!("big-{mode}");
+        send(&emitter, &vars, &ident, Kind::Status("starting"), &status(&ident, "starting"));
+        // Connected before the big one, so the server's limit is known.
+        let mut reports = Vec::new();
+        for i in 1..=5 {
+            let filler = if i == 3 { 100 * 1024 } else { 100 };
+            reports.push(send(&emitter, &vars, &ident, Kind::Event, &event(&ident, i, filler)));
+        }
+        let end = send(&emitter, &vars, &ident, Kind::Status("successful"), &status(&ident, "successful"));
+        let counters = end.summary.unwrap().counters;
+        let got = sub.wait_for(if expect_truncated { 7 } else { 6 }, WAIT);
+        let counters_seen: Vec<Value> = got.iter().map(|m| json_of(m)["counter"].clone()).collect();
+        if expect_truncated {
+            assert_eq!(counters.truncated, 1);
+            assert_eq!(counters.oversized, 0);
+            let short = got.iter().find(|m| json_of(m)["counter"] == 3).unwrap();
+            assert!(short.headers.contains(&(TRUNCATED_HEADER.to_string(), "true".to_string())));
+            let res = json_of(short)["event_data"]["res"].clone();
+            assert!(res.as_str().unwrap().starts_with("<truncated"), "{res}");
+            assert!(reports[2].errors[0].contains("sent truncated"), "{:?}", reports[2].errors);
+        } else {
+            assert_eq!(counters.oversized, 1);
+            assert!(!counters_seen.contains(&json!(3)));
+            let line = &reports[2].errors[0];
+            assert!(line.contains("over the server's max_payload of 65536: not sent"), "{line}");
+            assert!(line.contains("uuid 00000000-0000-0000-0000-000000000003"), "{line}");
+        }
+        for n in [1, 2, 4, 5] {
+            assert!(counters_seen.contains(&json!(n)), "event {n} missing in {mode} mode");
+        }
+    }
+}
+
+#[test]
+fn secrets_in_the_starting_env_are_redacted() {
+    let server = ServerConfig::new().start();
+    let mut sub = PySubscriber::start(&server.url(), "pub.ansible.runner.sec.>");
+    let starting = |ident: &str| {
+        serde_json::to_vec(&json!({
+            "status": "starting",
+            "runner_ident": ident,
+            "command": ["ansible-playbook", "site.yml"],
+            "env": {
+                "RUNNER_NATS_PASSWORD": "hunter2",
+                "AWS_SECRET_ACCESS_KEY": "abc",
+                "MY_API_TOKEN": "t0k",
+                "SSH_PRIVATE_KEY": "k",
+                "VAULT_SEED": "s",
+                "DB_CREDENTIALS": "c",
+                "PATH": "/usr/bin",
+                "HOME": "/root",
+            },
+        }))
+        .unwrap()
+    };
+    let url = server.url();
+    for (redact, ident) in [(None, "sec-on"), (Some("false"), "sec-off")] {
+        let mut pairs = vec![("RUNNER_NATS_SUBJECT_ID", "sec"), ("RUNNER_NATS_SERVERS", url.as_str())];
+        if let Some(v) = redact {
+            pairs.push(("RUNNER_NATS_REDACT_ENV", v));
+        }
+        let vars = env(&pairs);
+        let emitter = Emitter::new();
+        send(&emitter, &vars, ident, Kind::Status("starting"), &starting(ident));
+        send(&emitter, &vars, ident, Kind::Status("successful"), &status(ident, "successful"));
+        let got = sub.wait_for(2, WAIT);
+        let env = json_of(&got[0])["env"].clone();
+        let secret_names = ["RUNNER_NATS_PASSWORD", "AWS_SECRET_ACCESS_KEY", "MY_API_TOKEN", "SSH_PRIVATE_KEY", "VAULT_SEED", "DB_CREDENTIALS"];
+        for name in secret_names {
+            if redact.is_none() {
+                assert_eq!(env[name], REDACTED, "{name}");
+            } else {
+                assert_ne!(env[name], REDACTED, "{name}");
+            }
+        }
+        assert_eq!(env["PATH"], "/usr/bin");
+        assert_eq!(env["HOME"], "/root");
+        if redact.is_none() {
+            assert!(!String::from_utf8_lossy(&got[0].payload).contains("hunter2"));
+        }
+    }
+}
+
+#[test]
+fn two_concurrent_runs_do_not_interfere() {
+    let server = ServerConfig::new().start();
+    let mut sub = PySubscriber::start(&server.url(), "pub.ansible.runner.par.>");
+    let vars = env(&[("RUNNER_NATS_SUBJECT_ID", "par"), ("RUNNER_NATS_SERVERS", &server.url())]);
+    let emitter = Emitter::new();
+    thread::scope(|s| {
+        for ident in ["run-a", "run-b"] {
+            let (emitter, vars) = (&emitter, &vars);
+            s.spawn(move || {
+                send(emitter, vars, ident, Kind::Status("starting"), &status(ident, "starting"));
+                for i in 1..=500 {
+                    send(emitter, vars, ident, Kind::Event, &event(ident, i, 1000));
+                }
+                let r = send(emitter, vars, ident, Kind::Status("successful"), &status(ident, "successful"));
+                assert_eq!(r.summary.unwrap().counters.published, 502);
+            });
+        }
+    });
+    let got = sub.wait_for(1004, WAIT);
+    for ident in ["run-a", "run-b"] {
+        let mine: Vec<Value> = got
+            .iter()
+            .filter(|m| m.subject.contains(&format!(".{ident}.")))
+            .map(json_of)
+            .collect();
+        assert_eq!(mine.len(), 502, "{ident}");
+        assert!(mine.iter().all(|v| v["runner_ident"] == ident));
+        let counters: Vec<u64> = mine[1..501].iter().map(|v| v["counter"].as_u64().unwrap()).collect();
+        assert_eq!(counters, (1..=500).collect::<Vec<u64>>(), "{ident} in order");
+    }
+}

@@ -1,0 +1,455 @@
+//! The client against a scripted fake server driven by the crate's own codec: exact
+//! CONNECT fields, server PINGs, `-ERR` mid-stream, INFO split into tiny reads, a server
+//! that never speaks, and what a lost connection does to a pending flush.
+
+use std::io::{Read, Write};
+use std::net::{TcpListener, TcpStream};
+use std::sync::mpsc;
+use std::thread;
+use std::time::{Duration, Instant};
+
+use ansible_runner_nats::client::{Event, Options};
+use ansible_runner_nats::proto::{parse_client_op, ClientOp, ServerInfo, ServerOp, Status};
+use ansible_runner_nats::Error;
+use serde_json::{json, Value};
+
+const STEP: Duration = Duration::from_secs(5);
+
+/// One accepted connection, read and written through the codec.
+struct FakeConn {
+    stream: TcpStream,
+    buf: Vec<u8>,
+}
+
+/// What the fake saw from the client, owned.
+#[derive(Debug, PartialEq)]
+enum Seen {
+    Connect(Value),
+    Pub {
+        subject: String,
+        reply: Option<String>,
+        header: Option<Vec<u8>>,
+        payload: Vec<u8>,
+    },
+    Sub(String, u64),
+    Unsub(u64),
+    Ping,
+    Pong,
+}
+
+impl FakeConn {
+    fn send(&mut self, op: ServerOp<'_>) {
+        let mut out = Vec::new();
+        op.encode(&mut out);
+        self.stream.write_all(&out).expect("fake server write");
+    }
+
+    fn info(&mut self, info: ServerInfo) {
+        self.send(ServerOp::Info(Box::new(info)));
+    }
+
+    /// The next client operation, waiting at most `STEP`.
+    fn next(&mut self) -> Seen {
+        self.try_next(STEP).expect("the client sent nothing in time")
+    }
+
+    fn try_next(&mut self, timeout: Duration) -> Option<Seen> {
+        let deadline = Instant::now() + timeout;
+        loop {
+            if let Status::Complete((op, used)) =
+                parse_client_op(&self.buf, 4096).expect("the client sent a malformed op")
+            {
+                let seen = match op {
+                    ClientOp::Connect(_) => {
+                        // Check the raw JSON, not our own parse of it.
+                        let line_end = self.buf.windows(2).position(|w| w == b"\r\n").unwrap();
+                        Seen::Connect(serde_json::from_slice(&self.buf[8..line_end]).unwrap())
+                    }
+                    ClientOp::Pub {
+                        subject,
+                        reply,
+                        payload,
+                    } => Seen::Pub {
+                        subject: subject.into(),
+                        reply: reply.map(Into::into),
+                        header: None,
+                        payload: payload.to_vec(),
+                    },
+                    ClientOp::Hpub {
+                        subject,
+                        reply,
+                        header,
+                        payload,
+                    } => Seen::Pub {
+                        subject: subject.into(),
+                        reply: reply.map(Into::into),
+                        header: Some(header.to_vec()),
+                        payload: payload.to_vec(),
+                    },
+                    ClientOp::Sub { subject, sid, .. } => Seen::Sub(subject.into(), sid),
+                    ClientOp::Unsub { sid, .. } => Seen::Unsub(sid),
+                    ClientOp::Ping => Seen::Ping,
+                    ClientOp::Pong => Seen::Pong,
+                };
+                self.buf.drain(..used);
+                return Some(seen);
+            }
+            let left = deadline.saturating_duration_since(Instant::now());
+            if left.is_zero() {
+                return None;
+            }
+            self.stream.set_read_timeout(Some(left)).unwrap();
+            let mut chunk = [0u8; 4096];
+            match self.stream.read(&mut chunk) {
+                Ok(0) => return None,
+                Ok(n) => self.buf.extend_from_slice(&chunk[..n]),
+                Err(_) => return None,
+            }
+        }
+    }
+
+    /// Answers PINGs (as from a closing client's flush) until the client hangs up.
+    fn serve_until_closed(&mut self) {
+        while let Some(seen) = self.try_next(STEP) {
+            if seen == Seen::Ping {
+                self.send(ServerOp::Pong);
+            }
+        }
+    }
+
+    /// Completes the client's handshake: returns its CONNECT JSON after answering its PING.
+    fn handshake(&mut self, info: ServerInfo) -> Value {
+        self.info(info);
+        let Seen::Connect(json) = self.next() else {
+            panic!("expected CONNECT first")
+        };
+        assert_eq!(self.next(), Seen::Ping);
+        self.send(ServerOp::Pong);
+        json
+    }
+}
+
+fn basic_info() -> ServerInfo {
+    ServerInfo {
+        server_id: "FAKE".into(),
+        version: "2.15.1".into(),
+        headers: true,
+        max_payload: 1024 * 1024,
+        proto: 1,
+        ..ServerInfo::default()
+    }
+}
+
+/// Starts a fake server that runs `script` on its first connection.
+fn fake_server<F>(script: F) -> (String, thread::JoinHandle<()>)
+where
+    F: FnOnce(FakeConn) + Send + 'static,
+{
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    let url = format!("nats://{}", listener.local_addr().unwrap());
+    let handle = thread::spawn(move || {
+        let (stream, _) = listener.accept().unwrap();
+        stream.set_nodelay(true).unwrap();
+        script(FakeConn {
+            stream,
+            buf: Vec::new(),
+        });
+    });
+    (url, handle)
+}
+
+#[test]
+fn connect_sends_exactly_the_expected_fields() {
+    let (tx, rx) = mpsc::channel();
+    let (url, server) = fake_server(move |mut conn| {
+        let connect = conn.handshake(basic_info());
+        tx.send(connect).unwrap();
+        // Then the publish arrives byte-exact.
+        assert_eq!(
+            conn.next(),
+            Seen::Pub {
+                subject: "a.b".into(),
+                reply: None,
+                header: None,
+                payload: b"hi".to_vec()
+            }
+        );
+        assert_eq!(conn.next(), Seen::Ping);
+        conn.send(ServerOp::Pong);
+        conn.serve_until_closed();
+    });
+    let client = Options::new()
+        .servers(&url)
+        .unwrap()
+        .name("fake-test")
+        .echo(false)
+        .user_password("alice", "pw-secret")
+        .connect()
+        .expect("connect to the fake server");
+    let connect = rx.recv_timeout(STEP).unwrap();
+    assert_eq!(
+        connect,
+        json!({
+            "verbose": false,
+            "pedantic": false,
+            "tls_required": false,
+            "name": "fake-test",
+            "lang": "rust",
+            "version": env!("CARGO_PKG_VERSION"),
+            "protocol": 1,
+            "echo": false,
+            "headers": true,
+            "no_responders": true,
+            "user": "alice",
+            "pass": "pw-secret",
+        })
+    );
+    client.publish("a.b", b"hi").unwrap();
+    client.flush(STEP).unwrap();
+    client.close().unwrap();
+    server.join().unwrap();
+}
+
+#[test]
+fn token_from_the_url_goes_into_auth_token() {
+    let (tx, rx) = mpsc::channel();
+    let (url, server) = fake_server(move |mut conn| {
+        tx.send(conn.handshake(basic_info())).unwrap();
+        conn.serve_until_closed();
+    });
+    let url = url.replace("nats://", "nats://s3cr3t-token@");
+    let client = Options::new().servers(&url).unwrap().connect().unwrap();
+    let connect = rx.recv_timeout(STEP).unwrap();
+    assert_eq!(connect["auth_token"], "s3cr3t-token");
+    assert!(connect.get("user").is_none());
+    drop(client);
+    server.join().unwrap();
+}
+
+#[test]
+fn server_ping_is_answered_with_pong() {
+    let (url, server) = fake_server(|mut conn| {
+        conn.handshake(basic_info());
+        conn.send(ServerOp::Ping);
+        assert_eq!(conn.next(), Seen::Pong);
+        conn.send(ServerOp::Ping);
+        assert_eq!(conn.next(), Seen::Pong);
+        conn.serve_until_closed();
+    });
+    let client = Options::new().servers(&url).unwrap().connect().unwrap();
+    server.join().unwrap();
+    drop(client);
+}
+
+#[test]
+fn err_mid_stream_is_reported_and_a_fatal_one_closes() {
+    let (events_tx, events_rx) = mpsc::channel();
+    let (url, server) = fake_server(|mut conn| {
+        conn.handshake(basic_info());
+        // A permission violation leaves the connection usable.
+        conn.send(ServerOp::Err("Permissions Violation for Publish to \"x\""));
+        assert_eq!(conn.next(), Seen::Ping);
+        conn.send(ServerOp::Pong);
+        // A stale-connection error is followed by the server closing the connection.
+        conn.send(ServerOp::Err("Stale Connection"));
+    });
+    let events_tx = std::sync::Mutex::new(events_tx);
+    let client = Options::new()
+        .servers(&url)
+        .unwrap()
+        .event_callback(move |e| {
+            let _ = events_tx.lock().unwrap().send(e);
+        })
+        .connect()
+        .unwrap();
+    let next_event = || events_rx.recv_timeout(STEP).expect("an event");
+    assert!(matches!(next_event(), Event::Connected { .. }));
+    assert_eq!(
+        next_event(),
+        Event::ServerError("Permissions Violation for Publish to \"x\"".into())
+    );
+    client.flush(STEP).expect("still connected after a permission violation");
+    assert_eq!(next_event(), Event::ServerError("Stale Connection".into()));
+    server.join().unwrap();
+    match next_event() {
+        Event::Disconnected { reason } => assert!(reason.contains("Stale Connection"), "{reason}"),
+        other => panic!("expected Disconnected, got {other:?}"),
+    }
+    assert!(!client.is_connected());
+    assert!(matches!(client.publish("a", b"x"), Err(Error::Closed)));
+}
+
+#[test]
+fn info_split_into_single_bytes_is_reassembled() {
+    let (url, server) = fake_server(|mut conn| {
+        let mut info = Vec::new();
+        ServerOp::Info(Box::new(basic_info())).encode(&mut info);
+        for byte in info {
+            conn.stream.write_all(&[byte]).unwrap();
+            thread::sleep(Duration::from_millis(1));
+        }
+        let Seen::Connect(_) = conn.next() else {
+            panic!("expected CONNECT")
+        };
+        assert_eq!(conn.next(), Seen::Ping);
+        // PONG split too, followed at once by a PING in the same write.
+        conn.stream.write_all(b"PO").unwrap();
+        thread::sleep(Duration::from_millis(5));
+        conn.stream.write_all(b"NG\r\nPING\r\n").unwrap();
+        assert_eq!(conn.next(), Seen::Pong);
+        conn.serve_until_closed();
+    });
+    let client = Options::new().servers(&url).unwrap().connect().unwrap();
+    assert_eq!(client.server_info().server_id, "FAKE");
+    server.join().unwrap();
+    drop(client);
+}
+
+#[test]
+fn a_server_that_never_sends_info_hits_the_connect_timeout() {
+    let (url, server) = fake_server(|mut conn| {
+        // Accept, then say nothing until the client gives up.
+        let _ = conn.try_next(Duration::from_secs(5));
+    });
+    let started = Instant::now();
+    let err = Options::new()
+        .servers(&url)
+        .unwrap()
+        .connect_timeout(Duration::from_millis(300))
+        .connect()
+        .unwrap_err();
+    let took = started.elapsed();
+    assert!(
+        matches!(err, Error::ConnectTimeout { timeout, .. } if timeout == Duration::from_millis(300)),
+        "{err:?}"
+    );
+    assert!(
+        took >= Duration::from_millis(290) && took < Duration::from_secs(2),
+        "{took:?}"
+    );
+    assert!(err.to_string().contains("timed out after 300ms"), "{err}");
+    server.join().unwrap();
+}
+
+#[test]
+fn authorization_violation_is_a_specific_error() {
+    let (url, server) = fake_server(|mut conn| {
+        conn.info(ServerInfo {
+            auth_required: true,
+            ..basic_info()
+        });
+        let Seen::Connect(_) = conn.next() else {
+            panic!("expected CONNECT")
+        };
+        conn.send(ServerOp::Err("Authorization Violation"));
+    });
+    let err = Options::new()
+        .servers(&url)
+        .unwrap()
+        .user_password("bob", "wrong")
+        .connect()
+        .unwrap_err();
+    assert!(matches!(err, Error::AuthorizationViolation), "{err:?}");
+    assert!(!format!("{err} {err:?}").contains("wrong"));
+    server.join().unwrap();
+}
+
+#[test]
+fn max_payload_is_checked_before_anything_is_queued() {
+    let (url, server) = fake_server(|mut conn| {
+        conn.handshake(ServerInfo {
+            max_payload: 100,
+            ..basic_info()
+        });
+        // The oversized publish never reaches the wire: the next op is the flush's PING.
+        assert_eq!(
+            conn.next(),
+            Seen::Pub {
+                subject: "ok".into(),
+                reply: None,
+                header: None,
+                payload: vec![b'x'; 100]
+            }
+        );
+        assert_eq!(conn.next(), Seen::Ping);
+        conn.send(ServerOp::Pong);
+        conn.serve_until_closed();
+    });
+    let client = Options::new().servers(&url).unwrap().connect().unwrap();
+    let err = client.publish("big", &[b'x'; 101]).unwrap_err();
+    assert!(
+        matches!(err, Error::MaxPayload { size: 101, max: 100 }),
+        "{err:?}"
+    );
+    assert_eq!(
+        err.to_string(),
+        "publish: message of 101 bytes exceeds the server's max_payload of 100 bytes"
+    );
+    client.publish("ok", &[b'x'; 100]).unwrap();
+    client.flush(STEP).unwrap();
+    drop(client);
+    server.join().unwrap();
+}
+
+#[test]
+fn a_flush_pending_when_the_connection_dies_fails() {
+    let (url, server) = fake_server(|mut conn| {
+        conn.handshake(basic_info());
+        assert!(matches!(conn.next(), Seen::Pub { .. }));
+        assert_eq!(conn.next(), Seen::Ping);
+        // Close instead of answering: the data may or may not have been processed.
+        drop(conn);
+    });
+    let client = Options::new().servers(&url).unwrap().connect().unwrap();
+    client.publish("a", b"maybe lost").unwrap();
+    let err = client.flush(STEP).unwrap_err();
+    assert!(matches!(err, Error::Disconnected), "{err:?}");
+    server.join().unwrap();
+}
+
+#[test]
+fn subscriptions_receive_msg_and_hmsg() {
+    let (url, server) = fake_server(|mut conn| {
+        conn.handshake(basic_info());
+        let Seen::Sub(subject, sid) = conn.next() else {
+            panic!("expected SUB")
+        };
+        assert_eq!(subject, "events.>");
+        let mut out = Vec::new();
+        ServerOp::Msg(ansible_runner_nats::proto::Msg {
+            subject: "events.one",
+            sid,
+            reply: Some("_INBOX.r"),
+            header: None,
+            payload: b"first",
+        })
+        .encode(&mut out);
+        ServerOp::Msg(ansible_runner_nats::proto::Msg {
+            subject: "events.two",
+            sid,
+            reply: None,
+            header: Some(b"NATS/1.0\r\nA: 1\r\nA: 2\r\n\r\n"),
+            payload: b"",
+        })
+        .encode(&mut out);
+        // Both messages in one write, split at an awkward place.
+        let (a, b) = out.split_at(out.len() / 2 + 3);
+        conn.stream.write_all(a).unwrap();
+        thread::sleep(Duration::from_millis(5));
+        conn.stream.write_all(b).unwrap();
+        conn.serve_until_closed();
+    });
+    let client = Options::new().servers(&url).unwrap().connect().unwrap();
+    let sub = client.subscribe("events.>").unwrap();
+    let first = sub.next_timeout(STEP).unwrap();
+    assert_eq!(first.subject, "events.one");
+    assert_eq!(first.reply.as_deref(), Some("_INBOX.r"));
+    assert_eq!(first.payload, b"first");
+    assert!(first.headers.is_none());
+    let second = sub.next_timeout(STEP).unwrap();
+    let headers = second.headers.expect("headers");
+    assert_eq!(headers.get_all("A").collect::<Vec<_>>(), ["1", "2"]);
+    assert!(second.payload.is_empty());
+    drop(client);
+    server.join().unwrap();
+}

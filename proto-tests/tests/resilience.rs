@@ -1,0 +1,435 @@
+//! Fault injection against real nats-server processes: kills, restarts, a stalled
+//! network, lame duck mode, a full reconnect buffer and credentials that stop working.
+//! Every wait is on a condition with a bound; the proxy decides when the client may
+//! reach a restarted server, so nothing depends on timing luck.
+
+use std::collections::HashSet;
+use std::sync::mpsc;
+use std::sync::{Arc, Mutex};
+use std::thread;
+use std::time::{Duration, Instant};
+
+use ansible_runner_nats::client::{Client, Event, Options};
+use ansible_runner_nats::Error;
+use proto_tests::proxy::{Mode, Proxy};
+use proto_tests::{cluster, wait_until, NatsServer, PySubscriber, ServerConfig};
+
+const WAIT: Duration = Duration::from_secs(30);
+
+/// Events a client reported, with when they arrived.
+#[derive(Clone, Default)]
+struct Events(Arc<Mutex<Vec<(Instant, Event)>>>);
+
+impl Events {
+    fn options(&self, opts: Options) -> Options {
+        let sink = self.clone();
+        opts.event_callback(move |e| sink.0.lock().unwrap().push((Instant::now(), e)))
+    }
+
+    fn count(&self, pred: impl Fn(&Event) -> bool) -> usize {
+        self.0.lock().unwrap().iter().filter(|(_, e)| pred(e)).count()
+    }
+
+    fn first_time(&self, pred: impl Fn(&Event) -> bool) -> Option<Instant> {
+        self.0
+            .lock()
+            .unwrap()
+            .iter()
+            .find(|(_, e)| pred(e))
+            .map(|(t, _)| *t)
+    }
+
+    fn times(&self, pred: impl Fn(&Event) -> bool) -> Vec<Instant> {
+        self.0
+            .lock()
+            .unwrap()
+            .iter()
+            .filter(|(_, e)| pred(e))
+            .map(|(t, _)| *t)
+            .collect()
+    }
+}
+
+fn is_reconnected(e: &Event) -> bool {
+    matches!(e, Event::Reconnected { .. })
+}
+
+fn is_disconnected(e: &Event) -> bool {
+    matches!(e, Event::Disconnected { .. })
+}
+
+fn fast_reconnect(opts: Options) -> Options {
+    opts.reconnect_time_wait(Duration::from_millis(100))
+        .reconnect_jitter(Duration::from_millis(20))
+        .max_reconnect_attempts(-1)
+        .connect_timeout(Duration::from_secs(1))
+}
+
+fn wait_routes(server: &NatsServer, n: u64) {
+    wait_until(WAIT, "cluster routes", || {
+        server.monitor("/routez")["num_routes"].as_u64() == Some(n)
+    });
+}
+
+/// Two-node cluster, publisher behind a proxy to node A only (routes not advertised to
+/// clients), subscriber on node B. Kills A twice mid-stream. Returns (first arrivals in
+/// order?, duplicates, missing).
+fn kill_twice(resend: bool, total: usize) -> (bool, usize, usize) {
+    let nodes = cluster(2, |c| c.extra("cluster { no_advertise: true }"));
+    let (mut a, b) = {
+        let mut it = nodes.into_iter();
+        (it.next().unwrap(), it.next().unwrap())
+    };
+    let proxy = Proxy::start(a.port(), Mode::Forward);
+    let mut sub = PySubscriber::start(&b.url(), "seq");
+    let events = Events::default();
+    let client = events
+        .options(fast_reconnect(Options::new()))
+        .servers(&proxy.url())
+        .unwrap()
+        .resend_unconfirmed(resend)
+        .connect()
+        .unwrap();
+    let (tx, rx) = mpsc::channel::<usize>();
+    let publisher = {
+        let client = client.clone();
+        thread::spawn(move || {
+            for i in 0..total {
+                client.publish("seq", format!("{i}").as_bytes()).unwrap();
+                if i % 1000 == 999 {
+                    let _ = tx.send(i + 1);
+                    // Spread the stream over time so that the kills land mid-stream.
+                    thread::sleep(Duration::from_millis(2));
+                }
+            }
+        })
+    };
+    let mut kills = 0;
+    let mut published = 0;
+    while kills < 2 {
+        published = rx.recv_timeout(WAIT).expect("publisher progress");
+        if published >= total * (kills + 1) / 3 {
+            // The proxy refuses until A is back with its route, so no message can reach
+            // A before A knows about B's subscription.
+            proxy.set_mode(Mode::Refuse);
+            a.kill();
+            proxy.cut_all();
+            a.restart();
+            wait_routes(&a, 1);
+            proxy.set_mode(Mode::Forward);
+            kills += 1;
+        }
+    }
+    let _ = published;
+    publisher.join().unwrap();
+    client.flush(WAIT).unwrap();
+    client.close().unwrap();
+    assert!(events.count(is_reconnected) >= 2, "expected two reconnects");
+
+    // Everything the subscriber will get has been flushed through B by now: a marker
+    // published last, after the client's close, bounds the wait.
+    let marker = ansible_runner_nats::client::connect(&b.url()).unwrap();
+    marker.publish("seq", b"end").unwrap();
+    marker.close().unwrap();
+    let mut got = Vec::new();
+    let deadline = Instant::now() + WAIT;
+    loop {
+        got.extend(sub.received());
+        if got.last().is_some_and(|m| m.payload == b"end") {
+            break;
+        }
+        assert!(Instant::now() < deadline, "no end marker: {} received", got.len());
+        thread::sleep(Duration::from_millis(20));
+    }
+    got.pop();
+    let mut seen = HashSet::new();
+    let mut firsts = Vec::new();
+    for m in &got {
+        let n: usize = std::str::from_utf8(&m.payload).unwrap().parse().unwrap();
+        if seen.insert(n) {
+            firsts.push(n);
+        }
+    }
+    let in_order = firsts.windows(2).all(|w| w[0] < w[1]);
+    let duplicates = got.len() - seen.len();
+    let missing = total - seen.len();
+    (in_order, duplicates, missing)
+}
+
+#[test]
+fn kill_and_restart_twice_with_resend_loses_nothing() {
+    let total = 100_000;
+    let (in_order, duplicates, missing) = kill_twice(true, total);
+    eprintln!("resend_unconfirmed on: {missing} missing, {duplicates} duplicates of {total}");
+    assert_eq!(missing, 0, "messages lost with resend_unconfirmed");
+    assert!(in_order, "first arrivals out of publish order");
+}
+
+#[test]
+fn kill_and_restart_twice_without_resend_reports_loss() {
+    let total = 100_000;
+    let (in_order, duplicates, missing) = kill_twice(false, total);
+    eprintln!("resend_unconfirmed off: {missing} missing, {duplicates} duplicates of {total}");
+    assert_eq!(duplicates, 0, "at-most-once must not duplicate");
+    assert!(in_order);
+}
+
+#[test]
+fn three_node_cluster_learned_from_info_survives_each_node_killed() {
+    let mut nodes = cluster(3, |c| c);
+    let urls: Vec<String> = nodes.iter().map(NatsServer::url).collect();
+    let mut subs: Vec<PySubscriber> = (0..2)
+        .map(|_| PySubscriber::start_with(&urls, "tri", Default::default()))
+        .collect();
+    let events = Events::default();
+    let client = events
+        .options(fast_reconnect(Options::new()))
+        .servers(&urls[0])
+        .unwrap()
+        .resend_unconfirmed(true)
+        .connect()
+        .unwrap();
+    wait_until(WAIT, "connect_urls learned", || {
+        client.server_info().connect_urls.len() >= 2
+    });
+    let mut next = 0usize;
+    let mut publish = |client: &Client, n: usize| {
+        for _ in 0..n {
+            client.publish("tri", format!("{next}").as_bytes()).unwrap();
+            next += 1;
+        }
+        client.flush(WAIT).unwrap();
+    };
+    publish(&client, 1000);
+    for victim in 0..3 {
+        // Kill the node the client is on now, whichever it is.
+        let port = client.server_info().port;
+        let idx = nodes.iter().position(|n| n.port() == port).unwrap_or(victim);
+        nodes[idx].kill();
+        publish(&client, 1000);
+        nodes[idx].restart();
+        for n in &nodes {
+            wait_routes(n, 2);
+        }
+    }
+    publish(&client, 1000);
+    client.close().unwrap();
+    assert!(events.count(is_reconnected) >= 3);
+    let total = next;
+    let mut seen = HashSet::new();
+    wait_until(WAIT, "every message at one subscriber at least", || {
+        for s in subs.iter_mut() {
+            for m in s.received() {
+                seen.insert(m.payload);
+            }
+        }
+        seen.len() >= total
+    });
+}
+
+#[test]
+fn server_down_at_start_then_up_delivers_the_buffer() {
+    let server_port = proto_tests::free_port();
+    let proxy = Proxy::start(server_port, Mode::Refuse);
+    let events = Events::default();
+    let client = events
+        .options(fast_reconnect(Options::new()))
+        .servers(&proxy.url())
+        .unwrap()
+        .retry_on_failed_connect(true)
+        .connect()
+        .expect("a client even though no server is up");
+    assert!(!client.is_connected());
+    for i in 0..500 {
+        client.publish("early", format!("{i}").as_bytes()).unwrap();
+    }
+    let server = ServerConfig::new().port(server_port).start();
+    let mut sub = PySubscriber::start(&server.url(), "early");
+    proxy.set_mode(Mode::Forward);
+    client.flush(WAIT).unwrap();
+    let got = sub.wait_for(500, WAIT);
+    let payloads: Vec<String> = got
+        .iter()
+        .map(|m| String::from_utf8(m.payload.clone()).unwrap())
+        .collect();
+    let expected: Vec<String> = (0..500).map(|i| i.to_string()).collect();
+    assert_eq!(payloads, expected);
+    client.close().unwrap();
+}
+
+fn rss_kib() -> u64 {
+    let status = std::fs::read_to_string("/proc/self/status").unwrap();
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.split_whitespace().next())
+        .and_then(|v| v.parse().ok())
+        .unwrap()
+}
+
+#[test]
+fn full_reconnect_buffer_refuses_and_counts() {
+    let proxy = Proxy::start(proto_tests::free_port(), Mode::Refuse);
+    let pending = 256 * 1024;
+    let client = fast_reconnect(Options::new())
+        .servers(&proxy.url())
+        .unwrap()
+        .retry_on_failed_connect(true)
+        .pending_size(pending)
+        .connect()
+        .unwrap();
+    let payload = vec![b'x'; 1024];
+    let before = rss_kib();
+    let (mut accepted, mut refused) = (0u64, 0u64);
+    for _ in 0..1_000_000 {
+        match client.publish("buf", &payload) {
+            Ok(()) => accepted += 1,
+            Err(Error::BufferFull { which, limit }) => {
+                assert_eq!(which, "reconnect buffer");
+                assert_eq!(limit, pending);
+                refused += 1;
+            }
+            Err(e) => panic!("unexpected error {e}"),
+        }
+    }
+    let grown = rss_kib().saturating_sub(before);
+    eprintln!("reconnect buffer {pending} B: accepted {accepted}, refused {refused}, RSS grew {grown} KiB");
+    assert!(accepted > 0 && accepted < 256, "accepted {accepted}");
+    assert_eq!(accepted + refused, 1_000_000);
+    assert_eq!(client.statistics().dropped, refused);
+    assert!(grown < 16 * 1024, "memory grew by {grown} KiB");
+    let err = client.close().unwrap_err();
+    assert!(
+        matches!(err, Error::NotDelivered { messages, .. } if messages == accepted),
+        "{err:?}"
+    );
+}
+
+#[test]
+fn stalled_connection_is_detected_by_pings() {
+    let server = ServerConfig::new().start();
+    let proxy = Proxy::start(server.port(), Mode::Forward);
+    let events = Events::default();
+    let interval = Duration::from_millis(300);
+    let client = events
+        .options(fast_reconnect(Options::new()))
+        .servers(&proxy.url())
+        .unwrap()
+        .ping_interval(interval)
+        .max_outstanding_pings(2)
+        .connect()
+        .unwrap();
+    client.flush(WAIT).unwrap();
+    let stalled_at = Instant::now();
+    proxy.set_mode(Mode::Stall);
+    wait_until(WAIT, "stale connection detected", || {
+        events.count(is_disconnected) >= 1
+    });
+    let detected = events.first_time(is_disconnected).unwrap() - stalled_at;
+    let bound = interval * 3 + Duration::from_millis(500);
+    eprintln!("stall detected after {detected:?} (bound {bound:?})");
+    assert!(detected <= bound, "took {detected:?}");
+    proxy.cut_all();
+    proxy.set_mode(Mode::Forward);
+    wait_until(WAIT, "reconnected", || events.count(is_reconnected) >= 1);
+    client.flush(WAIT).unwrap();
+}
+
+#[test]
+fn lame_duck_moves_to_another_node_without_loss() {
+    let nodes = cluster(2, |c| c.extra("lame_duck_duration: \"30s\"\nlame_duck_grace_period: \"1s\""));
+    let mut sub = PySubscriber::start(&nodes[1].url(), "ldm");
+    let events = Events::default();
+    let client = events
+        .options(fast_reconnect(Options::new()))
+        .servers(&format!("{},{}", nodes[0].url(), nodes[1].url()))
+        .unwrap()
+        .no_randomize(true)
+        .connect()
+        .unwrap();
+    assert_eq!(client.server_info().port, nodes[0].port());
+    for i in 0..1000 {
+        client.publish("ldm", format!("{i}").as_bytes()).unwrap();
+    }
+    nodes[0].signal_ldm();
+    wait_until(WAIT, "lame duck announced", || {
+        events.count(|e| matches!(e, Event::LameDuck)) == 1
+    });
+    for i in 1000..2000 {
+        client.publish("ldm", format!("{i}").as_bytes()).unwrap();
+    }
+    wait_until(WAIT, "moved to the other node", || {
+        client.is_connected() && client.server_info().port == nodes[1].port()
+    });
+    client.flush(WAIT).unwrap();
+    let got = sub.wait_for(2000, WAIT);
+    let mut nums: Vec<usize> = got
+        .iter()
+        .map(|m| std::str::from_utf8(&m.payload).unwrap().parse().unwrap())
+        .collect();
+    nums.sort_unstable();
+    nums.dedup();
+    assert_eq!(nums.len(), 2000);
+    client.close().unwrap();
+}
+
+#[test]
+fn wrong_credentials_on_reconnect_follow_the_wait_and_the_count() {
+    let first = ServerConfig::new().user_password("app", "first-pw").start();
+    let second = ServerConfig::new().user_password("app", "second-pw").start();
+    let proxy = Proxy::start(first.port(), Mode::Forward);
+    let events = Events::default();
+    let wait = Duration::from_millis(300);
+    let client = events
+        .options(Options::new())
+        .servers(&proxy.url())
+        .unwrap()
+        .user_password("app", "first-pw")
+        .reconnect_time_wait(wait)
+        .reconnect_jitter(Duration::ZERO)
+        .max_reconnect_attempts(3)
+        .connect()
+        .unwrap();
+    // The "same" server comes back with other credentials.
+    proxy.set_target(second.port());
+    proxy.cut_all();
+    wait_until(WAIT, "client closed after its attempts", || client.is_closed());
+    let failures = events.times(|e| {
+        matches!(e, Event::ReconnectFailed { reason, .. } if reason.contains("authorization violation"))
+    });
+    assert_eq!(failures.len(), 3, "attempts honour max_reconnect_attempts");
+    for pair in failures.windows(2) {
+        let gap = pair[1] - pair[0];
+        assert!(gap >= wait - Duration::from_millis(20), "attempts too close: {gap:?}");
+    }
+    assert_eq!(events.count(|e| matches!(e, Event::Closed)), 1);
+    let last = client.last_error().unwrap();
+    assert!(last.contains("authorization violation"), "{last}");
+    assert!(matches!(client.publish("x", b"y"), Err(Error::Closed)));
+}
+
+#[test]
+fn close_during_an_outage_is_bounded_and_counts() {
+    let mut server = ServerConfig::new().start();
+    let client = fast_reconnect(Options::new())
+        .servers(&server.url())
+        .unwrap()
+        .flush_timeout(Duration::from_millis(500))
+        .connect()
+        .unwrap();
+    client.flush(WAIT).unwrap();
+    server.kill();
+    wait_until(WAIT, "disconnect noticed", || !client.is_connected());
+    for i in 0..50 {
+        client.publish("gone", format!("{i}").as_bytes()).unwrap();
+    }
+    let started = Instant::now();
+    let err = client.close().unwrap_err();
+    let took = started.elapsed();
+    assert!(
+        matches!(err, Error::NotDelivered { messages: 50, .. }),
+        "{err:?}"
+    );
+    assert!(took < Duration::from_millis(500) + Duration::from_secs(2), "close took {took:?}");
+    eprintln!("close during outage returned after {took:?}: {err}");
+}

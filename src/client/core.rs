@@ -1,0 +1,719 @@
+//! The machinery behind [`crate::client::Client`]: shared state, the supervisor (writer)
+//! thread that owns the connection's life, and the reader thread of each connection.
+//!
+//! Outbound bytes wait in three buffers, written in this order on each round:
+//! `pre` (SUB and PONG), `out` (the messages: PUB and HPUB only, so they can be kept and
+//! replayed), then `post` (UNSUB) followed by the PINGs that flushes and keep-alives asked
+//! for. Because a flush's PING is written after every message queued before it, its PONG
+//! proves the server read them.
+
+use std::collections::{HashMap, VecDeque};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::mpsc::{SyncSender, TrySendError};
+use std::sync::{Arc, Condvar, Mutex, MutexGuard};
+use std::thread::{self, JoinHandle};
+use std::time::{Duration, Instant};
+
+use super::handshake::{establish, server_error, Established};
+use super::pool::{jitter, Entry, Pool};
+use super::transport::{remaining, ReadHalf, WriteHalf};
+use super::{Event, Message, Options, Statistics};
+use crate::error::{Error, Result};
+use crate::headers::HeaderMap;
+use crate::proto::{parse_server_op, ClientOp, Msg, ServerInfo, ServerOp, Status};
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Phase {
+    Connected,
+    /// Between connections: publishes go to the reconnect buffer.
+    Reconnecting,
+    /// `close()` was called: write what is queued, then stop.
+    Closing,
+    Closed,
+}
+
+pub(crate) struct State {
+    pub(crate) phase: Phase,
+    pub(crate) pre: Vec<u8>,
+    pub(crate) out: Vec<u8>,
+    /// Messages in `out`.
+    pub(crate) out_msgs: u64,
+    pub(crate) post: Vec<u8>,
+    pub(crate) pongs_due: u32,
+    pub(crate) pings_due: u32,
+    /// Reused to encode header blocks without allocating per message.
+    pub(crate) scratch: Vec<u8>,
+    pub(crate) info: ServerInfo,
+    /// Changes with every new connection and every loss, so waiters can tell theirs ended.
+    pub(crate) generation: u64,
+    /// PINGs requested on this connection (flushes, keep-alives, confirmations), in order.
+    pub(crate) pings_requested: u64,
+    pub(crate) pongs_received: u64,
+    /// Keep-alive PINGs sent since the last PONG.
+    pub(crate) pings_outstanding: u32,
+    /// Set by the reader when its connection ends.
+    pub(crate) conn_lost: Option<String>,
+    pub(crate) lame_duck: bool,
+    pub(crate) last_error: Option<String>,
+    pub(crate) stats: Statistics,
+    pub(crate) pool: Pool,
+    pub(crate) current: Option<Entry>,
+    /// Messages written but not yet confirmed (only tracked with `resend_unconfirmed`).
+    pub(crate) unconfirmed_msgs: u64,
+    /// Messages that were never confirmed delivered when the client closed.
+    pub(crate) undelivered: u64,
+}
+
+pub(crate) struct Sub {
+    pub(crate) subject: String,
+    pub(crate) queue: Option<String>,
+    pub(crate) tx: SyncSender<Message>,
+    /// Messages still to deliver before an automatic unsubscribe.
+    pub(crate) remaining: Option<u64>,
+    pub(crate) dropped: Arc<AtomicU64>,
+}
+
+pub(crate) struct Shared {
+    pub(crate) opts: Options,
+    pub(crate) state: Mutex<State>,
+    /// Wakes the supervisor: work queued, a PONG arrived, the connection was lost, or the
+    /// phase changed.
+    pub(crate) work: Condvar,
+    /// Wakes publishers waiting for room and flushes waiting for a PONG or a connection.
+    pub(crate) progress: Condvar,
+    pub(crate) subs: Mutex<HashMap<u64, Sub>>,
+    pub(crate) next_sid: AtomicU64,
+    pub(crate) in_msgs: AtomicU64,
+    pub(crate) in_bytes: AtomicU64,
+    pub(crate) slow_consumer_drops: AtomicU64,
+    pub(crate) supervisor: Mutex<Option<JoinHandle<()>>>,
+}
+
+pub(crate) fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    // Every critical section here leaves the data consistent at each point where it could
+    // panic, so a poisoned lock is still usable.
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+/// `Condvar::wait_timeout` that shrugs off poisoning like [`lock`].
+pub(crate) fn wait<'a, T>(
+    cv: &Condvar,
+    guard: MutexGuard<'a, T>,
+    timeout: Duration,
+) -> MutexGuard<'a, T> {
+    cv.wait_timeout(guard, timeout)
+        .unwrap_or_else(|p| p.into_inner())
+        .0
+}
+
+impl State {
+    fn has_work(&self) -> bool {
+        !self.pre.is_empty()
+            || !self.out.is_empty()
+            || !self.post.is_empty()
+            || self.pings_due > 0
+            || self.pongs_due > 0
+    }
+
+    /// Forgets everything tied to the connection that ended.
+    fn reset_connection(&mut self) {
+        self.generation += 1;
+        self.pre.clear();
+        self.post.clear();
+        self.pongs_due = 0;
+        self.pings_due = 0;
+        self.pings_requested = 0;
+        self.pongs_received = 0;
+        self.pings_outstanding = 0;
+        self.conn_lost = None;
+        self.lame_duck = false;
+    }
+}
+
+impl Shared {
+    pub(crate) fn new(opts: Options, pool: Pool) -> Shared {
+        Shared {
+            state: Mutex::new(State {
+                phase: Phase::Reconnecting,
+                pre: Vec::new(),
+                out: Vec::with_capacity(64 * 1024),
+                out_msgs: 0,
+                post: Vec::new(),
+                pongs_due: 0,
+                pings_due: 0,
+                scratch: Vec::new(),
+                info: ServerInfo::default(),
+                generation: 0,
+                pings_requested: 0,
+                pongs_received: 0,
+                pings_outstanding: 0,
+                conn_lost: None,
+                lame_duck: false,
+                last_error: None,
+                stats: Statistics::default(),
+                pool,
+                current: None,
+                unconfirmed_msgs: 0,
+                undelivered: 0,
+            }),
+            opts,
+            work: Condvar::new(),
+            progress: Condvar::new(),
+            subs: Mutex::new(HashMap::new()),
+            next_sid: AtomicU64::new(1),
+            in_msgs: AtomicU64::new(0),
+            in_bytes: AtomicU64::new(0),
+            slow_consumer_drops: AtomicU64::new(0),
+            supervisor: Mutex::new(None),
+        }
+    }
+
+    pub(crate) fn state(&self) -> MutexGuard<'_, State> {
+        lock(&self.state)
+    }
+
+    pub(crate) fn emit(&self, event: Event) {
+        if let Some(cb) = &self.opts.event_callback {
+            cb(event);
+        }
+    }
+
+    /// Asks the supervisor for a PING after everything queued so far; returns its ticket.
+    pub(crate) fn request_ping(&self, st: &mut State) -> u64 {
+        st.pings_due += 1;
+        st.pings_requested += 1;
+        self.work.notify_one();
+        st.pings_requested
+    }
+
+    /// Queues a control operation (`pre` goes before queued messages, `post` after).
+    pub(crate) fn queue_control(&self, st: &mut State, op: ClientOp<'_>, before: bool) {
+        let buf = if before { &mut st.pre } else { &mut st.post };
+        op.encode(buf);
+        self.work.notify_one();
+    }
+
+    /// The SUB (and pending auto-UNSUB) of every live subscription, for a new connection.
+    fn resubscribe(&self, st: &mut State) {
+        let subs = lock(&self.subs);
+        for (&sid, sub) in subs.iter() {
+            ClientOp::Sub {
+                subject: &sub.subject,
+                queue_group: sub.queue.as_deref(),
+                sid,
+            }
+            .encode(&mut st.pre);
+            if let Some(max) = sub.remaining {
+                ClientOp::Unsub {
+                    sid,
+                    max: Some(max),
+                }
+                .encode(&mut st.pre);
+            }
+        }
+    }
+}
+
+/// Starts the supervisor thread; `first` is the connection made by `connect`, if any.
+pub(crate) fn start(shared: &Arc<Shared>, first: Option<(Established, Entry)>) -> Result<()> {
+    let s = Arc::clone(shared);
+    let handle = thread::Builder::new()
+        .name("nats-supervisor".into())
+        .spawn(move || supervise(&s, first))
+        .map_err(|e| Error::io("spawn the client's thread", e))?;
+    *lock(&shared.supervisor) = Some(handle);
+    Ok(())
+}
+
+/// Messages written to a connection and kept until a PONG confirms them.
+#[derive(Default)]
+struct Unconfirmed {
+    batches: VecDeque<(u64, Vec<u8>, u64)>,
+    bytes: usize,
+    msgs: u64,
+}
+
+impl Unconfirmed {
+    fn push(&mut self, ticket: u64, data: Vec<u8>, msgs: u64) {
+        self.bytes += data.len();
+        self.msgs += msgs;
+        self.batches.push_back((ticket, data, msgs));
+    }
+
+    fn confirm(&mut self, pongs: u64) {
+        while let Some((ticket, data, msgs)) = self.batches.front() {
+            if *ticket > pongs {
+                break;
+            }
+            self.bytes -= data.len();
+            self.msgs -= msgs;
+            self.batches.pop_front();
+        }
+    }
+
+    /// Everything kept, oldest first, followed by `newer`.
+    fn drain_before(&mut self, newer: &mut Vec<u8>) -> u64 {
+        let msgs = self.msgs;
+        let mut all = Vec::with_capacity(self.bytes + newer.len());
+        for (_, data, _) in self.batches.drain(..) {
+            all.extend_from_slice(&data);
+        }
+        all.extend_from_slice(newer);
+        *newer = all;
+        self.bytes = 0;
+        self.msgs = 0;
+        msgs
+    }
+}
+
+enum Outcome {
+    /// `close()`: everything was written.
+    Closing,
+    /// The connection failed.
+    Lost(String),
+    /// The server is in lame duck mode: move elsewhere.
+    LameDuck,
+}
+
+fn supervise(shared: &Arc<Shared>, first: Option<(Established, Entry)>) {
+    let mut next = first;
+    let mut unconfirmed = Unconfirmed::default();
+    let mut reconnected = false;
+    loop {
+        let (est, entry) = match next.take() {
+            Some(c) => c,
+            None => match reconnect(shared) {
+                Some(c) => c,
+                None => break,
+            },
+        };
+        let server = entry.addr.to_string();
+        let Some((generation, reader)) = begin_connection(shared, est, entry, &mut unconfirmed)
+        else {
+            continue;
+        };
+        shared.emit(if reconnected {
+            Event::Reconnected { server }
+        } else {
+            Event::Connected { server }
+        });
+        reconnected = true;
+        let (mut write, read) = reader;
+        let outcome = write_loop(shared, &mut write, generation, &mut unconfirmed);
+        write.shutdown();
+        let _ = read.join();
+        match outcome {
+            Outcome::Closing => break,
+            Outcome::Lost(reason) => {
+                lose_connection(shared, &mut unconfirmed, reason);
+            }
+            Outcome::LameDuck => {
+                let mut st = shared.state();
+                if let Some(current) = st.current.clone() {
+                    st.pool.record(&current.addr, true, Instant::now());
+                    st.pool.demote(&current.addr);
+                }
+                drop(st);
+                lose_connection(
+                    shared,
+                    &mut unconfirmed,
+                    "the server entered lame duck mode".into(),
+                );
+            }
+        }
+    }
+    let mut st = shared.state();
+    st.undelivered = st.out_msgs + unconfirmed.msgs;
+    st.phase = Phase::Closed;
+    st.out.clear();
+    st.out_msgs = 0;
+    drop(st);
+    shared.progress.notify_all();
+    lock(&shared.subs).clear();
+    shared.emit(Event::Closed);
+}
+
+type Running = (WriteHalf, JoinHandle<()>);
+
+/// Makes `est` the current connection: resubscribes, queues the replay, starts its reader.
+fn begin_connection(
+    shared: &Arc<Shared>,
+    est: Established,
+    entry: Entry,
+    unconfirmed: &mut Unconfirmed,
+) -> Option<(u64, Running)> {
+    let Established {
+        read,
+        write,
+        info,
+        leftover,
+    } = est;
+    let mut st = shared.state();
+    if matches!(st.phase, Phase::Closing | Phase::Closed) {
+        return None;
+    }
+    st.reset_connection();
+    let replayed = unconfirmed.drain_before(&mut st.out);
+    st.out_msgs += replayed;
+    st.unconfirmed_msgs = 0;
+    let urls = info.connect_urls.clone();
+    st.info = info;
+    st.pool.add_discovered(&urls, &entry);
+    st.pool.record(&entry.addr, true, Instant::now());
+    st.current = Some(entry);
+    shared.resubscribe(&mut st);
+    st.phase = Phase::Connected;
+    let generation = st.generation;
+    drop(st);
+    shared.progress.notify_all();
+
+    let shutdown = read.shutdown_handle().ok();
+    let s = Arc::clone(shared);
+    match thread::Builder::new()
+        .name("nats-reader".into())
+        .spawn(move || reader_loop(&s, read, leftover, generation))
+    {
+        Ok(handle) => Some((generation, (write, handle))),
+        Err(e) => {
+            if let Some(sock) = shutdown {
+                let _ = sock.shutdown(std::net::Shutdown::Both);
+            }
+            lose_connection(shared, unconfirmed, format!("could not start the reader: {e}"));
+            None
+        }
+    }
+}
+
+/// Bookkeeping after a connection ended: fail its waiters, keep what must be replayed.
+fn lose_connection(shared: &Shared, unconfirmed: &mut Unconfirmed, reason: String) {
+    let mut st = shared.state();
+    st.reset_connection();
+    st.last_error = Some(reason.clone());
+    if !shared.opts.resend_unconfirmed {
+        *unconfirmed = Unconfirmed::default();
+    }
+    st.unconfirmed_msgs = unconfirmed.msgs;
+    if st.phase == Phase::Connected {
+        st.phase = if shared.opts.allow_reconnect {
+            Phase::Reconnecting
+        } else {
+            Phase::Closing
+        };
+    }
+    drop(st);
+    shared.progress.notify_all();
+    shared.emit(Event::Disconnected { reason });
+}
+
+/// Picks servers from the pool and tries them, honouring the wait between attempts on
+/// the same server, until one connects, the pool is exhausted, or the client closes.
+fn reconnect(shared: &Shared) -> Option<(Established, Entry)> {
+    let opts = &shared.opts;
+    let max_failures = u32::try_from(opts.max_reconnect_attempts).ok();
+    loop {
+        let mut st = shared.state();
+        if st.phase != Phase::Reconnecting {
+            return None;
+        }
+        let Some(entry) = st.pool.next(max_failures) else {
+            let why = st
+                .last_error
+                .clone()
+                .unwrap_or_else(|| "no server left to try".into());
+            st.last_error = Some(format!("reconnect: gave up: {why}"));
+            st.phase = Phase::Closing;
+            return None;
+        };
+        if let Some(last) = entry.last_attempt {
+            let until = last + opts.reconnect_time_wait + jitter(opts.reconnect_jitter);
+            while st.phase == Phase::Reconnecting {
+                let left = remaining(until);
+                if left.is_zero() {
+                    break;
+                }
+                st = wait(&shared.work, st, left);
+            }
+            if st.phase != Phase::Reconnecting {
+                return None;
+            }
+        }
+        drop(st);
+        let result = establish(opts, &entry.addr, &entry.tls_name);
+        let mut st = shared.state();
+        match result {
+            Ok(est) => {
+                st.stats.reconnects += 1;
+                return Some((est, entry));
+            }
+            Err(e) => {
+                st.pool.record(&entry.addr, false, Instant::now());
+                st.last_error = Some(e.to_string());
+                drop(st);
+                shared.emit(Event::ReconnectFailed {
+                    server: entry.addr.to_string(),
+                    reason: e.to_string(),
+                });
+            }
+        }
+    }
+}
+
+/// Writes queued work to the connection until it fails, the client closes, or the server
+/// announces lame duck mode.
+fn write_loop(
+    shared: &Shared,
+    w: &mut WriteHalf,
+    generation: u64,
+    unconfirmed: &mut Unconfirmed,
+) -> Outcome {
+    let opts = &shared.opts;
+    let resend = opts.resend_unconfirmed;
+    let interval = opts.ping_interval;
+    let mut next_ping = Instant::now() + interval;
+    let mut pre = Vec::new();
+    let mut data: Vec<u8> = Vec::with_capacity(64 * 1024);
+    let mut post = Vec::new();
+    let mut draining_lame_duck: Option<u64> = None;
+    loop {
+        let mut st = shared.state();
+        let (msgs, ticket) = loop {
+            if let Some(reason) = st.conn_lost.take() {
+                return Outcome::Lost(reason);
+            }
+            if st.generation != generation {
+                return Outcome::Lost("connection replaced".into());
+            }
+            if resend {
+                unconfirmed.confirm(st.pongs_received);
+                st.unconfirmed_msgs = unconfirmed.msgs;
+            }
+            // Lame duck: one last round writes what is queued with a PING; once its PONG
+            // confirms everything, move on. Flushes wait for the next server meanwhile.
+            let mut last_round = false;
+            if let Some(ticket) = draining_lame_duck {
+                if st.pongs_received >= ticket {
+                    return Outcome::LameDuck;
+                }
+            } else if st.lame_duck {
+                draining_lame_duck = Some(shared.request_ping(&mut st));
+                last_round = true;
+            }
+            let now = Instant::now();
+            if now >= next_ping {
+                if st.pings_outstanding >= opts.max_outstanding_pings {
+                    return Outcome::Lost(format!(
+                        "stale connection: {} PINGs unanswered",
+                        st.pings_outstanding
+                    ));
+                }
+                st.pings_outstanding += 1;
+                shared.request_ping(&mut st);
+                next_ping = now + interval;
+            }
+            let backlogged = resend && unconfirmed.bytes > opts.pending_size;
+            // While moving away from a lame duck server, new messages wait for the next one.
+            let take_out = !backlogged
+                && (draining_lame_duck.is_none() || last_round)
+                && !st.out.is_empty();
+            if take_out || !st.pre.is_empty() || !st.post.is_empty() || st.pings_due > 0 || st.pongs_due > 0 {
+                std::mem::swap(&mut st.pre, &mut pre);
+                for _ in 0..st.pongs_due {
+                    ClientOp::Pong.encode(&mut pre);
+                }
+                st.pongs_due = 0;
+                let mut msgs = 0;
+                if take_out {
+                    std::mem::swap(&mut st.out, &mut data);
+                    msgs = std::mem::take(&mut st.out_msgs);
+                    if resend && st.pings_due == 0 {
+                        st.pings_due = 1;
+                        st.pings_requested += 1;
+                    }
+                }
+                std::mem::swap(&mut st.post, &mut post);
+                for _ in 0..st.pings_due {
+                    ClientOp::Ping.encode(&mut post);
+                }
+                st.pings_due = 0;
+                break (msgs, st.pings_requested);
+            }
+            if st.phase == Phase::Closing && !st.has_work() {
+                return Outcome::Closing;
+            }
+            st = wait(&shared.work, st, next_ping.saturating_duration_since(now));
+        };
+        drop(st);
+        shared.progress.notify_all();
+        let written = write_parts(w, &pre, &data, &post);
+        pre.clear();
+        post.clear();
+        if resend && !data.is_empty() {
+            // Kept even if the write failed part-way: it may not all have arrived.
+            let kept = std::mem::replace(&mut data, Vec::with_capacity(64 * 1024));
+            unconfirmed.push(ticket, kept, msgs);
+        } else {
+            data.clear();
+            if data.capacity() > KEEP_BATCH_CAPACITY {
+                data = Vec::with_capacity(64 * 1024);
+            }
+        }
+        if let Err(e) = written {
+            let lost = if resend { 0 } else { msgs };
+            let mut reason = format!("write to server: {e}");
+            if lost > 0 {
+                reason.push_str(&format!("; {lost} messages in that write may be lost"));
+            }
+            return Outcome::Lost(reason);
+        }
+    }
+}
+
+/// Batches above this capacity are released after use rather than kept.
+const KEEP_BATCH_CAPACITY: usize = 4 * 1024 * 1024;
+
+fn write_parts(w: &mut WriteHalf, pre: &[u8], data: &[u8], post: &[u8]) -> std::io::Result<()> {
+    for part in [pre, data, post] {
+        if !part.is_empty() {
+            w.write_all(part)?;
+        }
+    }
+    Ok(())
+}
+
+/// The most the reader buffers for one operation before calling the server broken.
+const MAX_READ_BUFFER: usize = 128 * 1024 * 1024;
+
+fn reader_loop(shared: &Shared, mut r: ReadHalf, mut buf: Vec<u8>, generation: u64) {
+    let mut raw = vec![0u8; 64 * 1024];
+    let limit = shared.opts.max_control_line;
+    let reason = 'read: loop {
+        let mut start = 0;
+        loop {
+            match parse_server_op(buf.get(start..).unwrap_or_default(), limit) {
+                Ok(Status::Complete((op, used))) => {
+                    handle_op(shared, op, generation);
+                    start += used;
+                }
+                Ok(Status::Partial) => break,
+                Err(e) => break 'read Error::Protocol(e).to_string(),
+            }
+        }
+        buf.drain(..start);
+        if buf.len() > MAX_READ_BUFFER {
+            break 'read format!("protocol: an operation exceeds {MAX_READ_BUFFER} bytes");
+        }
+        match r.read_into(&mut buf, &mut raw) {
+            Ok(0) => {
+                let st = shared.state();
+                break 'read match &st.last_error {
+                    Some(e) if st.generation == generation => {
+                        format!("the server closed the connection after: {e}")
+                    }
+                    _ => "the server closed the connection".into(),
+                };
+            }
+            Ok(_) => {}
+            Err(e) => break 'read format!("read from server: {e}"),
+        }
+    };
+    let mut st = shared.state();
+    if st.generation == generation && st.conn_lost.is_none() {
+        st.conn_lost = Some(reason);
+        shared.work.notify_all();
+    }
+}
+
+fn handle_op(shared: &Shared, op: ServerOp<'_>, generation: u64) {
+    match op {
+        ServerOp::Msg(msg) => deliver(shared, msg),
+        ServerOp::Ping => {
+            let mut st = shared.state();
+            if st.generation == generation {
+                st.pongs_due += 1;
+                shared.work.notify_one();
+            }
+        }
+        ServerOp::Pong => {
+            let mut st = shared.state();
+            if st.generation == generation {
+                st.pongs_received += 1;
+                st.pings_outstanding = 0;
+                drop(st);
+                shared.progress.notify_all();
+                shared.work.notify_one();
+            }
+        }
+        ServerOp::Ok => {}
+        ServerOp::Info(info) => {
+            let mut st = shared.state();
+            if st.generation != generation {
+                return;
+            }
+            if let Some(current) = st.current.clone() {
+                st.pool.add_discovered(&info.connect_urls, &current);
+            }
+            let ldm = info.ldm && !st.lame_duck;
+            st.lame_duck |= info.ldm;
+            st.info = *info;
+            drop(st);
+            if ldm {
+                shared.work.notify_one();
+                shared.emit(Event::LameDuck);
+            }
+        }
+        ServerOp::Err(text) => {
+            let err = server_error(text);
+            shared.state().last_error = Some(err.to_string());
+            shared.emit(Event::ServerError(text.to_owned()));
+        }
+    }
+}
+
+fn deliver(shared: &Shared, msg: Msg<'_>) {
+    shared.in_msgs.fetch_add(1, Ordering::Relaxed);
+    shared
+        .in_bytes
+        .fetch_add(msg.payload.len() as u64, Ordering::Relaxed);
+    let mut subs = lock(&shared.subs);
+    let Some(sub) = subs.get_mut(&msg.sid) else {
+        return;
+    };
+    let headers = match msg.header.map(HeaderMap::parse) {
+        None => None,
+        Some(Ok(h)) => Some(h),
+        Some(Err(e)) => {
+            shared.emit(Event::ServerError(format!(
+                "message on {} has a malformed header block ({e}); delivered without headers",
+                msg.subject
+            )));
+            None
+        }
+    };
+    let message = Message {
+        subject: msg.subject.to_owned(),
+        reply: msg.reply.map(str::to_owned),
+        headers,
+        payload: msg.payload.to_vec(),
+    };
+    match sub.tx.try_send(message) {
+        Ok(()) => {}
+        Err(TrySendError::Full(_)) => {
+            sub.dropped.fetch_add(1, Ordering::Relaxed);
+            shared.slow_consumer_drops.fetch_add(1, Ordering::Relaxed);
+            let sid = msg.sid;
+            drop(subs);
+            shared.emit(Event::SlowConsumer { sid });
+            return;
+        }
+        Err(TrySendError::Disconnected(_)) => {
+            subs.remove(&msg.sid);
+            return;
+        }
+    }
+    if let Some(left) = sub.remaining.as_mut() {
+        *left = left.saturating_sub(1);
+        if *left == 0 {
+            subs.remove(&msg.sid);
+        }
+    }
+}

@@ -1,0 +1,587 @@
+//! The blocking NATS client.
+//!
+//! A [`Client`] owns two threads per connection. `publish` encodes the message into a
+//! bounded buffer and returns; the **writer** thread moves that buffer to the socket in
+//! batches and sends keep-alive PINGs; the **reader** thread parses what the server sends,
+//! answers its PINGs, completes flushes on PONG, delivers messages to subscriptions and
+//! reports `-ERR`s as [`Event::ServerError`].
+//!
+//! ```no_run
+//! use std::time::Duration;
+//!
+//! let client = ansible_runner_nats::client::connect("nats://127.0.0.1:4222")?;
+//! let sub = client.subscribe("greetings")?;
+//! client.publish("greetings", b"hello")?;
+//! client.flush(Duration::from_secs(1))?;
+//! let msg = sub.next_timeout(Duration::from_secs(1))?;
+//! assert_eq!(msg.payload, b"hello");
+//! client.close()?;
+//! # Ok::<(), ansible_runner_nats::Error>(())
+//! ```
+
+mod core;
+mod handshake;
+mod options;
+mod pool;
+mod transport;
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::mpsc::{self, Receiver, RecvTimeoutError};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+pub use options::{EventCallback, Options};
+
+use self::core::{lock, wait, Phase, Shared, State, Sub};
+use crate::error::{Error, Result};
+use crate::headers::HeaderMap;
+use crate::proto::{encode_pub, ClientOp, ServerInfo};
+use crate::subject;
+use handshake::establish;
+use pool::Pool;
+use transport::remaining;
+
+/// The `max_payload` assumed before any server has told its own: nats-server's default.
+pub const DEFAULT_MAX_PAYLOAD: usize = 1024 * 1024;
+
+/// Connects to one server (or a comma-separated list) with default [`Options`].
+pub fn connect(url: &str) -> Result<Client> {
+    Options::new().servers(url)?.connect()
+}
+
+/// A message received on a [`Subscription`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Message {
+    /// The subject it was published to.
+    pub subject: String,
+    /// The reply subject, if the publisher gave one.
+    pub reply: Option<String>,
+    /// The headers, for messages published with headers.
+    pub headers: Option<HeaderMap>,
+    /// The payload.
+    pub payload: Vec<u8>,
+}
+
+/// Something that happened to the connection, delivered to [`Options::event_callback`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum Event {
+    /// A connection to this server completed its handshake.
+    Connected {
+        /// The server, without credentials.
+        server: String,
+    },
+    /// The connection was lost. Unless reconnecting is off, the client now buffers
+    /// publishes (up to [`Options::pending_size`]) and tries the server pool.
+    Disconnected {
+        /// Why, as readable text.
+        reason: String,
+    },
+    /// A new connection replaced a lost one; subscriptions were renewed and buffered
+    /// messages sent.
+    Reconnected {
+        /// The server, without credentials.
+        server: String,
+    },
+    /// One reconnect attempt failed; more follow unless the attempts are used up.
+    ReconnectFailed {
+        /// The server tried.
+        server: String,
+        /// Why it failed.
+        reason: String,
+    },
+    /// The server sent `-ERR`. Permission violations leave the connection open; most
+    /// other errors are followed by [`Event::Disconnected`].
+    ServerError(String),
+    /// The server entered lame duck mode and will soon close the connection: the client
+    /// confirms what it wrote there and moves to another server of the pool.
+    LameDuck,
+    /// A subscription's queue was full and a message was dropped.
+    SlowConsumer {
+        /// The subscription's id.
+        sid: u64,
+    },
+    /// The client is closed for good.
+    Closed,
+}
+
+/// Counters since the client was created.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Statistics {
+    /// Messages queued for sending.
+    pub out_msgs: u64,
+    /// Payload bytes queued for sending.
+    pub out_bytes: u64,
+    /// Messages received for subscriptions.
+    pub in_msgs: u64,
+    /// Payload bytes received for subscriptions.
+    pub in_bytes: u64,
+    /// Messages refused by `publish` because a buffer was full.
+    pub dropped: u64,
+    /// Messages dropped because a subscription's queue was full.
+    pub slow_consumer_drops: u64,
+    /// Successful reconnections.
+    pub reconnects: u64,
+}
+
+/// A connection to a NATS server. Cheap to clone: clones share the connection, which
+/// closes (flushing what was published, bounded by the flush timeout) when the last
+/// clone is dropped or [`Client::close`] is called.
+#[derive(Clone)]
+pub struct Client {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    shared: Arc<Shared>,
+}
+
+impl Drop for Inner {
+    fn drop(&mut self) {
+        let _ = close(&self.shared);
+    }
+}
+
+impl std::fmt::Debug for Client {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let st = self.inner.shared.state();
+        f.debug_struct("Client")
+            .field("server_id", &st.info.server_id)
+            .field("phase", &st.phase)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Client {
+    /// Connects with `opts`, trying each server of the pool once until one completes the
+    /// handshake. With [`Options::retry_on_failed_connect`], a client is returned even
+    /// when none did; it keeps trying in the background.
+    pub fn connect_with(opts: Options) -> Result<Client> {
+        let servers = if opts.servers.is_empty() {
+            vec!["nats://127.0.0.1:4222".parse()?]
+        } else {
+            opts.servers.clone()
+        };
+        let mut pool = Pool::new(
+            &servers,
+            !opts.no_randomize,
+            opts.tls.server_name.as_deref(),
+        );
+        let mut errors = Vec::new();
+        let mut first = None;
+        let attempts = if opts.connect_in_background {
+            0
+        } else {
+            pool.len()
+        };
+        for _ in 0..attempts {
+            let Some(entry) = pool.next(None) else { break };
+            match establish(&opts, &entry.addr, &entry.tls_name) {
+                Ok(est) => {
+                    first = Some((est, entry));
+                    break;
+                }
+                Err(e) => {
+                    pool.record(&entry.addr, false, Instant::now());
+                    errors.push(e);
+                }
+            }
+        }
+        if first.is_none() && !opts.retry_on_failed_connect && !opts.connect_in_background {
+            let last = errors.pop().unwrap_or(Error::Closed);
+            return Err(if servers.len() == 1 {
+                last
+            } else {
+                Error::NoServers(Box::new(last))
+            });
+        }
+        let shared = Arc::new(Shared::new(opts, pool));
+        if let Some(e) = errors.last() {
+            shared.state().last_error = Some(e.to_string());
+        }
+        core::start(&shared, first)?;
+        Ok(Client {
+            inner: Arc::new(Inner { shared }),
+        })
+    }
+
+    fn shared(&self) -> &Shared {
+        &self.inner.shared
+    }
+
+    /// Publishes `payload` on `subject`. Returns once the message is queued; the writer
+    /// thread sends it.
+    ///
+    /// Fails at once, queueing nothing, if the subject is invalid, the message exceeds
+    /// the server's `max_payload`, the client is closed, or the client is reconnecting
+    /// and the reconnect buffer ([`Options::pending_size`]) is full. While connected, a
+    /// full flusher queue makes it wait up to [`Options::publish_wait`] for room, then
+    /// fail. Every refusal for lack of room is counted in [`Statistics::dropped`].
+    pub fn publish(&self, subject: &str, payload: &[u8]) -> Result<()> {
+        subject::validate_publish(subject)?;
+        self.enqueue(subject, None, None, payload)
+    }
+
+    /// Publishes with a reply subject, for request/reply.
+    pub fn publish_with_reply(&self, subject: &str, reply: &str, payload: &[u8]) -> Result<()> {
+        subject::validate_publish(subject)?;
+        subject::validate_publish(reply)?;
+        self.enqueue(subject, Some(reply), None, payload)
+    }
+
+    /// Publishes with headers (HPUB). The server must support headers.
+    pub fn publish_with_headers(
+        &self,
+        subject: &str,
+        headers: &HeaderMap,
+        payload: &[u8],
+    ) -> Result<()> {
+        subject::validate_publish(subject)?;
+        self.enqueue(subject, None, Some(headers), payload)
+    }
+
+    /// Publishes with a reply subject and headers.
+    pub fn publish_with_reply_and_headers(
+        &self,
+        subject: &str,
+        reply: &str,
+        headers: &HeaderMap,
+        payload: &[u8],
+    ) -> Result<()> {
+        subject::validate_publish(subject)?;
+        subject::validate_publish(reply)?;
+        self.enqueue(subject, Some(reply), Some(headers), payload)
+    }
+
+    fn enqueue(
+        &self,
+        subject: &str,
+        reply: Option<&str>,
+        headers: Option<&HeaderMap>,
+        payload: &[u8],
+    ) -> Result<()> {
+        let shared = self.shared();
+        let opts = &shared.opts;
+        let header_len = headers.map_or(0, HeaderMap::encoded_len);
+        let size = payload.len() + header_len;
+        let mut st = shared.state();
+        check_open(&st)?;
+        // Until a server said otherwise, assume the server's default limit: a message over
+        // it would make the server close the connection when it is finally written.
+        let max = match st.info.max_payload {
+            0 => DEFAULT_MAX_PAYLOAD,
+            known => known,
+        };
+        if size > max {
+            return Err(Error::MaxPayload { size, max });
+        }
+        // Before the first connection the server's support is unknown: assume it.
+        if headers.is_some() && !st.info.headers && !st.info.server_id.is_empty() {
+            return Err(Error::Config(
+                "headers: the server does not support headers".into(),
+            ));
+        }
+        if st.phase == Phase::Reconnecting {
+            if st.out.len() + size > opts.pending_size {
+                st.stats.dropped += 1;
+                return Err(Error::BufferFull {
+                    which: "reconnect buffer",
+                    limit: opts.pending_size,
+                });
+            }
+        } else if !st.out.is_empty() && st.out.len() + size > opts.flusher_queue_size {
+            let deadline = Instant::now() + opts.publish_wait;
+            while !st.out.is_empty() && st.out.len() + size > opts.flusher_queue_size {
+                check_open(&st)?;
+                let left = remaining(deadline);
+                if left.is_zero() {
+                    st.stats.dropped += 1;
+                    return Err(Error::BufferFull {
+                        which: "flusher queue",
+                        limit: opts.flusher_queue_size,
+                    });
+                }
+                st = wait(&shared.progress, st, left);
+            }
+            check_open(&st)?;
+        }
+        let was_empty = st.out.is_empty();
+        let st = &mut *st;
+        match headers {
+            None => encode_pub(&mut st.out, subject, reply, None, payload),
+            Some(h) => {
+                st.scratch.clear();
+                h.encode(&mut st.scratch);
+                encode_pub(&mut st.out, subject, reply, Some(&st.scratch), payload);
+            }
+        }
+        st.out_msgs += 1;
+        st.stats.out_msgs += 1;
+        st.stats.out_bytes += payload.len() as u64;
+        if was_empty && st.phase == Phase::Connected {
+            shared.work.notify_one();
+        }
+        Ok(())
+    }
+
+    /// Waits until the server has processed everything published so far (a PING/PONG
+    /// round trip), up to `timeout`. While reconnecting it first waits for a connection.
+    /// Fails with [`Error::Disconnected`] if the connection is lost meanwhile: data
+    /// published before may then not have arrived.
+    pub fn flush(&self, timeout: Duration) -> Result<()> {
+        flush(self.shared(), timeout)
+    }
+
+    /// Subscribes to `subject` (wildcards allowed).
+    pub fn subscribe(&self, subject: &str) -> Result<Subscription> {
+        self.subscribe_inner(subject, None)
+    }
+
+    /// Subscribes as a member of a queue group: each message goes to one member.
+    pub fn queue_subscribe(&self, subject: &str, queue: &str) -> Result<Subscription> {
+        subject::validate_queue_group(queue)?;
+        self.subscribe_inner(subject, Some(queue))
+    }
+
+    fn subscribe_inner(&self, subject: &str, queue: Option<&str>) -> Result<Subscription> {
+        subject::validate_subscribe(subject)?;
+        let shared = &self.inner.shared;
+        let sid = shared.next_sid.fetch_add(1, Ordering::Relaxed);
+        let (tx, rx) = mpsc::sync_channel(shared.opts.subscription_capacity);
+        let dropped = Arc::new(AtomicU64::new(0));
+        let mut st = shared.state();
+        check_open(&st)?;
+        lock(&shared.subs).insert(
+            sid,
+            Sub {
+                subject: subject.to_owned(),
+                queue: queue.map(str::to_owned),
+                tx,
+                remaining: None,
+                dropped: Arc::clone(&dropped),
+            },
+        );
+        // While reconnecting, the new connection subscribes from the table above.
+        if st.phase == Phase::Connected {
+            let op = ClientOp::Sub {
+                subject,
+                queue_group: queue,
+                sid,
+            };
+            shared.queue_control(&mut st, op, true);
+        }
+        Ok(Subscription {
+            sid,
+            subject: subject.to_owned(),
+            rx,
+            dropped,
+            shared: Arc::clone(shared),
+            active: true,
+        })
+    }
+
+    /// The server's INFO (the latest one received).
+    pub fn server_info(&self) -> ServerInfo {
+        self.shared().state().info.clone()
+    }
+
+    /// The counters so far.
+    pub fn statistics(&self) -> Statistics {
+        let shared = self.shared();
+        let mut stats = shared.state().stats;
+        stats.in_msgs = shared.in_msgs.load(Ordering::Relaxed);
+        stats.in_bytes = shared.in_bytes.load(Ordering::Relaxed);
+        stats.slow_consumer_drops = shared.slow_consumer_drops.load(Ordering::Relaxed);
+        stats
+    }
+
+    /// The last error that affected the connection (a server `-ERR`, a failed attempt,
+    /// or why the connection was lost).
+    pub fn last_error(&self) -> Option<String> {
+        self.shared().state().last_error.clone()
+    }
+
+    /// True while a connection is up.
+    pub fn is_connected(&self) -> bool {
+        self.shared().state().phase == Phase::Connected
+    }
+
+    /// True once the client is closed for good (by [`Client::close`], or because the
+    /// reconnect attempts ran out).
+    pub fn is_closed(&self) -> bool {
+        self.shared().state().phase == Phase::Closed
+    }
+
+    /// Sends everything published so far, waits for the server to confirm it (bounded by
+    /// the flush timeout), then closes the connection and joins the client's threads.
+    /// If not everything was confirmed (the server was unreachable, or did not answer in
+    /// time) it fails with [`Error::NotDelivered`] and the count; the client is closed
+    /// either way. Closing twice is fine.
+    pub fn close(&self) -> Result<()> {
+        close(self.shared())
+    }
+}
+
+fn check_open(st: &State) -> Result<()> {
+    match st.phase {
+        Phase::Connected | Phase::Reconnecting => Ok(()),
+        Phase::Closing | Phase::Closed => Err(Error::Closed),
+    }
+}
+
+fn flush(shared: &Shared, timeout: Duration) -> Result<()> {
+    let deadline = Instant::now() + timeout;
+    let timed_out = || Error::Timeout {
+        what: "flush",
+        after: timeout,
+    };
+    let mut st = shared.state();
+    // A lame duck connection is being left: flush on the next one.
+    while st.phase == Phase::Reconnecting || (st.phase == Phase::Connected && st.lame_duck) {
+        let left = remaining(deadline);
+        if left.is_zero() {
+            return Err(timed_out());
+        }
+        st = wait(&shared.progress, st, left);
+    }
+    if st.phase != Phase::Connected {
+        return Err(Error::Closed);
+    }
+    let generation = st.generation;
+    let ticket = shared.request_ping(&mut st);
+    loop {
+        if st.generation != generation {
+            return Err(Error::Disconnected);
+        }
+        if st.pongs_received >= ticket {
+            return Ok(());
+        }
+        let left = remaining(deadline);
+        if left.is_zero() {
+            return Err(timed_out());
+        }
+        st = wait(&shared.progress, st, left);
+    }
+}
+
+fn close(shared: &Shared) -> Result<()> {
+    let open = check_open(&shared.state()).is_ok();
+    if open {
+        // Its outcome shows in the undelivered count below.
+        let _ = flush(shared, shared.opts.flush_timeout);
+        let mut st = shared.state();
+        if st.phase != Phase::Closed {
+            st.phase = Phase::Closing;
+        }
+    }
+    shared.work.notify_all();
+    shared.progress.notify_all();
+    let handle = lock(&shared.supervisor).take();
+    if let Some(h) = handle {
+        // A supervisor that panicked has nothing left for us to clean up.
+        let _ = h.join();
+    }
+    let st = shared.state();
+    match st.undelivered {
+        0 => Ok(()),
+        messages => Err(Error::NotDelivered {
+            messages,
+            reason: st
+                .last_error
+                .clone()
+                .unwrap_or_else(|| "the server did not confirm them in time".into()),
+        }),
+    }
+}
+
+/// Messages on one subscription. Dropping it unsubscribes.
+pub struct Subscription {
+    sid: u64,
+    subject: String,
+    rx: Receiver<Message>,
+    dropped: Arc<AtomicU64>,
+    shared: Arc<Shared>,
+    active: bool,
+}
+
+impl std::fmt::Debug for Subscription {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Subscription")
+            .field("sid", &self.sid)
+            .field("subject", &self.subject)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Subscription {
+    /// The subscription id used on the wire.
+    pub fn sid(&self) -> u64 {
+        self.sid
+    }
+
+    /// The subject (or wildcard pattern) subscribed to.
+    pub fn subject(&self) -> &str {
+        &self.subject
+    }
+
+    /// Waits up to `timeout` for the next message. Fails with [`Error::Timeout`] when
+    /// none came, and with [`Error::Closed`] once the subscription has ended (client
+    /// closed, or its automatic unsubscribe limit reached) and every message received
+    /// before has been taken.
+    pub fn next_timeout(&self, timeout: Duration) -> Result<Message> {
+        match self.rx.recv_timeout(timeout) {
+            Ok(m) => Ok(m),
+            Err(RecvTimeoutError::Timeout) => Err(Error::Timeout {
+                what: "receive",
+                after: timeout,
+            }),
+            Err(RecvTimeoutError::Disconnected) => Err(Error::Closed),
+        }
+    }
+
+    /// The next message if one is waiting.
+    pub fn try_next(&self) -> Option<Message> {
+        self.rx.try_recv().ok()
+    }
+
+    /// Messages dropped because this subscription's queue was full.
+    pub fn dropped(&self) -> u64 {
+        self.dropped.load(Ordering::Relaxed)
+    }
+
+    /// Asks the server to end the subscription after `max` more messages; the client
+    /// ends it too once that many were delivered.
+    pub fn unsubscribe_after(&self, max: u64) -> Result<()> {
+        if let Some(sub) = lock(&self.shared.subs).get_mut(&self.sid) {
+            sub.remaining = Some(max);
+        }
+        self.send_unsub(Some(max))
+    }
+
+    /// Ends the subscription now.
+    pub fn unsubscribe(mut self) -> Result<()> {
+        self.active = false;
+        lock(&self.shared.subs).remove(&self.sid);
+        self.send_unsub(None)
+    }
+
+    fn send_unsub(&self, max: Option<u64>) -> Result<()> {
+        let mut st = self.shared.state();
+        check_open(&st)?;
+        // While reconnecting there is no server subscription to end; the table decides.
+        if st.phase == Phase::Connected {
+            let op = ClientOp::Unsub { sid: self.sid, max };
+            self.shared.queue_control(&mut st, op, false);
+        }
+        Ok(())
+    }
+}
+
+impl Drop for Subscription {
+    fn drop(&mut self) {
+        if self.active && lock(&self.shared.subs).remove(&self.sid).is_some() {
+            // The client may be closed already; then there is nothing to tell the server.
+            let _ = self.send_unsub(None);
+        }
+    }
+}

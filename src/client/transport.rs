@@ -1,0 +1,308 @@
+//! The byte pipe under a connection: plain TCP or TLS (rustls), with a read half and a
+//! write half that two threads can use at once.
+//!
+//! rustls is a state machine without I/O of its own, so one TLS session can serve a reader
+//! thread and a writer thread: each moves bytes between its socket handle and the shared
+//! `ClientConnection` under a short lock, and never holds that lock across a blocking read.
+//! Records must reach the socket in the order rustls produced them, so producing records
+//! and writing them happen under one write lock.
+
+use std::io::{self, Read, Write};
+use std::net::{Shutdown, SocketAddr, TcpStream, ToSocketAddrs};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::{Duration, Instant};
+
+use rustls::{ClientConfig, ClientConnection};
+
+use crate::error::{Error, Result};
+use crate::url::ServerAddr;
+
+/// Opens a TCP connection to `addr`, trying each resolved address before `deadline`.
+pub(crate) fn connect_tcp(addr: &ServerAddr, deadline: Instant) -> Result<TcpStream> {
+    let host_port = addr.host_port();
+    let resolved: Vec<SocketAddr> = host_port
+        .to_socket_addrs()
+        .map_err(|e| Error::io(format!("resolve {host_port}"), e))?
+        .collect();
+    let mut last = None;
+    for sock_addr in resolved {
+        let left = remaining(deadline);
+        if left.is_zero() {
+            break;
+        }
+        match TcpStream::connect_timeout(&sock_addr, left) {
+            Ok(stream) => {
+                stream
+                    .set_nodelay(true)
+                    .map_err(|e| Error::io(format!("configure {addr}"), e))?;
+                return Ok(stream);
+            }
+            Err(e) if e.kind() == io::ErrorKind::TimedOut => last = None,
+            Err(e) => last = Some(Error::io(format!("connect to {addr}"), e)),
+        }
+    }
+    Err(last.unwrap_or_else(|| Error::ConnectTimeout {
+        server: addr.to_string(),
+        timeout: Duration::ZERO,
+    }))
+}
+
+/// Time left until `deadline`, never negative.
+pub(crate) fn remaining(deadline: Instant) -> Duration {
+    deadline.saturating_duration_since(Instant::now())
+}
+
+/// A connection while it is being set up, used by one thread.
+pub(crate) enum Stream {
+    Plain(TcpStream),
+    Tls(Box<rustls::StreamOwned<ClientConnection, TcpStream>>),
+}
+
+impl Stream {
+    pub(crate) fn tcp(&self) -> &TcpStream {
+        match self {
+            Stream::Plain(s) => s,
+            Stream::Tls(s) => &s.sock,
+        }
+    }
+
+    /// Upgrades a plain stream with a TLS handshake, bounded by `deadline`.
+    pub(crate) fn upgrade(
+        self,
+        config: Arc<ClientConfig>,
+        host: &str,
+        deadline: Instant,
+    ) -> Result<Stream> {
+        let mut tcp = match self {
+            Stream::Plain(s) => s,
+            tls @ Stream::Tls(_) => return Ok(tls),
+        };
+        let name = crate::tls::server_name(host)?;
+        let mut conn = ClientConnection::new(config, name)
+            .map_err(|e| Error::Tls(crate::tls::describe_error(&e)))?;
+        while conn.is_handshaking() {
+            set_deadline(&tcp, deadline)?;
+            if let Err(e) = conn.complete_io(&mut tcp) {
+                return Err(handshake_error(e, deadline));
+            }
+        }
+        Ok(Stream::Tls(Box::new(rustls::StreamOwned::new(conn, tcp))))
+    }
+
+    /// Splits into halves for the reader and the writer thread.
+    /// Writes blocked longer than `write_timeout` fail, so a stalled peer is noticed even
+    /// while the writer is stuck in a write.
+    pub(crate) fn split(self, write_timeout: Duration) -> Result<(ReadHalf, WriteHalf)> {
+        let (tcp, tls) = match self {
+            Stream::Plain(s) => (s, None),
+            Stream::Tls(s) => {
+                let rustls::StreamOwned { conn, sock } = *s;
+                (sock, Some(Arc::new(Mutex::new(conn))))
+            }
+        };
+        tcp.set_read_timeout(None)
+            .and_then(|()| tcp.set_write_timeout(Some(write_timeout)))
+            .map_err(|e| Error::io("configure socket", e))?;
+        let read_sock = tcp
+            .try_clone()
+            .map_err(|e| Error::io("clone socket", e))?;
+        let write = Arc::new(Mutex::new(tcp));
+        Ok((
+            ReadHalf {
+                sock: read_sock,
+                tls: tls.clone(),
+                write: write.clone(),
+            },
+            WriteHalf { sock: write, tls },
+        ))
+    }
+}
+
+fn handshake_error(e: io::Error, deadline: Instant) -> Error {
+    if matches!(
+        e.kind(),
+        io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut
+    ) && remaining(deadline).is_zero()
+    {
+        return Error::Tls("handshake timed out".into());
+    }
+    // complete_io wraps TLS failures in InvalidData with the rustls::Error inside.
+    if let Some(tls) = e.get_ref().and_then(|inner| inner.downcast_ref::<rustls::Error>()) {
+        return Error::Tls(crate::tls::describe_error(tls));
+    }
+    Error::Tls(format!("handshake failed: {e}"))
+}
+
+/// Sets both socket timeouts to the time left before `deadline`.
+pub(crate) fn set_deadline(tcp: &TcpStream, deadline: Instant) -> Result<()> {
+    // A zero timeout means "none" to the OS, so never pass zero.
+    let left = remaining(deadline).max(Duration::from_millis(1));
+    tcp.set_read_timeout(Some(left))
+        .and_then(|()| tcp.set_write_timeout(Some(left)))
+        .map_err(|e| Error::io("configure socket", e))
+}
+
+impl Read for Stream {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        match self {
+            Stream::Plain(s) => s.read(buf),
+            Stream::Tls(s) => s.read(buf),
+        }
+    }
+}
+
+impl Write for Stream {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        match self {
+            Stream::Plain(s) => s.write(buf),
+            Stream::Tls(s) => s.write(buf),
+        }
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        match self {
+            Stream::Plain(s) => s.flush(),
+            Stream::Tls(s) => s.flush(),
+        }
+    }
+}
+
+/// The reading side of an established connection.
+pub(crate) struct ReadHalf {
+    sock: TcpStream,
+    tls: Option<Arc<Mutex<ClientConnection>>>,
+    write: Arc<Mutex<TcpStream>>,
+}
+
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    // A panic while holding these locks cannot leave them inconsistent in a way that
+    // matters more than losing the connection, which the caller handles anyway.
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+impl ReadHalf {
+    /// Appends newly received plaintext to `out`; `Ok(0)` means the peer closed.
+    pub(crate) fn read_into(&mut self, out: &mut Vec<u8>, raw: &mut [u8]) -> io::Result<usize> {
+        let Some(tls) = &self.tls else {
+            let n = self.sock.read(raw)?;
+            out.extend_from_slice(raw.get(..n).unwrap_or_default());
+            return Ok(n);
+        };
+        // Plaintext rustls already holds (from the handshake's last read) comes first.
+        let (mut got, mut closed) = drain_plaintext(&mut lock(tls), out)?;
+        while got == 0 && !closed {
+            let n = self.sock.read(raw)?;
+            if n == 0 {
+                return Ok(0);
+            }
+            let mut conn = lock(tls);
+            let mut rest = raw.get(..n).unwrap_or_default();
+            while !rest.is_empty() {
+                conn.read_tls(&mut rest)?;
+                conn.process_new_packets().map_err(|e| {
+                    io::Error::new(io::ErrorKind::InvalidData, crate::tls::describe_error(&e))
+                })?;
+                // rustls bounds the plaintext it holds: move it out before reading more.
+                let (n, c) = drain_plaintext(&mut conn, out)?;
+                got += n;
+                closed |= c;
+            }
+            let wants_write = conn.wants_write();
+            drop(conn);
+            if wants_write {
+                self.write_pending_tls()?;
+            }
+        }
+        Ok(got)
+    }
+
+    /// Sends TLS records that reading produced (alerts, key updates).
+    fn write_pending_tls(&self) -> io::Result<()> {
+        if let Some(tls) = &self.tls {
+            let mut sock = lock(&self.write);
+            let mut records = Vec::new();
+            {
+                let mut conn = lock(tls);
+                while conn.wants_write() {
+                    conn.write_tls(&mut records)?;
+                }
+            }
+            sock.write_all(&records)?;
+        }
+        Ok(())
+    }
+
+    /// Unblocks a thread waiting in `read_into`.
+    pub(crate) fn shutdown_handle(&self) -> io::Result<TcpStream> {
+        self.sock.try_clone()
+    }
+}
+
+/// Moves received plaintext out of rustls. Returns (bytes, peer closed cleanly).
+fn drain_plaintext(conn: &mut ClientConnection, out: &mut Vec<u8>) -> io::Result<(usize, bool)> {
+    let mut total = 0;
+    let mut chunk = [0u8; 16 * 1024];
+    loop {
+        match conn.reader().read(&mut chunk) {
+            Ok(0) => return Ok((total, true)),
+            Ok(n) => {
+                out.extend_from_slice(chunk.get(..n).unwrap_or_default());
+                total += n;
+            }
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Ok((total, false)),
+            Err(e) => return Err(e),
+        }
+    }
+}
+
+/// The writing side of an established connection.
+pub(crate) struct WriteHalf {
+    sock: Arc<Mutex<TcpStream>>,
+    tls: Option<Arc<Mutex<ClientConnection>>>,
+}
+
+/// How much plaintext is turned into records per lock of the TLS state.
+const TLS_CHUNK: usize = 64 * 1024;
+
+impl WriteHalf {
+    /// Writes all of `data`, or fails.
+    pub(crate) fn write_all(&mut self, data: &[u8]) -> io::Result<()> {
+        let mut sock = lock(&self.sock);
+        let Some(tls) = &self.tls else {
+            return sock.write_all(data);
+        };
+        let mut records = Vec::with_capacity(data.len().min(TLS_CHUNK) + 1024);
+        for chunk in data.chunks(TLS_CHUNK) {
+            records.clear();
+            {
+                let mut conn = lock(tls);
+                conn.writer().write_all(chunk)?;
+                while conn.wants_write() {
+                    conn.write_tls(&mut records)?;
+                }
+            }
+            sock.write_all(&records)?;
+        }
+        Ok(())
+    }
+
+    /// Closes the connection: a TLS close_notify if possible, then a TCP shutdown.
+    pub(crate) fn shutdown(&mut self) {
+        let mut sock = lock(&self.sock);
+        if let Some(tls) = &self.tls {
+            let mut records = Vec::new();
+            {
+                let mut conn = lock(tls);
+                conn.send_close_notify();
+                while conn.wants_write() {
+                    if conn.write_tls(&mut records).is_err() {
+                        break;
+                    }
+                }
+            }
+            // Best effort: the peer may already be gone.
+            let _ = sock.write_all(&records);
+        }
+        let _ = sock.shutdown(Shutdown::Both);
+    }
+}

@@ -1,0 +1,437 @@
+//! The Ansible Runner event emitter: every status and event of a run, published to NATS
+//! on `pub.ansible.runner.{subject_id}.{runner_ident}.event` and `.status`.
+//!
+//! One [`Emitter`] serves a whole process. Each run (`runner_ident`) gets its own
+//! connection, made in the background on the run's first message, so a handler never
+//! waits on the network; the run's terminal status (successful, failed, canceled,
+//! timeout, error) flushes everything queued for it, bounded by the flush timeout, and
+//! closes that connection. Runs in parallel do not interfere.
+//!
+//! Nothing here fails a run: every call returns a [`Report`] with the lines to log, and
+//! each run keeps [`RunCounters`].
+//!
+//! ```
+//! use std::collections::HashMap;
+//! use ansible_runner_nats::emitter::{config, Emitter, Kind};
+//!
+//! let mut env = HashMap::new();
+//! env.insert("RUNNER_NATS_SUBJECT_ID".to_string(), "demo".to_string());
+//! // A server that is not there: the run still completes, within the flush bound.
+//! env.insert("RUNNER_NATS_SERVERS".to_string(), "nats://127.0.0.1:1".to_string());
+//! env.insert("RUNNER_NATS_FLUSH_TIMEOUT".to_string(), "0.2".to_string());
+//!
+//! let emitter = Emitter::new();
+//! let load = || config::load(&env, None, "host");
+//! emitter.publish("run-1", Kind::Status("starting"), br#"{"status": "starting"}"#, load);
+//! emitter.publish("run-1", Kind::Event, br#"{"event": "playbook_on_start"}"#, load);
+//! let report = emitter.publish("run-1", Kind::Status("successful"), br#"{"status": "successful"}"#, load);
+//! let summary = report.summary.expect("the terminal status closes the run");
+//! assert_eq!(summary.counters.undelivered, 3);
+//! assert!(report.errors.iter().any(|e| e.contains("3 messages")));
+//! ```
+
+pub mod config;
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+
+use serde_json::Value;
+
+use crate::client::Client;
+use crate::error::Error;
+use crate::headers::HeaderMap;
+pub use config::{ConfigIssue, EmitterConfig, Loaded, Oversize};
+
+/// What a message is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Kind<'a> {
+    /// A playbook event (`event_handler`).
+    Event,
+    /// A status change (`status_handler`), with the status.
+    Status(&'a str),
+}
+
+/// The statuses after which ansible-runner sends nothing more for a run.
+pub const TERMINAL_STATUSES: &[&str] = &["successful", "failed", "canceled", "timeout", "error"];
+
+/// Counts for one run.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct RunCounters {
+    /// Messages queued for sending.
+    pub published: u64,
+    /// Payload bytes queued.
+    pub bytes: u64,
+    /// Messages refused because a buffer was full (the server unreachable for long).
+    pub dropped: u64,
+    /// Events over the server's `max_payload`, not sent.
+    pub oversized: u64,
+    /// Events sent shortened (`RUNNER_NATS_OVERSIZE=truncate`).
+    pub truncated: u64,
+    /// Messages queued but never confirmed by the server when the run ended.
+    pub undelivered: u64,
+}
+
+/// The end of a run.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RunSummary {
+    /// The run.
+    pub runner_ident: String,
+    /// What happened to its messages.
+    pub counters: RunCounters,
+}
+
+/// What one call did, for the caller to log.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Report {
+    /// Problems to log at error level (configuration issues, first failures of a kind).
+    pub errors: Vec<String>,
+    /// Set when this call ended a run.
+    pub summary: Option<RunSummary>,
+}
+
+struct Run {
+    config: EmitterConfig,
+    client: Client,
+    event_subject: String,
+    status_subject: String,
+    counters: RunCounters,
+    /// Failure kinds already reported for this run, so a dead server gives one line,
+    /// not one per event.
+    reported: Vec<&'static str>,
+}
+
+enum Entry {
+    Active(Box<Run>),
+    /// Off or misconfigured for this run: remembered so the configuration is read and
+    /// reported once.
+    Disabled,
+}
+
+/// Publishes Ansible Runner statuses and events; see the module documentation.
+#[derive(Default)]
+pub struct Emitter {
+    runs: Mutex<HashMap<String, Arc<Mutex<Entry>>>>,
+}
+
+impl std::fmt::Debug for Emitter {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Emitter")
+            .field("runs", &self.lock_runs().len())
+            .finish()
+    }
+}
+
+impl Emitter {
+    /// An emitter with no run yet.
+    pub fn new() -> Emitter {
+        Emitter::default()
+    }
+
+    fn lock_runs(&self) -> std::sync::MutexGuard<'_, HashMap<String, Arc<Mutex<Entry>>>> {
+        self.runs.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Publishes one message of the run `ident`. On the run's first message `load` is
+    /// called for its configuration (so the environment and settings are read once per
+    /// run); its issues are reported. A terminal status flushes and closes the run.
+    pub fn publish(
+        &self,
+        ident: &str,
+        kind: Kind<'_>,
+        payload: &[u8],
+        load: impl FnOnce() -> Loaded,
+    ) -> Report {
+        let mut report = Report::default();
+        let terminal = matches!(kind, Kind::Status(s) if TERMINAL_STATUSES.contains(&s));
+        let entry = {
+            let mut runs = self.lock_runs();
+            match runs.get(ident) {
+                Some(e) => Arc::clone(e),
+                None => {
+                    let entry = Arc::new(Mutex::new(start_run(ident, load(), &mut report)));
+                    runs.insert(ident.to_owned(), Arc::clone(&entry));
+                    entry
+                }
+            }
+        };
+        let mut guard = entry.lock().unwrap_or_else(|p| p.into_inner());
+        if let Entry::Active(run) = &mut *guard {
+            run.send(ident, kind, payload, &mut report);
+            if terminal {
+                report.summary = Some(run.finish(ident, &mut report));
+            }
+        }
+        drop(guard);
+        if terminal {
+            self.lock_runs().remove(ident);
+        }
+        report
+    }
+
+    /// Flushes and closes every open run (each bounded by its flush timeout), for a
+    /// stream that ended without terminal statuses.
+    pub fn close_all(&self) -> Report {
+        let entries: Vec<(String, Arc<Mutex<Entry>>)> = self.lock_runs().drain().collect();
+        let mut report = Report::default();
+        for (ident, entry) in entries {
+            let mut guard = entry.lock().unwrap_or_else(|p| p.into_inner());
+            if let Entry::Active(run) = &mut *guard {
+                let summary = run.finish(&ident, &mut report);
+                report.errors.push(format!(
+                    "run {ident} ended without a terminal status; closed with {} messages published",
+                    summary.counters.published
+                ));
+            }
+        }
+        report
+    }
+
+    /// The counters of an open run.
+    pub fn counters(&self, ident: &str) -> Option<RunCounters> {
+        let entry = self.lock_runs().get(ident).cloned()?;
+        let guard = entry.lock().unwrap_or_else(|p| p.into_inner());
+        match &*guard {
+            Entry::Active(run) => Some(run.counters),
+            Entry::Disabled => None,
+        }
+    }
+
+    /// How many runs are open.
+    pub fn open_runs(&self) -> usize {
+        self.lock_runs().len()
+    }
+}
+
+fn start_run(ident: &str, loaded: Loaded, report: &mut Report) -> Entry {
+    for issue in &loaded.issues {
+        report.errors.push(format!("run {ident}: {issue}"));
+    }
+    let Some(config) = loaded.config else {
+        return Entry::Disabled;
+    };
+    if let Err(e) = crate::subject::validate_token(ident) {
+        report.errors.push(format!(
+            "run {ident:?}: runner_ident is not a valid subject token ({e}); nothing published for it"
+        ));
+        return Entry::Disabled;
+    }
+    let base = format!("pub.ansible.runner.{}.{ident}", config.subject_id);
+    match config.options.clone().connect() {
+        Ok(client) => Entry::Active(Box::new(Run {
+            event_subject: format!("{base}.event"),
+            status_subject: format!("{base}.status"),
+            config,
+            client,
+            counters: RunCounters::default(),
+            reported: Vec::new(),
+        })),
+        Err(e) => {
+            report
+                .errors
+                .push(format!("run {ident}: cannot start the NATS client: {e}"));
+            Entry::Disabled
+        }
+    }
+}
+
+/// The header that marks a shortened event.
+pub const TRUNCATED_HEADER: &str = "Ansible-Runner-Nats-Truncated";
+
+impl Run {
+    fn report_once(&mut self, kind: &'static str, line: String, report: &mut Report) {
+        if !self.reported.contains(&kind) {
+            self.reported.push(kind);
+            report.errors.push(line);
+        }
+    }
+
+    fn send(&mut self, ident: &str, kind: Kind<'_>, payload: &[u8], report: &mut Report) {
+        let subject = match kind {
+            Kind::Event => self.event_subject.as_str(),
+            Kind::Status(_) => self.status_subject.as_str(),
+        };
+        let redacted;
+        let payload = match kind {
+            Kind::Status(_) if self.config.redact_env => match redact_env(payload) {
+                Some(r) => {
+                    redacted = r;
+                    redacted.as_slice()
+                }
+                None => payload,
+            },
+            _ => payload,
+        };
+        let subject = subject.to_owned();
+        match self.publish(&subject, None, payload) {
+            Ok(()) => {}
+            Err(Error::MaxPayload { size, max }) => self.oversized(ident, &subject, payload, size, max, report),
+            Err(e) => self.failed(ident, e, report),
+        }
+    }
+
+    fn publish(&mut self, subject: &str, extra: Option<&HeaderMap>, payload: &[u8]) -> Result<(), Error> {
+        let headers = extra.unwrap_or(&self.config.headers);
+        let sent = if headers.is_empty() {
+            self.client.publish(subject, payload)
+        } else {
+            self.client.publish_with_headers(subject, headers, payload)
+        };
+        if sent.is_ok() {
+            self.counters.published += 1;
+            self.counters.bytes += payload.len() as u64;
+        }
+        sent
+    }
+
+    fn failed(&mut self, ident: &str, e: Error, report: &mut Report) {
+        if matches!(e, Error::BufferFull { .. }) {
+            self.counters.dropped += 1;
+            self.report_once(
+                "buffer",
+                format!("run {ident}: {e}; further drops are counted and reported at the end of the run"),
+                report,
+            );
+        } else {
+            self.counters.dropped += 1;
+            self.report_once("publish", format!("run {ident}: publish failed: {e}"), report);
+        }
+    }
+
+    fn oversized(
+        &mut self,
+        ident: &str,
+        subject: &str,
+        payload: &[u8],
+        size: usize,
+        max: usize,
+        report: &mut Report,
+    ) {
+        let what = describe(payload);
+        if self.config.oversize == Oversize::Truncate {
+            if let Some(short) = truncate_event(payload) {
+                let mut headers = self.config.headers.clone();
+                let marked = headers.append(TRUNCATED_HEADER, "true");
+                if marked.is_ok() && self.publish(subject, Some(&headers), &short).is_ok() {
+                    self.counters.truncated += 1;
+                    report.errors.push(format!(
+                        "run {ident}: {what} is {size} bytes, over the server's max_payload of {max}: sent truncated to {} bytes",
+                        short.len()
+                    ));
+                    return;
+                }
+            }
+        }
+        self.counters.oversized += 1;
+        report.errors.push(format!(
+            "run {ident}: {what} is {size} bytes, over the server's max_payload of {max}: not sent"
+        ));
+    }
+
+    fn finish(&mut self, ident: &str, report: &mut Report) -> RunSummary {
+        match self.client.close() {
+            Ok(()) => {}
+            Err(Error::NotDelivered { messages, reason }) => {
+                self.counters.undelivered = messages;
+                report.errors.push(format!(
+                    "run {ident}: {messages} messages were not delivered to NATS within the flush timeout ({:?}): {reason}",
+                    self.config.flush_timeout
+                ));
+            }
+            Err(e) => report.errors.push(format!("run {ident}: close: {e}")),
+        }
+        let c = self.counters;
+        if c.dropped > 0 || c.oversized > 0 {
+            report.errors.push(format!(
+                "run {ident}: {} messages dropped (buffers full), {} oversized events not sent",
+                c.dropped, c.oversized
+            ));
+        }
+        RunSummary {
+            runner_ident: ident.to_owned(),
+            counters: c,
+        }
+    }
+}
+
+/// `event 'runner_on_ok' (uuid ...)` for messages in logs.
+fn describe(payload: &[u8]) -> String {
+    let Ok(Value::Object(map)) = serde_json::from_slice::<Value>(payload) else {
+        return "a message".into();
+    };
+    let event = map.get("event").and_then(Value::as_str).unwrap_or("?");
+    match map.get("uuid").and_then(Value::as_str) {
+        Some(uuid) => format!("event {event:?} (uuid {uuid})"),
+        None => format!("event {event:?}"),
+    }
+}
+
+/// The replacement for redacted values.
+pub const REDACTED: &str = "********";
+
+/// Our own credential variables, always redacted.
+const OWN_SECRETS: &[&str] = &[
+    "RUNNER_NATS_PASSWORD",
+    "RUNNER_NATS_TOKEN",
+    "RUNNER_NATS_NKEYS_SEED",
+    "RUNNER_NATS_USER_CREDENTIALS",
+];
+
+/// True for environment variable names whose values look secret.
+pub fn looks_secret(name: &str) -> bool {
+    let upper = name.to_ascii_uppercase();
+    OWN_SECRETS.contains(&upper.as_str())
+        || ["PASSWORD", "SECRET", "TOKEN", "SEED", "CREDENTIAL"]
+            .iter()
+            .any(|w| upper.contains(w))
+        || upper.ends_with("_KEY")
+}
+
+/// The status payload with secret-looking `env` values replaced, or `None` when there
+/// is nothing to redact (the payload is then sent as it is).
+pub fn redact_env(payload: &[u8]) -> Option<Vec<u8>> {
+    // Only the `starting` status carries `env`; skip the parse for the others.
+    if !payload.windows(5).any(|w| w == b"\"env\"") {
+        return None;
+    }
+    let mut value: Value = serde_json::from_slice(payload).ok()?;
+    let env = value.get_mut("env")?.as_object_mut()?;
+    let mut changed = false;
+    for (name, v) in env.iter_mut() {
+        if looks_secret(name) && v.as_str() != Some(REDACTED) {
+            *v = Value::String(REDACTED.into());
+            changed = true;
+        }
+    }
+    if !changed {
+        return None;
+    }
+    serde_json::to_vec(&value).ok()
+}
+
+/// Values longer than this are replaced when an event is truncated.
+const TRUNCATE_OVER: usize = 1024;
+
+/// The event with its large `stdout` and `event_data.res` replaced by a marker.
+pub fn truncate_event(payload: &[u8]) -> Option<Vec<u8>> {
+    let mut value: Value = serde_json::from_slice(payload).ok()?;
+    let marker = |v: &Value| {
+        let len = v.to_string().len();
+        Value::String(format!("<truncated by ansible-runner-nats: {len} bytes>"))
+    };
+    let obj = value.as_object_mut()?;
+    if let Some(stdout) = obj.get_mut("stdout") {
+        if stdout.to_string().len() > TRUNCATE_OVER {
+            *stdout = marker(stdout);
+        }
+    }
+    if let Some(res) = obj
+        .get_mut("event_data")
+        .and_then(Value::as_object_mut)
+        .and_then(|d| d.get_mut("res"))
+    {
+        if res.to_string().len() > TRUNCATE_OVER {
+            *res = marker(res);
+        }
+    }
+    serde_json::to_vec(&value).ok()
+}
