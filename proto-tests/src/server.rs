@@ -459,6 +459,50 @@ impl NatsServer {
             .unwrap_or_else(|e| panic!("monitoring {path} returned non-JSON ({e}): {body}"))
     }
 
+    /// Whether this server knows a subscription on exactly `subject` (the
+    /// subscription's own subject string, wildcards literal): from a local
+    /// client (`/subsz?subs=1`) or propagated over a route (`/routez?subs=1`).
+    /// Use it before publishing on one node to a subscriber on another.
+    pub fn has_subscription(&self, subject: &str) -> bool {
+        let matches = |v: &serde_json::Value| {
+            v.as_str()
+                .is_some_and(|s| s == subject || s.ends_with(&format!(" {subject}")))
+        };
+        let Ok((200, subsz)) = try_http_get(self.http_port, "/subsz?subs=1&limit=100000") else {
+            return false;
+        };
+        let subsz: serde_json::Value = serde_json::from_str(&subsz).unwrap_or_default();
+        if subsz["subscriptions_list"]
+            .as_array()
+            .is_some_and(|a| a.iter().any(|s| matches(&s["subject"])))
+        {
+            return true;
+        }
+        let Ok((200, routez)) = try_http_get(self.http_port, "/routez?subs=1") else {
+            return false;
+        };
+        let routez: serde_json::Value = serde_json::from_str(&routez).unwrap_or_default();
+        routez["routes"].as_array().is_some_and(|routes| {
+            routes.iter().any(|r| {
+                r["subscriptions_list"]
+                    .as_array()
+                    .is_some_and(|l| l.iter().any(matches))
+            })
+        })
+    }
+
+    /// Waits (bounded) until [`NatsServer::has_subscription`] is true.
+    ///
+    /// # Panics
+    /// On timeout.
+    pub fn wait_for_subscription(&self, subject: &str, timeout: Duration) {
+        wait_until(
+            timeout,
+            &format!("a subscription on {subject:?} to reach the server on port {}", self.port),
+            || self.has_subscription(subject),
+        );
+    }
+
     /// The generated config file's text.
     pub fn config_text(&self) -> &str {
         &self.conf_text

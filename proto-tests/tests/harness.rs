@@ -4,7 +4,7 @@ use std::net::{SocketAddr, TcpStream};
 use std::time::Duration;
 
 use proto_tests::{
-    cluster, creds_text, wait_until, JwtSetup, NatsServer, PySubOptions, PySubscriber, RawConn,
+    cluster, creds_text, wait_until, JwtSetup, PySubOptions, PySubscriber, RawConn,
     ServerConfig, TlsFiles,
 };
 use serde_json::json;
@@ -37,20 +37,6 @@ fn handshake(conn: &mut RawConn, fields: serde_json::Value) -> String {
         (got, closed)
     };
     String::from_utf8_lossy(&bytes).into_owned()
-}
-
-fn wait_interest(server: &NatsServer, subject: &str) {
-    wait_until(
-        T,
-        &format!("interest in {subject} on port {}", server.port()),
-        || {
-            let v = server.monitor(&format!("/subsz?subs=1&test={subject}"));
-            v["num_subscriptions"].as_u64().unwrap_or(0) > 0
-                && v["subscriptions_list"]
-                    .as_array()
-                    .is_some_and(|a| !a.is_empty())
-        },
-    );
 }
 
 #[test]
@@ -253,7 +239,8 @@ fn three_node_cluster_routes_messages() {
     assert_eq!(nodes.len(), 3);
     assert!(nodes.iter().all(|n| n.cluster_port().is_some()));
     let mut sub = PySubscriber::start(&nodes[1].url(), "cluster.>");
-    wait_interest(&nodes[0], "cluster.x");
+    assert!(!nodes[0].has_subscription("nothing.here"));
+    nodes[0].wait_for_subscription("cluster.>", T);
 
     let mut c = RawConn::connect(nodes[0].port());
     c.send(&connect_line(json!({})));
@@ -303,7 +290,7 @@ fn kill_and_restart_on_same_port() {
     // The subscriber reconnects across a restart.
     let mut sub = PySubscriber::start(&server.url(), "restart.check");
     server.restart();
-    wait_interest(&server, "restart.check");
+    server.wait_for_subscription("restart.check", T);
     let mut c = RawConn::connect(port);
     c.send(&connect_line(json!({})));
     c.send(b"PUB restart.check 3\r\nabc\r\nPING\r\n");
@@ -322,4 +309,89 @@ fn lame_duck_signal_reaches_clients() {
     wait_until(T, "lame duck log line", || {
         server.log().contains("Entering lame duck mode")
     });
+}
+
+#[test]
+fn config_knobs_reach_the_server() {
+    let server = ServerConfig::new()
+        .max_payload(1024)
+        .max_control_line(2048)
+        .ping_interval(Duration::from_millis(1500))
+        .max_pings_out(3)
+        .jetstream()
+        .extra("lame_duck_duration: \"30s\"\nlame_duck_grace_period: \"1s\"")
+        .start();
+    let info = RawConn::connect(server.port()).info();
+    assert_eq!(info["max_payload"], json!(1024));
+    assert_eq!(info["jetstream"], json!(true));
+    let varz = server.monitor("/varz");
+    assert_eq!(varz["max_control_line"], json!(2048));
+    assert_eq!(varz["ping_max"], json!(3));
+    assert_eq!(varz["ping_interval"], json!(1_500_000_000u64));
+    assert!(server.dir().join("jetstream").is_dir());
+}
+
+#[test]
+fn failed_start_reports_the_log_tail() {
+    let err = std::panic::catch_unwind(|| {
+        ServerConfig::new()
+            .extra("this is { not valid")
+            .start()
+    })
+    .expect_err("a broken config must not start");
+    let msg = err
+        .downcast_ref::<String>()
+        .cloned()
+        .unwrap_or_default();
+    assert!(msg.contains("nats-server failed to start"), "{msg}");
+    assert!(msg.contains("--- log tail ---"), "{msg}");
+    assert!(msg.contains("this is { not valid"), "config shown: {msg}");
+}
+
+#[test]
+fn bad_tls_material_is_rejected_by_an_independent_client() {
+    let certs = TlsFiles::generate();
+    let cases = [
+        (
+            "wrong host name",
+            ServerConfig::new().tls_with(
+                &certs.wrong_host_server_cert,
+                &certs.wrong_host_server_key,
+                &certs.ca_cert,
+            ),
+            certs.ca_cert.clone(),
+        ),
+        (
+            "expired",
+            ServerConfig::new().tls_with(
+                &certs.expired_server_cert,
+                &certs.expired_server_key,
+                &certs.ca_cert,
+            ),
+            certs.ca_cert.clone(),
+        ),
+        (
+            "unrelated CA",
+            ServerConfig::new().tls(&certs),
+            certs.other_ca_cert.clone(),
+        ),
+    ];
+    for (what, config, ca) in cases {
+        let server = config.start();
+        let url = server.url();
+        let err = std::panic::catch_unwind(move || {
+            PySubscriber::start_with(
+                &[url],
+                "tls.bad",
+                PySubOptions {
+                    ca_file: Some(ca),
+                    no_reconnect: true,
+                    ..Default::default()
+                },
+            )
+        })
+        .expect_err(what);
+        let msg = err.downcast_ref::<String>().cloned().unwrap_or_default();
+        assert!(msg.contains("CERTIFICATE_VERIFY_FAILED"), "{what}: {msg}");
+    }
 }
