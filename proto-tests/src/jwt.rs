@@ -41,7 +41,9 @@ fn seed_of(kp: &KeyPair) -> String {
 /// claims already have them. `sub`, `name` and `nats` must be provided.
 pub fn encode_jwt(mut claims: Value, issuer_seed: &str) -> String {
     let issuer = keypair(issuer_seed);
-    let obj = claims.as_object_mut().expect("claims must be a JSON object");
+    let obj = claims
+        .as_object_mut()
+        .expect("claims must be a JSON object");
     obj.insert("iss".into(), Value::String(issuer.public_key()));
     obj.entry("iat").or_insert_with(|| json!(now_secs()));
     obj.entry("jti")
@@ -203,7 +205,13 @@ impl JwtSetup {
     /// A user whose JWT expired an hour ago (issued two hours ago).
     pub fn expired_user(&self) -> UserCreds {
         let now = now_secs();
-        issue_user_at(&self.account_seed, "expired", json!({}), Some(now - 3600), Some(now - 7200))
+        issue_user_at(
+            &self.account_seed,
+            "expired",
+            json!({}),
+            Some(now - 3600),
+            Some(now - 7200),
+        )
     }
 
     /// Creds file text of [`JwtSetup::expired_user`].
@@ -225,7 +233,12 @@ fn user_nats(overrides: Value) -> Value {
     nats
 }
 
-fn issue_user(account_seed: &str, name: &str, nats_overrides: Value, exp: Option<i64>) -> UserCreds {
+fn issue_user(
+    account_seed: &str,
+    name: &str,
+    nats_overrides: Value,
+    exp: Option<i64>,
+) -> UserCreds {
     issue_user_at(account_seed, name, nats_overrides, exp, None)
 }
 
@@ -237,7 +250,8 @@ fn issue_user_at(
     iat: Option<i64>,
 ) -> UserCreds {
     let user = KeyPair::new_user();
-    let mut claims = json!({"sub": user.public_key(), "name": name, "nats": user_nats(nats_overrides)});
+    let mut claims =
+        json!({"sub": user.public_key(), "name": name, "nats": user_nats(nats_overrides)});
     if let Some(exp) = exp {
         claims["exp"] = json!(exp);
     }

@@ -34,10 +34,7 @@ const SETUP_HINT: &str = "run `make setup` (installs the pinned tools into .venv
 /// The workspace root: the parent of this crate's manifest directory.
 pub fn workspace_root() -> PathBuf {
     let manifest = PathBuf::from(env!("CARGO_MANIFEST_DIR"));
-    manifest
-        .parent()
-        .map(PathBuf::from)
-        .unwrap_or(manifest)
+    manifest.parent().map(PathBuf::from).unwrap_or(manifest)
 }
 
 /// Path of the `nats-server` binary: `$NATS_SERVER_BIN`, else
@@ -50,8 +47,13 @@ pub fn nats_server_bin() -> PathBuf {
         Some(p) if !p.is_empty() => PathBuf::from(p),
         _ => workspace_root().join(".venv/bin/nats-server"),
     };
+    require_tool("nats-server", path)
+}
+
+/// Returns `path` when it is a file; panics naming the setup command otherwise.
+fn require_tool(what: &str, path: PathBuf) -> PathBuf {
     if !path.is_file() {
-        panic!("nats-server not found at {}; {SETUP_HINT}", path.display());
+        panic!("{what} not found at {}; {SETUP_HINT}", path.display());
     }
     path
 }
@@ -62,11 +64,7 @@ pub fn nats_server_bin() -> PathBuf {
 /// # Panics
 /// When the file does not exist, with a message naming the setup command.
 pub fn venv_python() -> PathBuf {
-    let path = workspace_root().join(".venv/bin/python");
-    if !path.is_file() {
-        panic!("python not found at {}; {SETUP_HINT}", path.display());
-    }
-    path
+    require_tool("python", workspace_root().join(".venv/bin/python"))
 }
 
 /// A port that was free on 127.0.0.1 a moment ago (bind to port 0, read it,
@@ -154,4 +152,40 @@ pub(crate) fn tail(text: &str, max_lines: usize) -> String {
     let lines: Vec<&str> = text.lines().collect();
     let start = lines.len().saturating_sub(max_lines);
     lines[start..].join("\n")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn missing_tool_names_the_setup_command() {
+        let err = std::panic::catch_unwind(|| {
+            require_tool("nats-server", PathBuf::from("/nonexistent/nats-server"))
+        })
+        .expect_err("missing binary must panic");
+        let msg = err.downcast_ref::<String>().cloned().unwrap_or_default();
+        assert_eq!(
+            msg,
+            "nats-server not found at /nonexistent/nats-server; \
+             run `make setup` (installs the pinned tools into .venv)"
+        );
+    }
+
+    #[test]
+    fn wait_until_names_what_it_waited_for() {
+        let err = std::panic::catch_unwind(|| {
+            wait_until(Duration::from_millis(30), "the impossible", || false)
+        })
+        .expect_err("must time out");
+        let msg = err.downcast_ref::<String>().cloned().unwrap_or_default();
+        assert_eq!(msg, "timed out after 30ms waiting for the impossible");
+    }
+
+    #[test]
+    fn free_ports_are_not_4222_and_bindable() {
+        let p = free_port();
+        assert_ne!(p, 0);
+        TcpListener::bind(("127.0.0.1", p)).expect("port still free");
+    }
 }

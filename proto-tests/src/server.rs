@@ -498,7 +498,10 @@ impl NatsServer {
     pub fn wait_for_subscription(&self, subject: &str, timeout: Duration) {
         wait_until(
             timeout,
-            &format!("a subscription on {subject:?} to reach the server on port {}", self.port),
+            &format!(
+                "a subscription on {subject:?} to reach the server on port {}",
+                self.port
+            ),
             || self.has_subscription(subject),
         );
     }
@@ -616,7 +619,9 @@ impl NatsServer {
                 }
             }
             let log = self.log();
-            let ready_logged = log.get(offset..).is_some_and(|s| s.contains("Server is ready"));
+            let ready_logged = log
+                .get(offset..)
+                .is_some_and(|s| s.contains("Server is ready"));
             if ready_logged && self.accepts() {
                 return Ok(());
             }
@@ -666,7 +671,8 @@ pub fn http_get(port: u16, path: &str) -> String {
 
 pub(crate) fn try_http_get(port: u16, path: &str) -> Result<(u16, String), String> {
     let addr = SocketAddr::from(([127, 0, 0, 1], port));
-    let mut s = TcpStream::connect_timeout(&addr, Duration::from_secs(2)).map_err(|e| e.to_string())?;
+    let mut s =
+        TcpStream::connect_timeout(&addr, Duration::from_secs(2)).map_err(|e| e.to_string())?;
     s.set_read_timeout(Some(Duration::from_secs(5)))
         .map_err(|e| e.to_string())?;
     write!(

@@ -4,8 +4,8 @@ use std::net::{SocketAddr, TcpStream};
 use std::time::Duration;
 
 use proto_tests::{
-    cluster, creds_text, wait_until, JwtSetup, PySubOptions, PySubscriber, RawConn,
-    ServerConfig, TlsFiles,
+    cluster, creds_text, wait_until, JwtSetup, PySubOptions, PySubscriber, RawConn, ServerConfig,
+    TlsFiles,
 };
 use serde_json::json;
 
@@ -56,9 +56,7 @@ fn server_starts_and_raw_conn_reads_info() {
 
 #[test]
 fn user_password_refuses_wrong_password() {
-    let server = ServerConfig::new()
-        .user_password("alice", "s3cret")
-        .start();
+    let server = ServerConfig::new().user_password("alice", "s3cret").start();
     let mut bad = RawConn::connect(server.port());
     assert_eq!(bad.info()["auth_required"], json!(true));
     let reply = handshake(&mut bad, json!({"user": "alice", "pass": "wrong"}));
@@ -179,7 +177,9 @@ fn parse_jwt(creds: &str) -> String {
 }
 
 fn parse_seed(creds: &str) -> String {
-    let mut it = creds.lines().skip_while(|l| !l.contains("BEGIN USER NKEY SEED"));
+    let mut it = creds
+        .lines()
+        .skip_while(|l| !l.contains("BEGIN USER NKEY SEED"));
     it.next();
     it.next().unwrap().to_string()
 }
@@ -267,10 +267,7 @@ fn three_node_cluster_routes_messages() {
         .map(|(k, v)| (k.as_str(), v.as_str()))
         .collect();
     assert_eq!(pairs, [("A", "1"), ("B", "2"), ("A", "3"), ("A", "x y")]);
-    assert_eq!(
-        got[1].raw_headers.as_deref(),
-        Some(&hdr[..])
-    );
+    assert_eq!(got[1].raw_headers.as_deref(), Some(&hdr[..]));
     assert!(sub.received().is_empty());
 }
 
@@ -333,16 +330,9 @@ fn config_knobs_reach_the_server() {
 
 #[test]
 fn failed_start_reports_the_log_tail() {
-    let err = std::panic::catch_unwind(|| {
-        ServerConfig::new()
-            .extra("this is { not valid")
-            .start()
-    })
-    .expect_err("a broken config must not start");
-    let msg = err
-        .downcast_ref::<String>()
-        .cloned()
-        .unwrap_or_default();
+    let err = std::panic::catch_unwind(|| ServerConfig::new().extra("this is { not valid").start())
+        .expect_err("a broken config must not start");
+    let msg = err.downcast_ref::<String>().cloned().unwrap_or_default();
     assert!(msg.contains("nats-server failed to start"), "{msg}");
     assert!(msg.contains("--- log tail ---"), "{msg}");
     assert!(msg.contains("this is { not valid"), "config shown: {msg}");
@@ -393,5 +383,38 @@ fn bad_tls_material_is_rejected_by_an_independent_client() {
         .expect_err(what);
         let msg = err.downcast_ref::<String>().cloned().unwrap_or_default();
         assert!(msg.contains("CERTIFICATE_VERIFY_FAILED"), "{what}: {msg}");
+    }
+}
+
+#[test]
+fn mutual_tls_rejects_a_client_from_another_ca() {
+    let certs = TlsFiles::generate();
+    let server = ServerConfig::new().tls(&certs).tls_verify().start();
+    for (what, cert, key) in [
+        (
+            "other CA",
+            Some(certs.other_client_cert.clone()),
+            Some(certs.other_client_key.clone()),
+        ),
+        ("no client cert", None, None),
+    ] {
+        let url = server.url();
+        let ca = certs.ca_cert.clone();
+        let err = std::panic::catch_unwind(move || {
+            PySubscriber::start_with(
+                &[url],
+                "mtls.bad",
+                PySubOptions {
+                    ca_file: Some(ca),
+                    client_cert: cert,
+                    client_key: key,
+                    no_reconnect: true,
+                    ..Default::default()
+                },
+            )
+        })
+        .expect_err(what);
+        let msg = err.downcast_ref::<String>().cloned().unwrap_or_default();
+        assert!(msg.contains("subscriber failed"), "{what}: {msg}");
     }
 }
