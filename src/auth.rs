@@ -328,7 +328,10 @@ mod tests {
             (good.replace("BEGIN USER NKEY SEED", "BEGIN X"), "missing the USER NKEY SEED block"),
             (good.replace(&format!("{JWT}\n"), &format!("{JWT}\n\n")), "blank line inside the NATS USER JWT block"),
             (good.replace(&format!("{seed}\n"), &format!("\n{seed}\n")), "blank line inside the USER NKEY SEED block"),
-            (good.replace("------END USER NKEY SEED------", ""), "unterminated USER NKEY SEED block"),
+            (
+                good.split("------END USER NKEY SEED").next().unwrap().to_owned(),
+                "unterminated USER NKEY SEED block",
+            ),
             (good.replace(&format!("{JWT}\n"), ""), "empty NATS USER JWT block"),
             (good.replace(JWT, "notajwt"), "the NATS USER JWT block does not hold a JWT"),
         ];

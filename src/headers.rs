@@ -207,8 +207,8 @@ mod tests {
         let mut out = Vec::new();
         h.encode(&mut out);
         assert_eq!(out, b"NATS/1.0\r\nA: b\r\n\r\n");
-        assert_eq!(out.len(), 22);
-        assert_eq!(h.encoded_len(), 22);
+        assert_eq!(out.len(), 18);
+        assert_eq!(h.encoded_len(), 18);
 
         let mut h = HeaderMap::with_status(503, Some("No Responders"));
         h.append("Multi", "1").unwrap();

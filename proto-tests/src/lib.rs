@@ -21,6 +21,7 @@ mod pysub;
 mod raw;
 mod server;
 mod tls;
+pub mod proxy;
 
 pub use jwt::{creds_text, encode_jwt, JwtSetup, UserCreds};
 pub use pysub::{PySubOptions, PySubscriber, Received};

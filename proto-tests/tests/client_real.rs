@@ -218,7 +218,7 @@ fn creds_file_auth() {
         &[server.url()],
         "auth.creds",
         PySubOptions {
-            creds: Some(py_path.clone()),
+            creds: Some(std::fs::read_to_string(&py_path).unwrap()),
             ..PySubOptions::default()
         },
     );
@@ -268,7 +268,7 @@ fn tls_with_a_generated_ca() {
         &[server.url().replace("nats://", "tls://")],
         "tls.>",
         PySubOptions {
-            tls_ca: Some(certs.ca_cert.clone()),
+            ca_file: Some(certs.ca_cert.clone()),
             ..PySubOptions::default()
         },
     );
@@ -322,8 +322,9 @@ fn mutual_tls() {
         &[server.url().replace("nats://", "tls://")],
         "mtls",
         PySubOptions {
-            tls_ca: Some(certs.ca_cert.clone()),
-            tls_cert: Some((certs.client_cert.clone(), certs.client_key.clone())),
+            ca_file: Some(certs.ca_cert.clone()),
+            client_cert: Some(certs.client_cert.clone()),
+            client_key: Some(certs.client_key.clone()),
             ..PySubOptions::default()
         },
     );

@@ -228,17 +228,20 @@ fn token_from_the_url_goes_into_auth_token() {
 
 #[test]
 fn server_ping_is_answered_with_pong() {
-    let (url, server) = fake_server(|mut conn| {
+    let (done_tx, done) = mpsc::channel();
+    let (url, server) = fake_server(move |mut conn| {
         conn.handshake(basic_info());
         conn.send(ServerOp::Ping);
         assert_eq!(conn.next(), Seen::Pong);
         conn.send(ServerOp::Ping);
         assert_eq!(conn.next(), Seen::Pong);
+        done_tx.send(()).unwrap();
         conn.serve_until_closed();
     });
     let client = Options::new().servers(&url).unwrap().connect().unwrap();
-    server.join().unwrap();
+    done.recv_timeout(STEP).expect("the fake server's checks");
     drop(client);
+    server.join().unwrap();
 }
 
 #[test]
@@ -257,6 +260,7 @@ fn err_mid_stream_is_reported_and_a_fatal_one_closes() {
     let client = Options::new()
         .servers(&url)
         .unwrap()
+        .allow_reconnect(false)
         .event_callback(move |e| {
             let _ = events_tx.lock().unwrap().send(e);
         })
@@ -281,7 +285,8 @@ fn err_mid_stream_is_reported_and_a_fatal_one_closes() {
 
 #[test]
 fn info_split_into_single_bytes_is_reassembled() {
-    let (url, server) = fake_server(|mut conn| {
+    let (done_tx, done) = mpsc::channel();
+    let (url, server) = fake_server(move |mut conn| {
         let mut info = Vec::new();
         ServerOp::Info(Box::new(basic_info())).encode(&mut info);
         for byte in info {
@@ -297,12 +302,14 @@ fn info_split_into_single_bytes_is_reassembled() {
         thread::sleep(Duration::from_millis(5));
         conn.stream.write_all(b"NG\r\nPING\r\n").unwrap();
         assert_eq!(conn.next(), Seen::Pong);
+        done_tx.send(()).unwrap();
         conn.serve_until_closed();
     });
     let client = Options::new().servers(&url).unwrap().connect().unwrap();
     assert_eq!(client.server_info().server_id, "FAKE");
-    server.join().unwrap();
+    done.recv_timeout(STEP).expect("the fake server's checks");
     drop(client);
+    server.join().unwrap();
 }
 
 #[test]
@@ -400,7 +407,12 @@ fn a_flush_pending_when_the_connection_dies_fails() {
         // Close instead of answering: the data may or may not have been processed.
         drop(conn);
     });
-    let client = Options::new().servers(&url).unwrap().connect().unwrap();
+    let client = Options::new()
+        .servers(&url)
+        .unwrap()
+        .allow_reconnect(false)
+        .connect()
+        .unwrap();
     client.publish("a", b"maybe lost").unwrap();
     let err = client.flush(STEP).unwrap_err();
     assert!(matches!(err, Error::Disconnected), "{err:?}");

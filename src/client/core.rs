@@ -214,12 +214,17 @@ impl Shared {
     }
 }
 
-/// Starts the supervisor thread; `first` is the connection made by `connect`, if any.
+/// Starts the supervisor thread. `first`, the connection `connect` made, is installed
+/// before this returns, so the caller sees the server's INFO and a connected client.
 pub(crate) fn start(shared: &Arc<Shared>, first: Option<(Established, Entry)>) -> Result<()> {
+    let mut unconfirmed = Unconfirmed::default();
+    let running = first.and_then(|(est, entry)| {
+        begin_connection(shared, est, entry, &mut unconfirmed, false)
+    });
     let s = Arc::clone(shared);
     let handle = thread::Builder::new()
         .name("nats-supervisor".into())
-        .spawn(move || supervise(&s, first))
+        .spawn(move || supervise(&s, running, unconfirmed))
         .map_err(|e| Error::io("spawn the client's thread", e))?;
     *lock(&shared.supervisor) = Some(handle);
     Ok(())
@@ -275,29 +280,30 @@ enum Outcome {
     LameDuck,
 }
 
-fn supervise(shared: &Arc<Shared>, first: Option<(Established, Entry)>) {
-    let mut next = first;
-    let mut unconfirmed = Unconfirmed::default();
-    let mut reconnected = false;
+fn supervise(
+    shared: &Arc<Shared>,
+    first: Option<(u64, Running)>,
+    mut unconfirmed: Unconfirmed,
+) {
+    let mut connected_before = first.is_some();
+    let mut current = first;
     loop {
-        let (est, entry) = match next.take() {
-            Some(c) => c,
-            None => match reconnect(shared) {
-                Some(c) => c,
-                None => break,
-            },
+        let (generation, reader) = match current.take() {
+            Some(running) => running,
+            None => {
+                let Some((est, entry)) = reconnect(shared) else {
+                    break;
+                };
+                let again = connected_before;
+                match begin_connection(shared, est, entry, &mut unconfirmed, again) {
+                    Some(running) => {
+                        connected_before = true;
+                        running
+                    }
+                    None => continue,
+                }
+            }
         };
-        let server = entry.addr.to_string();
-        let Some((generation, reader)) = begin_connection(shared, est, entry, &mut unconfirmed)
-        else {
-            continue;
-        };
-        shared.emit(if reconnected {
-            Event::Reconnected { server }
-        } else {
-            Event::Connected { server }
-        });
-        reconnected = true;
         let (mut write, read) = reader;
         let outcome = write_loop(shared, &mut write, generation, &mut unconfirmed);
         write.shutdown();
@@ -335,12 +341,14 @@ fn supervise(shared: &Arc<Shared>, first: Option<(Established, Entry)>) {
 
 type Running = (WriteHalf, JoinHandle<()>);
 
-/// Makes `est` the current connection: resubscribes, queues the replay, starts its reader.
+/// Makes `est` the current connection: resubscribes, queues the replay, reports it, and
+/// starts its reader.
 fn begin_connection(
     shared: &Arc<Shared>,
     est: Established,
     entry: Entry,
     unconfirmed: &mut Unconfirmed,
+    reconnected: bool,
 ) -> Option<(u64, Running)> {
     let Established {
         read,
@@ -357,6 +365,10 @@ fn begin_connection(
     st.out_msgs += replayed;
     st.unconfirmed_msgs = 0;
     let urls = info.connect_urls.clone();
+    let server = entry.addr.to_string();
+    if reconnected {
+        st.stats.reconnects += 1;
+    }
     st.info = info;
     st.pool.add_discovered(&urls, &entry);
     st.pool.record(&entry.addr, true, Instant::now());
@@ -366,6 +378,12 @@ fn begin_connection(
     let generation = st.generation;
     drop(st);
     shared.progress.notify_all();
+    // Before the reader starts, so that this comes before anything the server says.
+    shared.emit(if reconnected {
+        Event::Reconnected { server }
+    } else {
+        Event::Connected { server }
+    });
 
     let shutdown = read.shutdown_handle().ok();
     let s = Arc::clone(shared);
@@ -442,7 +460,6 @@ fn reconnect(shared: &Shared) -> Option<(Established, Entry)> {
         let mut st = shared.state();
         match result {
             Ok(est) => {
-                st.stats.reconnects += 1;
                 return Some((est, entry));
             }
             Err(e) => {

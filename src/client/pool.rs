@@ -184,6 +184,7 @@ mod tests {
             "not a url ::".to_string(),
         ];
         assert_eq!(pool.add_discovered(&urls, &current), 1);
+        assert_eq!(pool.next(None).unwrap().addr.host, "nats.example.com");
         let found = pool.next(None).unwrap();
         assert_eq!(found.addr.host, "127.0.0.1");
         assert_eq!(found.addr.scheme, Scheme::Tls);
