@@ -111,7 +111,8 @@ pub struct JwtSetup {
     pub system_account_jwt: String,
     /// The system account public key (`A...`).
     pub system_account: String,
-    /// The application account JWT (signed by the operator, unlimited).
+    /// The application account JWT (signed by the operator, unlimited,
+    /// JetStream enabled when the server has it).
     pub account_jwt: String,
     /// The application account public key (`A...`).
     pub account: String,
@@ -125,22 +126,29 @@ impl Default for JwtSetup {
     }
 }
 
-/// Unlimited account limits (`-1` everywhere).
-fn unlimited_account_nats() -> Value {
+/// Unlimited account limits (`-1` everywhere); with `jetstream`, unlimited
+/// JetStream storage too (what enables JetStream for the account).
+fn unlimited_account_nats(jetstream: bool) -> Value {
+    let mut limits = json!({
+        "subs": -1, "data": -1, "payload": -1, "imports": -1, "exports": -1,
+        "wildcards": true, "conn": -1, "leaf": -1
+    });
+    if jetstream {
+        for k in ["mem_storage", "disk_storage", "streams", "consumer"] {
+            limits[k] = json!(-1);
+        }
+    }
     json!({
-        "limits": {
-            "subs": -1, "data": -1, "payload": -1, "imports": -1, "exports": -1,
-            "wildcards": true, "conn": -1, "leaf": -1
-        },
+        "limits": limits,
         "default_permissions": {"pub": {}, "sub": {}},
         "type": "account",
         "version": 2
     })
 }
 
-fn account_jwt(name: &str, account: &KeyPair, operator_seed: &str) -> String {
+fn account_jwt(name: &str, account: &KeyPair, operator_seed: &str, jetstream: bool) -> String {
     encode_jwt(
-        json!({"sub": account.public_key(), "name": name, "nats": unlimited_account_nats()}),
+        json!({"sub": account.public_key(), "name": name, "nats": unlimited_account_nats(jetstream)}),
         operator_seed,
     )
 }
@@ -162,9 +170,9 @@ impl JwtSetup {
         let sys = KeyPair::new_account();
         let app = KeyPair::new_account();
         JwtSetup {
-            system_account_jwt: account_jwt("SYS", &sys, &operator_seed),
+            system_account_jwt: account_jwt("SYS", &sys, &operator_seed, false),
             system_account: sys.public_key(),
-            account_jwt: account_jwt("APP", &app, &operator_seed),
+            account_jwt: account_jwt("APP", &app, &operator_seed, true),
             account: app.public_key(),
             account_seed: seed_of(&app),
             operator_jwt,

@@ -331,11 +331,11 @@ impl ServerConfig {
     /// # Panics
     /// On a failed start, with the server's log tail.
     pub fn start(self) -> NatsServer {
-        let mut dir = TempDir::new("server");
-        let conf_path = dir.path().join("nats-server.conf");
-        let log_path = dir.path().join("nats-server.log");
         let mut last_err = String::new();
         for attempt in 1..=PORT_RACE_ATTEMPTS {
+            // A fresh dir per attempt: a failed attempt's dir goes with it.
+            let dir = TempDir::new("server");
+            let conf_path = dir.path().join("nats-server.conf");
             let ports = self.resolve_ports();
             let conf = self.render(&ports, dir.path());
             std::fs::write(&conf_path, &conf)
@@ -347,8 +347,8 @@ impl ServerConfig {
                 http_port: ports.http,
                 cluster_port: ports.cluster,
                 conf_text: conf,
-                conf_path: conf_path.clone(),
-                log_path: log_path.clone(),
+                log_path: dir.path().join("nats-server.log"),
+                conf_path,
                 dir,
             };
             match server.spawn_and_wait() {
@@ -356,15 +356,12 @@ impl ServerConfig {
                 Err(e) => {
                     server.kill();
                     let log = server.log();
-                    let raced = log.contains("address already in use") && self.has_auto_ports();
+                    let raced = self.lost_port_race(&log);
                     last_err = format!(
                         "nats-server failed to start (attempt {attempt}): {e}\n--- config ---\n{}\n--- log tail ---\n{}",
                         server.conf_text,
                         tail(&log, 40)
                     );
-                    // Take the dir back out without running Drop's kill twice.
-                    dir = std::mem::replace(&mut server.dir, TempDir::new("server-unused"));
-                    drop(server);
                     if !raced {
                         break;
                     }
@@ -374,10 +371,24 @@ impl ServerConfig {
         panic!("{last_err}");
     }
 
-    fn has_auto_ports(&self) -> bool {
-        self.port.is_none()
-            || self.http_port.is_none()
-            || self.cluster.as_ref().is_some_and(|c| c.port.is_none())
+    /// The start failed because a port this config did not fix was taken
+    /// between picking it and the server binding it.
+    fn lost_port_race(&self, log: &str) -> bool {
+        let fixed: Vec<String> = [
+            self.port,
+            self.http_port,
+            self.cluster.as_ref().and_then(|c| c.port),
+        ]
+        .into_iter()
+        .flatten()
+        .map(|p| format!("127.0.0.1:{p}"))
+        .collect();
+        let mut conflicts = log
+            .lines()
+            .filter(|l| l.contains("address already in use"))
+            .peekable();
+        conflicts.peek().is_some()
+            && conflicts.all(|l| !fixed.iter().any(|f| l.contains(f.as_str())))
     }
 
     fn resolve_ports(&self) -> Ports {

@@ -418,3 +418,46 @@ fn mutual_tls_rejects_a_client_from_another_ca() {
         assert!(msg.contains("subscriber failed"), "{what}: {msg}");
     }
 }
+
+#[test]
+fn operator_mode_with_jetstream() {
+    let setup = JwtSetup::new();
+    let server = ServerConfig::new()
+        .operator_mode(&setup)
+        .jetstream()
+        .start();
+    let alice = setup.user("alice");
+    let mut c = RawConn::connect(server.port());
+    let nonce = c.info()["nonce"].as_str().unwrap().to_string();
+    c.send(&connect_line(
+        json!({"jwt": alice.jwt, "sig": alice.sign_nonce(&nonce)}),
+    ));
+    c.read_until(b"PONG\r\n", T);
+    c.send(b"SUB _INBOX.js 1\r\nPUB $JS.API.INFO _INBOX.js 0\r\n\r\n");
+    c.read_until(b"MSG _INBOX.js 1 ", T);
+    let reply = c.read_until(b"}\r\n", T);
+    let text = String::from_utf8_lossy(&reply);
+    assert!(
+        text.contains("io.nats.jetstream.api.v1.account_info_response"),
+        "{text}"
+    );
+    assert!(
+        !text.contains("\"error\""),
+        "JetStream disabled for the account: {text}"
+    );
+}
+
+#[test]
+fn a_taken_fixed_port_fails_loudly() {
+    let taken = std::net::TcpListener::bind(("127.0.0.1", 0)).unwrap();
+    let port = taken.local_addr().unwrap().port();
+    let err = std::panic::catch_unwind(|| ServerConfig::new().port(port).start())
+        .expect_err("port is taken");
+    let msg = err.downcast_ref::<String>().cloned().unwrap_or_default();
+    // The text the automatic port-race retry looks for.
+    assert!(msg.contains("address already in use"), "{msg}");
+    assert!(
+        msg.contains("(attempt 1)"),
+        "no retry on a fixed port: {msg}"
+    );
+}
