@@ -63,7 +63,12 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     let status_subject = format!("pub.ansible.runner.demo.{ident}.status");
     let event_subject = format!("pub.ansible.runner.demo.{ident}.event");
     publisher.publish_with_headers(&status_subject, &headers, status("starting").as_bytes())?;
-    let events = ["playbook_on_start", "playbook_on_task_start", "runner_on_ok", "playbook_on_stats"];
+    let events = [
+        "playbook_on_start",
+        "playbook_on_task_start",
+        "runner_on_ok",
+        "playbook_on_stats",
+    ];
     for (counter, event) in events.iter().enumerate() {
         let body = format!(
             r#"{{"event": "{event}", "counter": {}, "runner_ident": "{ident}"}}"#,

@@ -121,9 +121,7 @@ fn block<'a>(text: &'a str, name: &str) -> Result<Option<&'a str>, &'static str>
     let is_marker = |line: &str, word: &str| {
         let t = line.trim();
         let inner = t.trim_matches('-');
-        t.starts_with("---")
-            && t.ends_with("---")
-            && inner.trim() == format!("{word} {name}")
+        t.starts_with("---") && t.ends_with("---") && inner.trim() == format!("{word} {name}")
     };
     while let Some(line) = lines.next() {
         if !is_marker(line, "BEGIN") {
@@ -324,16 +322,37 @@ mod tests {
         let seed = KeyPair::new_user().seed().unwrap();
         let good = creds_text(JWT, &seed);
         let table = [
-            (good.replace("BEGIN NATS USER JWT", "BEGIN X"), "missing the NATS USER JWT block"),
-            (good.replace("BEGIN USER NKEY SEED", "BEGIN X"), "missing the USER NKEY SEED block"),
-            (good.replace(&format!("{JWT}\n"), &format!("{JWT}\n\n")), "blank line inside the NATS USER JWT block"),
-            (good.replace(&format!("{seed}\n"), &format!("\n{seed}\n")), "blank line inside the USER NKEY SEED block"),
             (
-                good.split("------END USER NKEY SEED").next().unwrap().to_owned(),
+                good.replace("BEGIN NATS USER JWT", "BEGIN X"),
+                "missing the NATS USER JWT block",
+            ),
+            (
+                good.replace("BEGIN USER NKEY SEED", "BEGIN X"),
+                "missing the USER NKEY SEED block",
+            ),
+            (
+                good.replace(&format!("{JWT}\n"), &format!("{JWT}\n\n")),
+                "blank line inside the NATS USER JWT block",
+            ),
+            (
+                good.replace(&format!("{seed}\n"), &format!("\n{seed}\n")),
+                "blank line inside the USER NKEY SEED block",
+            ),
+            (
+                good.split("------END USER NKEY SEED")
+                    .next()
+                    .unwrap()
+                    .to_owned(),
                 "unterminated USER NKEY SEED block",
             ),
-            (good.replace(&format!("{JWT}\n"), ""), "empty NATS USER JWT block"),
-            (good.replace(JWT, "notajwt"), "the NATS USER JWT block does not hold a JWT"),
+            (
+                good.replace(&format!("{JWT}\n"), ""),
+                "empty NATS USER JWT block",
+            ),
+            (
+                good.replace(JWT, "notajwt"),
+                "the NATS USER JWT block does not hold a JWT",
+            ),
         ];
         for (text, want) in table {
             assert_eq!(parse_creds(&text), Err(want));
@@ -359,7 +378,10 @@ mod tests {
         );
         assert!(!e.to_string().contains(&account));
         let e = user_key_pair("SUnotaseed", "nkey seed").unwrap_err();
-        assert_eq!(e.to_string(), "credentials: nkey seed: not a valid nkey seed");
+        assert_eq!(
+            e.to_string(),
+            "credentials: nkey seed: not a valid nkey seed"
+        );
     }
 
     #[test]
@@ -367,12 +389,19 @@ mod tests {
         let kp = KeyPair::new_user();
         let seed = kp.seed().unwrap();
         let mut f = ConnectFields::default();
-        Auth::NKeySeed(seed.clone()).apply(Some("abc"), &mut f).unwrap();
+        Auth::NKeySeed(seed.clone())
+            .apply(Some("abc"), &mut f)
+            .unwrap();
         assert_eq!(f.nkey.as_deref(), Some(kp.public_key().as_str()));
         let raw = URL_SAFE_NO_PAD.decode(f.sig.as_deref().unwrap()).unwrap();
         kp.verify(b"abc", &raw).unwrap();
         let mut f = ConnectFields::default();
-        Auth::Credentials { jwt: JWT.into(), seed }.apply(Some("n"), &mut f).unwrap();
+        Auth::Credentials {
+            jwt: JWT.into(),
+            seed,
+        }
+        .apply(Some("n"), &mut f)
+        .unwrap();
         assert_eq!(f.jwt.as_deref(), Some(JWT));
         assert!(f.sig.is_some());
     }
@@ -382,10 +411,16 @@ mod tests {
         let seed = KeyPair::new_user().seed().unwrap();
         let shown = format!(
             "{:?} {:?} {:?} {:?}",
-            Auth::UserPassword { user: "u".into(), password: "pw-secret".into() },
+            Auth::UserPassword {
+                user: "u".into(),
+                password: "pw-secret".into()
+            },
             Auth::Token("tok-secret".into()),
             Auth::NKeySeed(seed.clone()),
-            Auth::Credentials { jwt: JWT.into(), seed: seed.clone() },
+            Auth::Credentials {
+                jwt: JWT.into(),
+                seed: seed.clone()
+            },
         );
         for secret in ["pw-secret", "tok-secret", seed.as_str(), JWT] {
             assert!(!shown.contains(secret), "{shown}");

@@ -196,7 +196,9 @@ impl fmt::Display for Error {
             Error::ConnectTimeout { server, timeout } => {
                 write!(f, "connect: {server}: timed out after {timeout:?}")
             }
-            Error::NoServers(last) => write!(f, "connect: no server could be reached; last: {last}"),
+            Error::NoServers(last) => {
+                write!(f, "connect: no server could be reached; last: {last}")
+            }
             Error::Tls(reason) => write!(f, "tls: {reason}"),
             Error::AuthorizationViolation => {
                 f.write_str("auth: authorization violation (the server refused the credentials)")
@@ -223,7 +225,10 @@ impl fmt::Display for Error {
                 "close: {messages} messages were not confirmed delivered ({reason})"
             ),
             Error::BufferFull { which, limit } => {
-                write!(f, "publish: {which} full ({limit} bytes); message not queued")
+                write!(
+                    f,
+                    "publish: {which} full ({limit} bytes); message not queued"
+                )
             }
         }
     }

@@ -148,10 +148,16 @@ impl HeaderMap {
     /// The length of [`HeaderMap::encode`]'s output.
     pub fn encoded_len(&self) -> usize {
         let status = match self.status {
-            Some(s) => 1 + s.to_string().len() + self.description.as_ref().map_or(0, |d| 1 + d.len()),
+            Some(s) => {
+                1 + s.to_string().len() + self.description.as_ref().map_or(0, |d| 1 + d.len())
+            }
             None => 0,
         };
-        let entries: usize = self.entries.iter().map(|(n, v)| n.len() + v.len() + 4).sum();
+        let entries: usize = self
+            .entries
+            .iter()
+            .map(|(n, v)| n.len() + v.len() + 4)
+            .sum();
         8 + status + 2 + entries + 2
     }
 
@@ -283,8 +289,14 @@ mod tests {
             Err(Error::InvalidHeader(i)) => i.reason,
             other => panic!("{other:?}"),
         };
-        assert_eq!(reason(validate_value("a\r\nb")), "header value contains CR or LF");
-        assert_eq!(reason(validate_value("a\nb")), "header value contains CR or LF");
+        assert_eq!(
+            reason(validate_value("a\r\nb")),
+            "header value contains CR or LF"
+        );
+        assert_eq!(
+            reason(validate_value("a\nb")),
+            "header value contains CR or LF"
+        );
         assert_eq!(reason(validate_name("")), "empty header name");
         assert_eq!(reason(validate_name("a:b")), "header name contains ':'");
         assert_eq!(

@@ -3,13 +3,13 @@
 #![deny(missing_docs)]
 
 pub mod auth;
+pub mod client;
+pub mod emitter;
 pub mod error;
 pub mod headers;
 pub mod proto;
 pub mod subject;
 pub mod tls;
 pub mod url;
-pub mod client;
-pub mod emitter;
 
 pub use error::{Error, ProtoError, Result};

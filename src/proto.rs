@@ -418,7 +418,10 @@ fn control_line(buf: &[u8], limit: usize) -> Result<Status<(&[u8], usize)>, Prot
                 return Err(ProtoError::ControlLineTooLong { limit });
             }
             match lf.checked_sub(1).and_then(|i| buf.get(i)) {
-                Some(b'\r') => Ok(Status::Complete((buf.get(..lf - 1).unwrap_or_default(), lf + 1))),
+                Some(b'\r') => Ok(Status::Complete((
+                    buf.get(..lf - 1).unwrap_or_default(),
+                    lf + 1,
+                ))),
                 _ => Err(ProtoError::BadLineEnding),
             }
         }
@@ -431,7 +434,8 @@ fn control_line(buf: &[u8], limit: usize) -> Result<Status<(&[u8], usize)>, Prot
 
 /// Splits arguments on runs of spaces and tabs.
 fn args(line: &[u8]) -> impl Iterator<Item = &[u8]> {
-    line.split(|&b| b == b' ' || b == b'\t').filter(|a| !a.is_empty())
+    line.split(|&b| b == b' ' || b == b'\t')
+        .filter(|a| !a.is_empty())
 }
 
 fn number(arg: &[u8]) -> Result<u64, ProtoError> {
@@ -507,7 +511,10 @@ fn payload(buf: &[u8], start: usize, len: usize) -> Result<Status<(&[u8], usize)
     if buf.get(end..after) != Some(b"\r\n") {
         return Err(ProtoError::BadPayloadEnd);
     }
-    Ok(Status::Complete((buf.get(start..end).unwrap_or_default(), after)))
+    Ok(Status::Complete((
+        buf.get(start..end).unwrap_or_default(),
+        after,
+    )))
 }
 
 /// The JSON argument of INFO or CONNECT: everything after the separator.
@@ -795,7 +802,11 @@ impl ServerOp<'_> {
                 out.extend_from_slice(b"\r\n");
             }
             ServerOp::Msg(m) => {
-                out.extend_from_slice(if m.header.is_some() { b"HMSG " } else { b"MSG " });
+                out.extend_from_slice(if m.header.is_some() {
+                    b"HMSG "
+                } else {
+                    b"MSG "
+                });
                 out.extend_from_slice(m.subject.as_bytes());
                 out.push(b' ');
                 push_num(out, m.sid);

@@ -108,7 +108,14 @@ mod tests {
 
     #[test]
     fn valid_publish_subjects() {
-        for s in ["a", "a.b.c", "pub.ansible.runner.x.y.event", "_INBOX.abc", "ü.ñ", "a-b_c.$d"] {
+        for s in [
+            "a",
+            "a.b.c",
+            "pub.ansible.runner.x.y.event",
+            "_INBOX.abc",
+            "ü.ñ",
+            "a-b_c.$d",
+        ] {
             validate_publish(s).unwrap_or_else(|e| panic!("{s}: {e}"));
         }
     }
@@ -139,17 +146,29 @@ mod tests {
         for s in ["*", ">", "a.*", "a.>", "*.b.>", "a.*.c"] {
             validate_subscribe(s).unwrap_or_else(|e| panic!("{s}: {e}"));
         }
-        assert_eq!(reason(validate_subscribe("a.>.b")), "`>` must be the last token");
-        assert_eq!(reason(validate_subscribe("a*")), "a wildcard must be a whole token");
+        assert_eq!(
+            reason(validate_subscribe("a.>.b")),
+            "`>` must be the last token"
+        );
+        assert_eq!(
+            reason(validate_subscribe("a*")),
+            "a wildcard must be a whole token"
+        );
         assert_eq!(reason(validate_subscribe("a..b")), "empty token");
     }
 
     #[test]
     fn tokens() {
         validate_token("my-host_1").unwrap();
-        assert_eq!(reason(validate_token("a.b")), "contains `.` (would add a subject token)");
+        assert_eq!(
+            reason(validate_token("a.b")),
+            "contains `.` (would add a subject token)"
+        );
         assert_eq!(reason(validate_token("*")), "contains a wildcard character");
-        assert_eq!(reason(validate_token("a>b")), "contains a wildcard character");
+        assert_eq!(
+            reason(validate_token("a>b")),
+            "contains a wildcard character"
+        );
         assert_eq!(reason(validate_token("te st")), "contains whitespace");
         assert_eq!(reason(validate_token("a\nb")), "contains whitespace");
         assert_eq!(reason(validate_token("")), "empty token");

@@ -49,7 +49,10 @@ fn load_certs(path: &Path) -> Result<Vec<CertificateDer<'static>>, Error> {
         .collect::<Result<Vec<_>, _>>()
         .map_err(|e| pem_error(path, &e))?;
     if certs.is_empty() {
-        return Err(Error::Tls(format!("{}: no certificate found", path.display())));
+        return Err(Error::Tls(format!(
+            "{}: no certificate found",
+            path.display()
+        )));
     }
     Ok(certs)
 }
@@ -61,7 +64,11 @@ pub fn client_config(opts: &TlsOptions) -> Result<Arc<ClientConfig>, Error> {
     for path in &opts.ca_files {
         for cert in load_certs(path)? {
             roots.add(cert).map_err(|e| {
-                Error::Tls(format!("{}: unusable CA certificate: {}", path.display(), describe_error(&e)))
+                Error::Tls(format!(
+                    "{}: unusable CA certificate: {}",
+                    path.display(),
+                    describe_error(&e)
+                ))
             })?;
         }
     }
@@ -112,7 +119,8 @@ pub fn describe_error(e: &rustls::Error) -> String {
                 CertificateError::UnknownIssuer => {
                     "signed by an unknown issuer (is the CA in the trusted roots?)".to_owned()
                 }
-                CertificateError::NotValidForName | CertificateError::NotValidForNameContext { .. } => {
+                CertificateError::NotValidForName
+                | CertificateError::NotValidForNameContext { .. } => {
                     format!("not valid for the server's name ({c:?})")
                 }
                 CertificateError::Expired | CertificateError::ExpiredContext { .. } => {
@@ -161,7 +169,10 @@ mod tests {
             ..TlsOptions::default()
         };
         let e = client_config(&opts).unwrap_err().to_string();
-        assert!(e.contains("garbage.pem") && e.contains("no certificate found"), "{e}");
+        assert!(
+            e.contains("garbage.pem") && e.contains("no certificate found"),
+            "{e}"
+        );
         let opts = TlsOptions {
             client_cert: Some(garbage),
             ..TlsOptions::default()

@@ -117,12 +117,7 @@ impl FromStr for ServerAddr {
                 let scheme = match s.to_ascii_lowercase().as_str() {
                     "nats" => Scheme::Nats,
                     "tls" => Scheme::Tls,
-                    _ => {
-                        return Err(invalid(
-                            s,
-                            "unsupported scheme (use nats:// or tls://)",
-                        ))
-                    }
+                    _ => return Err(invalid(s, "unsupported scheme (use nats:// or tls://)")),
                 };
                 (scheme, rest)
             }
@@ -183,7 +178,8 @@ impl FromStr for ServerAddr {
         let (mut user, mut password, mut token) = (None, None, None);
         if let Some(info) = userinfo {
             let decode = |s: &str| {
-                percent_decode(s).ok_or_else(|| invalid(&shown, "bad percent-encoding in credentials"))
+                percent_decode(s)
+                    .ok_or_else(|| invalid(&shown, "bad percent-encoding in credentials"))
             };
             match info.split_once(':') {
                 Some((u, p)) => {
@@ -230,7 +226,10 @@ mod tests {
     #[test]
     fn valid_urls() {
         let a = parse("nats://127.0.0.1:4333");
-        assert_eq!((a.scheme, a.host.as_str(), a.port), (Scheme::Nats, "127.0.0.1", 4333));
+        assert_eq!(
+            (a.scheme, a.host.as_str(), a.port),
+            (Scheme::Nats, "127.0.0.1", 4333)
+        );
         let a = parse("localhost");
         assert_eq!((a.host.as_str(), a.port), ("localhost", 4222));
         let a = parse("TLS://example.com/");
@@ -252,14 +251,26 @@ mod tests {
     fn invalid_urls() {
         let table = [
             ("", "url: \"\": empty"),
-            ("ws://host:1", "url: \"ws\": unsupported scheme (use nats:// or tls://)"),
+            (
+                "ws://host:1",
+                "url: \"ws\": unsupported scheme (use nats:// or tls://)",
+            ),
             ("nats://host:abc", "url: \"nats://host:abc\": invalid port"),
             ("nats://host:", "url: \"nats://host:\": invalid port"),
-            ("nats://host:70000", "url: \"nats://host:70000\": port out of range"),
+            (
+                "nats://host:70000",
+                "url: \"nats://host:70000\": port out of range",
+            ),
             ("nats://host:0", "url: \"nats://host:0\": port out of range"),
             ("nats://:4222", "url: \"nats://:4222\": missing host"),
-            ("nats://::1", "url: \"nats://::1\": IPv6 addresses need brackets"),
-            ("nats://host/path", "url: \"nats://host/path\": a server URL has no path"),
+            (
+                "nats://::1",
+                "url: \"nats://::1\": IPv6 addresses need brackets",
+            ),
+            (
+                "nats://host/path",
+                "url: \"nats://host/path\": a server URL has no path",
+            ),
             ("nats://u:pw@host:x", "url: \"nats://host:x\": invalid port"),
         ];
         for (url, want) in table {

@@ -17,16 +17,16 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 mod jwt;
+pub mod proxy;
 mod pysub;
 mod raw;
 mod server;
 mod tls;
-pub mod proxy;
 
 pub use jwt::{creds_text, encode_jwt, JwtSetup, UserCreds};
 pub use pysub::{PySubOptions, PySubscriber, Received};
 pub use raw::RawConn;
-pub use server::{cluster, http_get, NatsServer, ServerConfig};
+pub use server::{cluster, http_get, route_peers, NatsServer, ServerConfig};
 pub use tls::TlsFiles;
 
 /// The command that installs the pinned tools, named in every "not found" panic.

@@ -104,7 +104,9 @@ fn accept_loop(listener: &TcpListener, inner: &Arc<Inner>) {
                     let _ = client.shutdown(Shutdown::Both);
                     continue;
                 }
-                let Ok(server) = TcpStream::connect(("127.0.0.1", inner.target.load(Ordering::SeqCst))) else {
+                let Ok(server) =
+                    TcpStream::connect(("127.0.0.1", inner.target.load(Ordering::SeqCst)))
+                else {
                     let _ = client.shutdown(Shutdown::Both);
                     continue;
                 };
@@ -116,7 +118,11 @@ fn accept_loop(listener: &TcpListener, inner: &Arc<Inner>) {
                     conns.push(client.try_clone().unwrap());
                     conns.push(server.try_clone().unwrap());
                 }
-                pump(client.try_clone().unwrap(), server.try_clone().unwrap(), inner);
+                pump(
+                    client.try_clone().unwrap(),
+                    server.try_clone().unwrap(),
+                    inner,
+                );
                 pump(server, client, inner);
             }
             Err(_) => thread::sleep(Duration::from_millis(5)),

@@ -40,6 +40,7 @@ struct ClusterBlock {
     name: String,
     port: Option<u16>,
     routes: Vec<u16>,
+    no_advertise: bool,
 }
 
 /// Builder for a generated nats-server config file.
@@ -175,10 +176,12 @@ impl ServerConfig {
     /// `cluster { name, listen: 127.0.0.1:<free>, routes = [nats-route://127.0.0.1:p ...] }`.
     pub fn cluster(mut self, name: &str, routes: &[u16]) -> Self {
         let port = self.cluster.as_ref().and_then(|c| c.port);
+        let no_advertise = self.cluster.as_ref().is_some_and(|c| c.no_advertise);
         self.cluster = Some(ClusterBlock {
             name: name.to_string(),
             port,
             routes: routes.to_vec(),
+            no_advertise,
         });
         self
     }
@@ -194,8 +197,18 @@ impl ServerConfig {
                     name: "harness".to_string(),
                     port: Some(port),
                     routes: Vec::new(),
+                    no_advertise: false,
                 })
             }
+        }
+        self
+    }
+
+    /// `no_advertise: true` in the cluster block: clients are not told about the other
+    /// nodes (no `connect_urls`). Call after [`ServerConfig::cluster`].
+    pub fn cluster_no_advertise(mut self) -> Self {
+        if let Some(c) = &mut self.cluster {
+            c.no_advertise = true;
         }
         self
     }
@@ -296,6 +309,9 @@ impl ServerConfig {
             c.push_str("cluster {\n");
             let _ = writeln!(c, "  name: {}", q(&cl.name));
             let _ = writeln!(c, "  listen: \"127.0.0.1:{port}\"");
+            if cl.no_advertise {
+                c.push_str("  no_advertise: true\n");
+            }
             if !cl.routes.is_empty() {
                 c.push_str("  routes = [\n");
                 for r in &cl.routes {
@@ -706,7 +722,8 @@ pub(crate) fn try_http_get(port: u16, path: &str) -> Result<(u16, String), Strin
 }
 
 /// The number of distinct remote servers a node has routes to (from `/routez`).
-fn route_peers(server: &NatsServer) -> usize {
+/// How many distinct cluster peers `server` has routes to (0 while it is down).
+pub fn route_peers(server: &NatsServer) -> usize {
     let Ok((200, body)) = try_http_get(server.http_port, "/routez") else {
         return 0;
     };

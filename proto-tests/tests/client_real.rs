@@ -100,7 +100,9 @@ fn headers_round_trip() {
 
 #[test]
 fn user_password_auth() {
-    let server = ServerConfig::new().user_password("alice", "wonder-pw").start();
+    let server = ServerConfig::new()
+        .user_password("alice", "wonder-pw")
+        .start();
     let mut py = PySubscriber::start_with(
         &[server.url()],
         "auth.up",
@@ -342,7 +344,10 @@ fn mutual_tls() {
         .unwrap()
         .add_root_certificate(&certs.ca_cert)
         .connect();
-    assert!(without_cert.is_err(), "the server must refuse a client without a certificate");
+    assert!(
+        without_cert.is_err(),
+        "the server must refuse a client without a certificate"
+    );
 }
 
 #[test]
@@ -370,7 +375,13 @@ fn max_payload_is_refused_at_the_call() {
     assert_eq!(client.server_info().max_payload, 1024);
     let err = client.publish("mp", &[0u8; 1025]).unwrap_err();
     assert!(
-        matches!(err, Error::MaxPayload { size: 1025, max: 1024 }),
+        matches!(
+            err,
+            Error::MaxPayload {
+                size: 1025,
+                max: 1024
+            }
+        ),
         "{err:?}"
     );
     let mut headers = HeaderMap::new();
@@ -378,7 +389,10 @@ fn max_payload_is_refused_at_the_call() {
     let err = client
         .publish_with_headers("mp", &headers, &[0u8; 1020])
         .unwrap_err();
-    assert!(matches!(err, Error::MaxPayload { max: 1024, .. }), "{err:?}");
+    assert!(
+        matches!(err, Error::MaxPayload { max: 1024, .. }),
+        "{err:?}"
+    );
     // The connection is untouched: an in-limit message still arrives, and only it.
     client.publish("mp", &[7u8; 1024]).unwrap();
     client.flush(WAIT).unwrap();
@@ -394,7 +408,9 @@ fn flush_confirms_what_was_published() {
     let client = connect(&server.url());
     for round in 1..=3 {
         for i in 0..1000 {
-            client.publish("fl", format!("{round}-{i}").as_bytes()).unwrap();
+            client
+                .publish("fl", format!("{round}-{i}").as_bytes())
+                .unwrap();
         }
         client.flush(WAIT).unwrap();
     }
@@ -412,13 +428,19 @@ fn close_loses_nothing_published_before_it() {
     let mut py = PySubscriber::start(&server.url(), "bulk");
     let client = connect(&server.url());
     for i in 0..N {
-        client.publish("bulk", format!("{i:06}").as_bytes()).unwrap();
+        client
+            .publish("bulk", format!("{i:06}").as_bytes())
+            .unwrap();
     }
     client.close().unwrap();
     let got = py.wait_for(N, Duration::from_secs(60));
     assert_eq!(got.len(), N);
     for (i, m) in got.iter().enumerate() {
-        assert_eq!(m.payload, format!("{i:06}").as_bytes(), "message {i} out of order");
+        assert_eq!(
+            m.payload,
+            format!("{i:06}").as_bytes(),
+            "message {i} out of order"
+        );
     }
 }
 

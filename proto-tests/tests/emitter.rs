@@ -19,8 +19,16 @@ fn env(pairs: &[(&str, &str)]) -> HashMap<String, String> {
 }
 
 /// Publishes through `emitter` with configuration from `vars`.
-fn send(emitter: &Emitter, vars: &HashMap<String, String>, ident: &str, kind: Kind<'_>, payload: &[u8]) -> Report {
-    emitter.publish(ident, kind, payload, || config::load(vars, None, "test-host"))
+fn send(
+    emitter: &Emitter,
+    vars: &HashMap<String, String>,
+    ident: &str,
+    kind: Kind<'_>,
+    payload: &[u8],
+) -> Report {
+    emitter.publish(ident, kind, payload, || {
+        config::load(vars, None, "test-host")
+    })
 }
 
 fn event(ident: &str, counter: usize, filler: usize) -> Vec<u8> {
@@ -55,7 +63,11 @@ fn subjects_headers_and_payloads_are_exact() {
     let emitter = Emitter::new();
     let ident = "a1b2c3";
     let mut sent = vec![status(ident, "starting")];
-    assert!(send(&emitter, &vars, ident, Kind::Status("starting"), &sent[0]).errors.is_empty());
+    assert!(
+        send(&emitter, &vars, ident, Kind::Status("starting"), &sent[0])
+            .errors
+            .is_empty()
+    );
     for i in 1..=3 {
         let e = event(ident, i, 100);
         send(&emitter, &vars, ident, Kind::Event, &e);
@@ -97,17 +109,32 @@ fn subjects_headers_and_payloads_are_exact() {
 fn a_burst_of_large_events_before_the_final_status_all_arrive() {
     let server = ServerConfig::new().start();
     let mut sub = PySubscriber::start(&server.url(), "pub.ansible.runner.burst.>");
-    let vars = env(&[("RUNNER_NATS_SUBJECT_ID", "burst"), ("RUNNER_NATS_SERVERS", &server.url())]);
+    let vars = env(&[
+        ("RUNNER_NATS_SUBJECT_ID", "burst"),
+        ("RUNNER_NATS_SERVERS", &server.url()),
+    ]);
     let emitter = Emitter::new();
     let ident = "burst1";
-    send(&emitter, &vars, ident, Kind::Status("starting"), &status(ident, "starting"));
+    send(
+        &emitter,
+        &vars,
+        ident,
+        Kind::Status("starting"),
+        &status(ident, "starting"),
+    );
     for i in 1..=1000 {
         let e = event(ident, i, 38 * 1024);
         assert!(e.len() > 38 * 1024);
         let r = send(&emitter, &vars, ident, Kind::Event, &e);
         assert!(r.errors.is_empty(), "{:?}", r.errors);
     }
-    let report = send(&emitter, &vars, ident, Kind::Status("successful"), &status(ident, "successful"));
+    let report = send(
+        &emitter,
+        &vars,
+        ident,
+        Kind::Status("successful"),
+        &status(ident, "successful"),
+    );
     assert!(report.errors.is_empty(), "{:?}", report.errors);
     let got = sub.wait_for(1002, WAIT);
     assert_eq!(got.len(), 1002);
@@ -129,15 +156,30 @@ fn server_down_at_start_then_up_delivers_everything() {
     let emitter = Emitter::new();
     let ident = "late1";
     let started = Instant::now();
-    send(&emitter, &vars, ident, Kind::Status("starting"), &status(ident, "starting"));
+    send(
+        &emitter,
+        &vars,
+        ident,
+        Kind::Status("starting"),
+        &status(ident, "starting"),
+    );
     for i in 1..=50 {
         send(&emitter, &vars, ident, Kind::Event, &event(ident, i, 500));
     }
-    assert!(started.elapsed() < Duration::from_secs(1), "handlers waited on the network");
+    assert!(
+        started.elapsed() < Duration::from_secs(1),
+        "handlers waited on the network"
+    );
     let server = ServerConfig::new().port(port).start();
     let mut sub = PySubscriber::start(&server.url(), "pub.ansible.runner.late.>");
     proxy.set_mode(Mode::Forward);
-    let report = send(&emitter, &vars, ident, Kind::Status("successful"), &status(ident, "successful"));
+    let report = send(
+        &emitter,
+        &vars,
+        ident,
+        Kind::Status("successful"),
+        &status(ident, "successful"),
+    );
     assert!(report.errors.is_empty(), "{:?}", report.errors);
     let got = sub.wait_for(52, WAIT);
     assert_eq!(json_of(&got[0])["status"], "starting");
@@ -154,18 +196,37 @@ fn server_never_up_ends_the_run_within_the_bound_with_a_count() {
     ]);
     let emitter = Emitter::new();
     let ident = "never1";
-    send(&emitter, &vars, ident, Kind::Status("starting"), &status(ident, "starting"));
+    send(
+        &emitter,
+        &vars,
+        ident,
+        Kind::Status("starting"),
+        &status(ident, "starting"),
+    );
     for i in 1..=20 {
         send(&emitter, &vars, ident, Kind::Event, &event(ident, i, 100));
     }
     let started = Instant::now();
-    let report = send(&emitter, &vars, ident, Kind::Status("failed"), &status(ident, "failed"));
+    let report = send(
+        &emitter,
+        &vars,
+        ident,
+        Kind::Status("failed"),
+        &status(ident, "failed"),
+    );
     let took = started.elapsed();
-    assert!(took < Duration::from_millis(500) + Duration::from_secs(2), "took {took:?}");
+    assert!(
+        took < Duration::from_millis(500) + Duration::from_secs(2),
+        "took {took:?}"
+    );
     let summary = report.summary.unwrap();
     assert_eq!(summary.counters.undelivered, 22);
     assert_eq!(report.errors.len(), 1, "{:?}", report.errors);
-    assert!(report.errors[0].contains("22 messages were not delivered"), "{}", report.errors[0]);
+    assert!(
+        report.errors[0].contains("22 messages were not delivered"),
+        "{}",
+        report.errors[0]
+    );
 }
 
 #[test]
@@ -180,14 +241,36 @@ fn oversized_event_is_reported_and_the_rest_arrive() {
         ]);
         let emitter = Emitter::new();
         let ident = format!("big-{mode}");
-        send(&emitter, &vars, &ident, Kind::Status("starting"), &status(&ident, "starting"));
-        // Connected before the big one, so the server's limit is known.
+        send(
+            &emitter,
+            &vars,
+            &ident,
+            Kind::Status("starting"),
+            &status(&ident, "starting"),
+        );
+        // Connected before the big one, so the limit is known when it is published (the
+        // other case, found at connect time, is a client test).
+        proto_tests::wait_until(WAIT, "the emitter's connection", || {
+            emitter.is_connected(&ident)
+        });
         let mut reports = Vec::new();
         for i in 1..=5 {
             let filler = if i == 3 { 100 * 1024 } else { 100 };
-            reports.push(send(&emitter, &vars, &ident, Kind::Event, &event(&ident, i, filler)));
+            reports.push(send(
+                &emitter,
+                &vars,
+                &ident,
+                Kind::Event,
+                &event(&ident, i, filler),
+            ));
         }
-        let end = send(&emitter, &vars, &ident, Kind::Status("successful"), &status(&ident, "successful"));
+        let end = send(
+            &emitter,
+            &vars,
+            &ident,
+            Kind::Status("successful"),
+            &status(&ident, "successful"),
+        );
         let counters = end.summary.unwrap().counters;
         let got = sub.wait_for(if expect_truncated { 7 } else { 6 }, WAIT);
         let counters_seen: Vec<Value> = got.iter().map(|m| json_of(m)["counter"].clone()).collect();
@@ -195,19 +278,34 @@ fn oversized_event_is_reported_and_the_rest_arrive() {
             assert_eq!(counters.truncated, 1);
             assert_eq!(counters.oversized, 0);
             let short = got.iter().find(|m| json_of(m)["counter"] == 3).unwrap();
-            assert!(short.headers.contains(&(TRUNCATED_HEADER.to_string(), "true".to_string())));
+            assert!(short
+                .headers
+                .contains(&(TRUNCATED_HEADER.to_string(), "true".to_string())));
             let res = json_of(short)["event_data"]["res"].clone();
             assert!(res.as_str().unwrap().starts_with("<truncated"), "{res}");
-            assert!(reports[2].errors[0].contains("sent truncated"), "{:?}", reports[2].errors);
+            assert!(
+                reports[2].errors[0].contains("sent truncated"),
+                "{:?}",
+                reports[2].errors
+            );
         } else {
             assert_eq!(counters.oversized, 1);
             assert!(!counters_seen.contains(&json!(3)));
             let line = &reports[2].errors[0];
-            assert!(line.contains("over the server's max_payload of 65536: not sent"), "{line}");
-            assert!(line.contains("uuid 00000000-0000-0000-0000-000000000003"), "{line}");
+            assert!(
+                line.contains("over the server's max_payload of 65536: not sent"),
+                "{line}"
+            );
+            assert!(
+                line.contains("uuid 00000000-0000-0000-0000-000000000003"),
+                "{line}"
+            );
         }
         for n in [1, 2, 4, 5] {
-            assert!(counters_seen.contains(&json!(n)), "event {n} missing in {mode} mode");
+            assert!(
+                counters_seen.contains(&json!(n)),
+                "event {n} missing in {mode} mode"
+            );
         }
     }
 }
@@ -236,17 +334,39 @@ fn secrets_in_the_starting_env_are_redacted() {
     };
     let url = server.url();
     for (redact, ident) in [(None, "sec-on"), (Some("false"), "sec-off")] {
-        let mut pairs = vec![("RUNNER_NATS_SUBJECT_ID", "sec"), ("RUNNER_NATS_SERVERS", url.as_str())];
+        let mut pairs = vec![
+            ("RUNNER_NATS_SUBJECT_ID", "sec"),
+            ("RUNNER_NATS_SERVERS", url.as_str()),
+        ];
         if let Some(v) = redact {
             pairs.push(("RUNNER_NATS_REDACT_ENV", v));
         }
         let vars = env(&pairs);
         let emitter = Emitter::new();
-        send(&emitter, &vars, ident, Kind::Status("starting"), &starting(ident));
-        send(&emitter, &vars, ident, Kind::Status("successful"), &status(ident, "successful"));
+        send(
+            &emitter,
+            &vars,
+            ident,
+            Kind::Status("starting"),
+            &starting(ident),
+        );
+        send(
+            &emitter,
+            &vars,
+            ident,
+            Kind::Status("successful"),
+            &status(ident, "successful"),
+        );
         let got = sub.wait_for(2, WAIT);
         let env = json_of(&got[0])["env"].clone();
-        let secret_names = ["RUNNER_NATS_PASSWORD", "AWS_SECRET_ACCESS_KEY", "MY_API_TOKEN", "SSH_PRIVATE_KEY", "VAULT_SEED", "DB_CREDENTIALS"];
+        let secret_names = [
+            "RUNNER_NATS_PASSWORD",
+            "AWS_SECRET_ACCESS_KEY",
+            "MY_API_TOKEN",
+            "SSH_PRIVATE_KEY",
+            "VAULT_SEED",
+            "DB_CREDENTIALS",
+        ];
         for name in secret_names {
             if redact.is_none() {
                 assert_eq!(env[name], REDACTED, "{name}");
@@ -266,17 +386,32 @@ fn secrets_in_the_starting_env_are_redacted() {
 fn two_concurrent_runs_do_not_interfere() {
     let server = ServerConfig::new().start();
     let mut sub = PySubscriber::start(&server.url(), "pub.ansible.runner.par.>");
-    let vars = env(&[("RUNNER_NATS_SUBJECT_ID", "par"), ("RUNNER_NATS_SERVERS", &server.url())]);
+    let vars = env(&[
+        ("RUNNER_NATS_SUBJECT_ID", "par"),
+        ("RUNNER_NATS_SERVERS", &server.url()),
+    ]);
     let emitter = Emitter::new();
     thread::scope(|s| {
         for ident in ["run-a", "run-b"] {
             let (emitter, vars) = (&emitter, &vars);
             s.spawn(move || {
-                send(emitter, vars, ident, Kind::Status("starting"), &status(ident, "starting"));
+                send(
+                    emitter,
+                    vars,
+                    ident,
+                    Kind::Status("starting"),
+                    &status(ident, "starting"),
+                );
                 for i in 1..=500 {
                     send(emitter, vars, ident, Kind::Event, &event(ident, i, 1000));
                 }
-                let r = send(emitter, vars, ident, Kind::Status("successful"), &status(ident, "successful"));
+                let r = send(
+                    emitter,
+                    vars,
+                    ident,
+                    Kind::Status("successful"),
+                    &status(ident, "successful"),
+                );
                 assert_eq!(r.summary.unwrap().counters.published, 502);
             });
         }
@@ -290,7 +425,14 @@ fn two_concurrent_runs_do_not_interfere() {
             .collect();
         assert_eq!(mine.len(), 502, "{ident}");
         assert!(mine.iter().all(|v| v["runner_ident"] == ident));
-        let counters: Vec<u64> = mine[1..501].iter().map(|v| v["counter"].as_u64().unwrap()).collect();
-        assert_eq!(counters, (1..=500).collect::<Vec<u64>>(), "{ident} in order");
+        let counters: Vec<u64> = mine[1..501]
+            .iter()
+            .map(|v| v["counter"].as_u64().unwrap())
+            .collect();
+        assert_eq!(
+            counters,
+            (1..=500).collect::<Vec<u64>>(),
+            "{ident} in order"
+        );
     }
 }

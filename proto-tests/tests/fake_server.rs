@@ -50,7 +50,8 @@ impl FakeConn {
 
     /// The next client operation, waiting at most `STEP`.
     fn next(&mut self) -> Seen {
-        self.try_next(STEP).expect("the client sent nothing in time")
+        self.try_next(STEP)
+            .expect("the client sent nothing in time")
     }
 
     fn try_next(&mut self, timeout: Duration) -> Option<Seen> {
@@ -272,7 +273,9 @@ fn err_mid_stream_is_reported_and_a_fatal_one_closes() {
         next_event(),
         Event::ServerError("Permissions Violation for Publish to \"x\"".into())
     );
-    client.flush(STEP).expect("still connected after a permission violation");
+    client
+        .flush(STEP)
+        .expect("still connected after a permission violation");
     assert_eq!(next_event(), Event::ServerError("Stale Connection".into()));
     server.join().unwrap();
     match next_event() {
@@ -385,7 +388,13 @@ fn max_payload_is_checked_before_anything_is_queued() {
     let client = Options::new().servers(&url).unwrap().connect().unwrap();
     let err = client.publish("big", &[b'x'; 101]).unwrap_err();
     assert!(
-        matches!(err, Error::MaxPayload { size: 101, max: 100 }),
+        matches!(
+            err,
+            Error::MaxPayload {
+                size: 101,
+                max: 100
+            }
+        ),
         "{err:?}"
     );
     assert_eq!(

@@ -12,7 +12,7 @@ use std::time::{Duration, Instant};
 use ansible_runner_nats::client::{Client, Event, Options};
 use ansible_runner_nats::Error;
 use proto_tests::proxy::{Mode, Proxy};
-use proto_tests::{cluster, wait_until, NatsServer, PySubscriber, ServerConfig};
+use proto_tests::{cluster, route_peers, wait_until, NatsServer, PySubscriber, ServerConfig};
 
 const WAIT: Duration = Duration::from_secs(30);
 
@@ -27,7 +27,12 @@ impl Events {
     }
 
     fn count(&self, pred: impl Fn(&Event) -> bool) -> usize {
-        self.0.lock().unwrap().iter().filter(|(_, e)| pred(e)).count()
+        self.0
+            .lock()
+            .unwrap()
+            .iter()
+            .filter(|(_, e)| pred(e))
+            .count()
     }
 
     fn first_time(&self, pred: impl Fn(&Event) -> bool) -> Option<Instant> {
@@ -65,17 +70,15 @@ fn fast_reconnect(opts: Options) -> Options {
         .connect_timeout(Duration::from_secs(1))
 }
 
-fn wait_routes(server: &NatsServer, n: u64) {
-    wait_until(WAIT, "cluster routes", || {
-        server.monitor("/routez")["num_routes"].as_u64() == Some(n)
-    });
+fn wait_routes(server: &NatsServer, peers: usize) {
+    wait_until(WAIT, "cluster routes", || route_peers(server) == peers);
 }
 
 /// Two-node cluster, publisher behind a proxy to node A only (routes not advertised to
 /// clients), subscriber on node B. Kills A twice mid-stream. Returns (first arrivals in
 /// order?, duplicates, missing).
 fn kill_twice(resend: bool, total: usize) -> (bool, usize, usize) {
-    let nodes = cluster(2, |c| c.extra("cluster { no_advertise: true }"));
+    let nodes = cluster(2, |c| c.cluster_no_advertise());
     let (mut a, b) = {
         let mut it = nodes.into_iter();
         (it.next().unwrap(), it.next().unwrap())
@@ -118,6 +121,9 @@ fn kill_twice(resend: bool, total: usize) -> (bool, usize, usize) {
             wait_routes(&a, 1);
             proxy.set_mode(Mode::Forward);
             kills += 1;
+            wait_until(WAIT, "reconnected after the kill", || {
+                events.count(is_reconnected) >= kills
+            });
         }
     }
     let _ = published;
@@ -126,22 +132,30 @@ fn kill_twice(resend: bool, total: usize) -> (bool, usize, usize) {
     client.close().unwrap();
     assert!(events.count(is_reconnected) >= 2, "expected two reconnects");
 
-    // Everything the subscriber will get has been flushed through B by now: a marker
-    // published last, after the client's close, bounds the wait.
-    let marker = ansible_runner_nats::client::connect(&b.url()).unwrap();
+    // A processed everything the client sent before its close returned; a marker sent
+    // through A afterwards follows all of it over the route to B, so it bounds the wait.
+    let marker = ansible_runner_nats::client::connect(&a.url()).unwrap();
     marker.publish("seq", b"end").unwrap();
     marker.close().unwrap();
     let mut got = Vec::new();
     let deadline = Instant::now() + WAIT;
     loop {
         got.extend(sub.received());
-        if got.last().is_some_and(|m| m.payload == b"end") {
+        if got.iter().any(|m| m.payload == b"end") {
             break;
         }
-        assert!(Instant::now() < deadline, "no end marker: {} received", got.len());
+        assert!(
+            Instant::now() < deadline,
+            "no end marker: {} received",
+            got.len()
+        );
         thread::sleep(Duration::from_millis(20));
     }
-    got.pop();
+    assert_eq!(
+        got.pop().map(|m| m.payload),
+        Some(b"end".to_vec()),
+        "the marker came last"
+    );
     let mut seen = HashSet::new();
     let mut firsts = Vec::new();
     for m in &got {
@@ -178,9 +192,16 @@ fn kill_and_restart_twice_without_resend_reports_loss() {
 fn three_node_cluster_learned_from_info_survives_each_node_killed() {
     let mut nodes = cluster(3, |c| c);
     let urls: Vec<String> = nodes.iter().map(NatsServer::url).collect();
-    let mut subs: Vec<PySubscriber> = (0..2)
-        .map(|_| PySubscriber::start_with(&urls, "tri", Default::default()))
-        .collect();
+    // One independent subscriber per node, pinned to it and restarted with it: wherever
+    // the client publishes, a subscriber on that very node receives.
+    let pinned = |url: &String| {
+        let opts = proto_tests::PySubOptions {
+            no_reconnect: true,
+            ..Default::default()
+        };
+        PySubscriber::start_with(std::slice::from_ref(url), "tri", opts)
+    };
+    let mut subs: Vec<PySubscriber> = urls.iter().map(pinned).collect();
     let events = Events::default();
     let client = events
         .options(fast_reconnect(Options::new()))
@@ -201,20 +222,29 @@ fn three_node_cluster_learned_from_info_survives_each_node_killed() {
         client.flush(WAIT).unwrap();
     };
     publish(&client, 1000);
-    for victim in 0..3 {
-        // Kill the node the client is on now, whichever it is.
+    let mut killed = HashSet::new();
+    for round in 0..3 {
+        // Kill the node the client is on now, unless it was killed before: then another.
         let port = client.server_info().port;
-        let idx = nodes.iter().position(|n| n.port() == port).unwrap_or(victim);
+        let idx = nodes
+            .iter()
+            .position(|n| n.port() == port && !killed.contains(&n.port()))
+            .or_else(|| nodes.iter().position(|n| !killed.contains(&n.port())))
+            .unwrap();
+        killed.insert(nodes[idx].port());
         nodes[idx].kill();
         publish(&client, 1000);
+        // The flush above waited for the client to move to a live node.
+        assert!(events.count(is_reconnected) > round);
         nodes[idx].restart();
         for n in &nodes {
             wait_routes(n, 2);
         }
+        subs.push(pinned(&urls[idx]));
     }
     publish(&client, 1000);
     client.close().unwrap();
-    assert!(events.count(is_reconnected) >= 3);
+    assert_eq!(killed.len(), 3, "every node was killed once");
     let total = next;
     let mut seen = HashSet::new();
     wait_until(WAIT, "every message at one subscriber at least", || {
@@ -337,7 +367,9 @@ fn stalled_connection_is_detected_by_pings() {
 
 #[test]
 fn lame_duck_moves_to_another_node_without_loss() {
-    let nodes = cluster(2, |c| c.extra("lame_duck_duration: \"30s\"\nlame_duck_grace_period: \"1s\""));
+    let nodes = cluster(2, |c| {
+        c.extra("lame_duck_duration: \"30s\"\nlame_duck_grace_period: \"1s\"")
+    });
     let mut sub = PySubscriber::start(&nodes[1].url(), "ldm");
     let events = Events::default();
     let client = events
@@ -376,7 +408,9 @@ fn lame_duck_moves_to_another_node_without_loss() {
 #[test]
 fn wrong_credentials_on_reconnect_follow_the_wait_and_the_count() {
     let first = ServerConfig::new().user_password("app", "first-pw").start();
-    let second = ServerConfig::new().user_password("app", "second-pw").start();
+    let second = ServerConfig::new()
+        .user_password("app", "second-pw")
+        .start();
     let proxy = Proxy::start(first.port(), Mode::Forward);
     let events = Events::default();
     let wait = Duration::from_millis(300);
@@ -393,14 +427,19 @@ fn wrong_credentials_on_reconnect_follow_the_wait_and_the_count() {
     // The "same" server comes back with other credentials.
     proxy.set_target(second.port());
     proxy.cut_all();
-    wait_until(WAIT, "client closed after its attempts", || client.is_closed());
+    wait_until(WAIT, "client closed after its attempts", || {
+        client.is_closed()
+    });
     let failures = events.times(|e| {
         matches!(e, Event::ReconnectFailed { reason, .. } if reason.contains("authorization violation"))
     });
     assert_eq!(failures.len(), 3, "attempts honour max_reconnect_attempts");
     for pair in failures.windows(2) {
         let gap = pair[1] - pair[0];
-        assert!(gap >= wait - Duration::from_millis(20), "attempts too close: {gap:?}");
+        assert!(
+            gap >= wait - Duration::from_millis(20),
+            "attempts too close: {gap:?}"
+        );
     }
     assert_eq!(events.count(|e| matches!(e, Event::Closed)), 1);
     let last = client.last_error().unwrap();
@@ -430,6 +469,41 @@ fn close_during_an_outage_is_bounded_and_counts() {
         matches!(err, Error::NotDelivered { messages: 50, .. }),
         "{err:?}"
     );
-    assert!(took < Duration::from_millis(500) + Duration::from_secs(2), "close took {took:?}");
+    assert!(
+        took < Duration::from_millis(500) + Duration::from_secs(2),
+        "close took {took:?}"
+    );
     eprintln!("close during outage returned after {took:?}: {err}");
+}
+
+#[test]
+fn oversized_messages_buffered_before_the_limit_was_known_are_dropped_on_connect() {
+    let server = ServerConfig::new().max_payload(1024).start();
+    let mut sub = PySubscriber::start(&server.url(), "late.>");
+    let proxy = Proxy::start(server.port(), Mode::Refuse);
+    let events = Events::default();
+    let client = events
+        .options(fast_reconnect(Options::new()))
+        .servers(&proxy.url())
+        .unwrap()
+        .retry_on_failed_connect(true)
+        .connect()
+        .unwrap();
+    client.publish("late.a", &[b'a'; 100]).unwrap();
+    client.publish("late.big", &[b'b'; 2000]).unwrap();
+    client.publish("late.c", &[b'c'; 100]).unwrap();
+    proxy.set_mode(Mode::Forward);
+    client.flush(WAIT).unwrap();
+    let got = sub.wait_for(2, WAIT);
+    assert_eq!(got[0].subject, "late.a");
+    assert_eq!(got[1].subject, "late.c");
+    let stats = client.statistics();
+    assert_eq!((stats.oversized, stats.dropped), (1, 1));
+    assert_eq!(
+        events.count(|e| matches!(e, Event::Dropped { messages: 1, .. })),
+        1
+    );
+    // The connection survived: the server never saw the oversized message.
+    assert_eq!(events.count(is_disconnected), 0);
+    client.close().unwrap();
 }

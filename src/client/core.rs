@@ -20,7 +20,7 @@ use super::transport::{remaining, ReadHalf, WriteHalf};
 use super::{Event, Message, Options, Statistics};
 use crate::error::{Error, Result};
 use crate::headers::HeaderMap;
-use crate::proto::{parse_server_op, ClientOp, Msg, ServerInfo, ServerOp, Status};
+use crate::proto::{parse_client_op, parse_server_op, ClientOp, Msg, ServerInfo, ServerOp, Status};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) enum Phase {
@@ -218,9 +218,8 @@ impl Shared {
 /// before this returns, so the caller sees the server's INFO and a connected client.
 pub(crate) fn start(shared: &Arc<Shared>, first: Option<(Established, Entry)>) -> Result<()> {
     let mut unconfirmed = Unconfirmed::default();
-    let running = first.and_then(|(est, entry)| {
-        begin_connection(shared, est, entry, &mut unconfirmed, false)
-    });
+    let running = first
+        .and_then(|(est, entry)| begin_connection(shared, est, entry, &mut unconfirmed, false));
     let s = Arc::clone(shared);
     let handle = thread::Builder::new()
         .name("nats-supervisor".into())
@@ -280,11 +279,7 @@ enum Outcome {
     LameDuck,
 }
 
-fn supervise(
-    shared: &Arc<Shared>,
-    first: Option<(u64, Running)>,
-    mut unconfirmed: Unconfirmed,
-) {
+fn supervise(shared: &Arc<Shared>, first: Option<(u64, Running)>, mut unconfirmed: Unconfirmed) {
     let mut connected_before = first.is_some();
     let mut current = first;
     loop {
@@ -370,6 +365,9 @@ fn begin_connection(
         st.stats.reconnects += 1;
     }
     st.info = info;
+    // Messages buffered before this server's limit was known: one over it would make the
+    // server close the connection, again after every reconnect.
+    let oversized = drop_oversized(&mut st);
     st.pool.add_discovered(&urls, &entry);
     st.pool.record(&entry.addr, true, Instant::now());
     st.current = Some(entry);
@@ -384,6 +382,12 @@ fn begin_connection(
     } else {
         Event::Connected { server }
     });
+    if oversized > 0 {
+        shared.emit(Event::Dropped {
+            messages: oversized,
+            reason: "buffered while the server's max_payload was unknown, and over it".into(),
+        });
+    }
 
     let shutdown = read.shutdown_handle().ok();
     let s = Arc::clone(shared);
@@ -396,10 +400,50 @@ fn begin_connection(
             if let Some(sock) = shutdown {
                 let _ = sock.shutdown(std::net::Shutdown::Both);
             }
-            lose_connection(shared, unconfirmed, format!("could not start the reader: {e}"));
+            lose_connection(
+                shared,
+                unconfirmed,
+                format!("could not start the reader: {e}"),
+            );
             None
         }
     }
+}
+
+/// Removes buffered messages larger than the server's `max_payload`; returns how many.
+fn drop_oversized(st: &mut State) -> u64 {
+    let max = st.info.max_payload;
+    if max == 0 || max >= crate::client::DEFAULT_MAX_PAYLOAD {
+        // Nothing larger than the assumed default was accepted while it was unknown.
+        return 0;
+    }
+    let mut kept = Vec::with_capacity(st.out.len());
+    let mut dropped = 0;
+    let mut rest = st.out.as_slice();
+    // `out` holds only PUB and HPUB that we encoded ourselves.
+    while let Ok(Status::Complete((op, used))) = parse_client_op(rest, usize::MAX) {
+        let size = match op {
+            ClientOp::Pub { payload, .. } => payload.len(),
+            ClientOp::Hpub {
+                header, payload, ..
+            } => header.len() + payload.len(),
+            _ => 0,
+        };
+        let (this, after) = rest.split_at(used.min(rest.len()));
+        if size > max {
+            dropped += 1;
+        } else {
+            kept.extend_from_slice(this);
+        }
+        rest = after;
+    }
+    if dropped > 0 {
+        st.out = kept;
+        st.out_msgs = st.out_msgs.saturating_sub(dropped);
+        st.stats.dropped += dropped;
+        st.stats.oversized += dropped;
+    }
+    dropped
 }
 
 /// Bookkeeping after a connection ended: fail its waiters, keep what must be replayed.
@@ -529,10 +573,14 @@ fn write_loop(
             }
             let backlogged = resend && unconfirmed.bytes > opts.pending_size;
             // While moving away from a lame duck server, new messages wait for the next one.
-            let take_out = !backlogged
-                && (draining_lame_duck.is_none() || last_round)
-                && !st.out.is_empty();
-            if take_out || !st.pre.is_empty() || !st.post.is_empty() || st.pings_due > 0 || st.pongs_due > 0 {
+            let take_out =
+                !backlogged && (draining_lame_duck.is_none() || last_round) && !st.out.is_empty();
+            if take_out
+                || !st.pre.is_empty()
+                || !st.post.is_empty()
+                || st.pings_due > 0
+                || st.pongs_due > 0
+            {
                 std::mem::swap(&mut st.pre, &mut pre);
                 for _ in 0..st.pongs_due {
                     ClientOp::Pong.encode(&mut pre);

@@ -101,6 +101,13 @@ pub enum Event {
         /// The subscription's id.
         sid: u64,
     },
+    /// Buffered messages were dropped (see [`Statistics::oversized`]).
+    Dropped {
+        /// How many.
+        messages: u64,
+        /// Why.
+        reason: String,
+    },
     /// The client is closed for good.
     Closed,
 }
@@ -122,6 +129,9 @@ pub struct Statistics {
     pub slow_consumer_drops: u64,
     /// Successful reconnections.
     pub reconnects: u64,
+    /// Messages buffered while the server's `max_payload` was unknown and then found over
+    /// it: dropped when the connection came up (also counted in `dropped`).
+    pub oversized: u64,
 }
 
 /// A connection to a NATS server. Cheap to clone: clones share the connection, which
@@ -326,8 +336,10 @@ impl Client {
 
     /// Waits until the server has processed everything published so far (a PING/PONG
     /// round trip), up to `timeout`. While reconnecting it first waits for a connection.
-    /// Fails with [`Error::Disconnected`] if the connection is lost meanwhile: data
-    /// published before may then not have arrived.
+    /// If the connection is lost meanwhile, it fails with [`Error::Disconnected`] (data
+    /// published before may not have arrived) unless [`Options::resend_unconfirmed`] is
+    /// on: then the unconfirmed messages are written again on the next connection and
+    /// the flush waits for that one's confirmation, within the same `timeout`.
     pub fn flush(&self, timeout: Duration) -> Result<()> {
         flush(self.shared(), timeout)
     }
@@ -436,31 +448,39 @@ fn flush(shared: &Shared, timeout: Duration) -> Result<()> {
         after: timeout,
     };
     let mut st = shared.state();
-    // A lame duck connection is being left: flush on the next one.
-    while st.phase == Phase::Reconnecting || (st.phase == Phase::Connected && st.lame_duck) {
-        let left = remaining(deadline);
-        if left.is_zero() {
-            return Err(timed_out());
-        }
-        st = wait(&shared.progress, st, left);
-    }
-    if st.phase != Phase::Connected {
-        return Err(Error::Closed);
-    }
-    let generation = st.generation;
-    let ticket = shared.request_ping(&mut st);
     loop {
-        if st.generation != generation {
+        // A lame duck connection is being left: flush on the next one.
+        while st.phase == Phase::Reconnecting || (st.phase == Phase::Connected && st.lame_duck) {
+            let left = remaining(deadline);
+            if left.is_zero() {
+                return Err(timed_out());
+            }
+            st = wait(&shared.progress, st, left);
+        }
+        if st.phase != Phase::Connected {
+            return Err(Error::Closed);
+        }
+        let generation = st.generation;
+        let ticket = shared.request_ping(&mut st);
+        loop {
+            if st.generation != generation {
+                break;
+            }
+            if st.pongs_received >= ticket {
+                return Ok(());
+            }
+            let left = remaining(deadline);
+            if left.is_zero() {
+                return Err(timed_out());
+            }
+            st = wait(&shared.progress, st, left);
+        }
+        // The connection was lost before the PONG. Unconfirmed messages are written again
+        // on the next connection when `resend_unconfirmed` is on, so a PING there confirms
+        // them too; otherwise they may be gone, and saying so is the only honest answer.
+        if !shared.opts.resend_unconfirmed {
             return Err(Error::Disconnected);
         }
-        if st.pongs_received >= ticket {
-            return Ok(());
-        }
-        let left = remaining(deadline);
-        if left.is_zero() {
-            return Err(timed_out());
-        }
-        st = wait(&shared.progress, st, left);
     }
 }
 

@@ -113,7 +113,10 @@ impl fmt::Debug for Options {
             .field("subscription_capacity", &self.subscription_capacity)
             .field("ping_interval", &self.ping_interval)
             .field("max_outstanding_pings", &self.max_outstanding_pings)
-            .field("event_callback", &self.event_callback.as_ref().map(|_| "Fn"))
+            .field(
+                "event_callback",
+                &self.event_callback.as_ref().map(|_| "Fn"),
+            )
             .field("no_randomize", &self.no_randomize)
             .field("allow_reconnect", &self.allow_reconnect)
             .field("max_reconnect_attempts", &self.max_reconnect_attempts)

@@ -103,9 +103,7 @@ impl Stream {
         tcp.set_read_timeout(None)
             .and_then(|()| tcp.set_write_timeout(Some(write_timeout)))
             .map_err(|e| Error::io("configure socket", e))?;
-        let read_sock = tcp
-            .try_clone()
-            .map_err(|e| Error::io("clone socket", e))?;
+        let read_sock = tcp.try_clone().map_err(|e| Error::io("clone socket", e))?;
         let write = Arc::new(Mutex::new(tcp));
         Ok((
             ReadHalf {
@@ -127,7 +125,10 @@ fn handshake_error(e: io::Error, deadline: Instant) -> Error {
         return Error::Tls("handshake timed out".into());
     }
     // complete_io wraps TLS failures in InvalidData with the rustls::Error inside.
-    if let Some(tls) = e.get_ref().and_then(|inner| inner.downcast_ref::<rustls::Error>()) {
+    if let Some(tls) = e
+        .get_ref()
+        .and_then(|inner| inner.downcast_ref::<rustls::Error>())
+    {
         return Error::Tls(crate::tls::describe_error(tls));
     }
     Error::Tls(format!("handshake failed: {e}"))

@@ -100,7 +100,10 @@ const OPTION_VARS: &[(&str, &str)] = &[
     ("allow_reconnect", "RUNNER_NATS_ALLOW_RECONNECT"),
     ("connect_timeout", "RUNNER_NATS_CONNECT_TIMEOUT"),
     ("reconnect_time_wait", "RUNNER_NATS_RECONNECT_TIME_WAIT"),
-    ("max_reconnect_attempts", "RUNNER_NATS_MAX_RECONNECT_ATTEMPTS"),
+    (
+        "max_reconnect_attempts",
+        "RUNNER_NATS_MAX_RECONNECT_ATTEMPTS",
+    ),
     ("ping_interval", "RUNNER_NATS_PING_INTERVAL"),
     ("max_outstanding_pings", "RUNNER_NATS_MAX_OUTSTANDING_PINGS"),
     ("flusher_queue_size", "RUNNER_NATS_FLUSHER_QUEUE_SIZE"),
@@ -307,8 +310,18 @@ pub fn load(env: &HashMap<String, String>, settings: Option<&Value>, hostname: &
     let (source, subject_id) = match env.get("RUNNER_NATS_SUBJECT_ID").filter(|s| !s.is_empty()) {
         Some(v) => ("RUNNER_NATS_SUBJECT_ID", v.clone()),
         None => match settings.and_then(|s| s.get("nats_subject_id")) {
-            None | Some(Value::Null) => return Loaded { config: None, issues },
-            Some(Value::String(s)) if s.is_empty() => return Loaded { config: None, issues },
+            None | Some(Value::Null) => {
+                return Loaded {
+                    config: None,
+                    issues,
+                }
+            }
+            Some(Value::String(s)) if s.is_empty() => {
+                return Loaded {
+                    config: None,
+                    issues,
+                }
+            }
             Some(Value::String(s)) => ("nats_subject_id", s.clone()),
             Some(other) => {
                 issues.push(ConfigIssue {
@@ -316,7 +329,10 @@ pub fn load(env: &HashMap<String, String>, settings: Option<&Value>, hostname: &
                     problem: format!("expected a string, got {}; emitter disabled", kind(other)),
                     disables: true,
                 });
-                return Loaded { config: None, issues };
+                return Loaded {
+                    config: None,
+                    issues,
+                };
             }
         },
     };
@@ -331,7 +347,10 @@ pub fn load(env: &HashMap<String, String>, settings: Option<&Value>, hostname: &
             problem: format!("{}; emitter disabled", strip_area(&e.to_string())),
             disables: true,
         });
-        return Loaded { config: None, issues };
+        return Loaded {
+            config: None,
+            issues,
+        };
     }
 
     let headers = load_headers(env, settings, &mut issues);
@@ -376,7 +395,10 @@ pub fn load(env: &HashMap<String, String>, settings: Option<&Value>, hostname: &
     let built = build_options(&mut src);
     let mut issues = src.issues;
 
-    let oversize = match env.get("RUNNER_NATS_OVERSIZE").map(|s| s.trim().to_ascii_lowercase()) {
+    let oversize = match env
+        .get("RUNNER_NATS_OVERSIZE")
+        .map(|s| s.trim().to_ascii_lowercase())
+    {
         None => Oversize::Drop,
         Some(v) if v.is_empty() || v == "drop" => Oversize::Drop,
         Some(v) if v == "truncate" => Oversize::Truncate,
@@ -436,7 +458,10 @@ fn load_headers(
                     other => {
                         issues.push(ConfigIssue {
                             source: format!("nats_headers.{k}"),
-                            problem: format!("expected a string, got {}; header skipped", kind(other)),
+                            problem: format!(
+                                "expected a string, got {}; header skipped",
+                                kind(other)
+                            ),
                             disables: false,
                         });
                         continue;
@@ -509,7 +534,11 @@ fn build_options(src: &mut Sources<'_>) -> Option<(Options, Duration)> {
             }
         }
         if good.is_empty() {
-            src.issue(&source, "no usable server URL; emitter disabled".into(), true);
+            src.issue(
+                &source,
+                "no usable server URL; emitter disabled".into(),
+                true,
+            );
             return None;
         }
         opts = opts.server_addrs(good);
@@ -553,7 +582,9 @@ fn build_options(src: &mut Sources<'_>) -> Option<(Options, Duration)> {
     if let Some(n) = src.size("pending_size", "8 MiB") {
         opts = opts.pending_size(n);
     }
-    let flush_timeout = src.seconds("flush_timeout", "10 s").unwrap_or(Duration::from_secs(10));
+    let flush_timeout = src
+        .seconds("flush_timeout", "10 s")
+        .unwrap_or(Duration::from_secs(10));
     opts = opts.flush_timeout(flush_timeout);
 
     opts = opts.auth(load_auth(src)?);
@@ -600,11 +631,19 @@ fn load_auth(src: &mut Sources<'_>) -> Option<Auth> {
     match (user, password) {
         (Some((_, user)), Some((_, password))) => Some(Auth::UserPassword { user, password }),
         (Some((source, _)), None) => {
-            src.issue(&source, "a user name without a password; ignored".into(), false);
+            src.issue(
+                &source,
+                "a user name without a password; ignored".into(),
+                false,
+            );
             Some(Auth::None)
         }
         (None, Some((source, _))) => {
-            src.issue(&source, "a password without a user name; ignored".into(), false);
+            src.issue(
+                &source,
+                "a password without a user name; ignored".into(),
+                false,
+            );
             Some(Auth::None)
         }
         (None, None) => Some(Auth::None),
@@ -648,7 +687,10 @@ fn load_tls(src: &mut Sources<'_>) -> Option<TlsOptions> {
     }
     if !files.is_empty() || tls.tls_first {
         if let Err(e) = crate::tls::client_config(&tls) {
-            let source = files.first().map_or("RUNNER_NATS_TLS_FIRST", |(s, _)| s.as_str()).to_owned();
+            let source = files
+                .first()
+                .map_or("RUNNER_NATS_TLS_FIRST", |(s, _)| s.as_str())
+                .to_owned();
             src.issue(&source, format!("{e}; emitter disabled"), true);
             return None;
         }

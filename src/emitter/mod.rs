@@ -196,6 +196,15 @@ impl Emitter {
         }
     }
 
+    /// True when the run `ident` is open and its connection is up.
+    pub fn is_connected(&self, ident: &str) -> bool {
+        let Some(entry) = self.lock_runs().get(ident).cloned() else {
+            return false;
+        };
+        let guard = entry.lock().unwrap_or_else(|p| p.into_inner());
+        matches!(&*guard, Entry::Active(run) if run.client.is_connected())
+    }
+
     /// How many runs are open.
     pub fn open_runs(&self) -> usize {
         self.lock_runs().len()
@@ -264,12 +273,19 @@ impl Run {
         let subject = subject.to_owned();
         match self.publish(&subject, None, payload) {
             Ok(()) => {}
-            Err(Error::MaxPayload { size, max }) => self.oversized(ident, &subject, payload, size, max, report),
+            Err(Error::MaxPayload { size, max }) => {
+                self.oversized(ident, &subject, payload, size, max, report)
+            }
             Err(e) => self.failed(ident, e, report),
         }
     }
 
-    fn publish(&mut self, subject: &str, extra: Option<&HeaderMap>, payload: &[u8]) -> Result<(), Error> {
+    fn publish(
+        &mut self,
+        subject: &str,
+        extra: Option<&HeaderMap>,
+        payload: &[u8],
+    ) -> Result<(), Error> {
         let headers = extra.unwrap_or(&self.config.headers);
         let sent = if headers.is_empty() {
             self.client.publish(subject, payload)
@@ -293,7 +309,11 @@ impl Run {
             );
         } else {
             self.counters.dropped += 1;
-            self.report_once("publish", format!("run {ident}: publish failed: {e}"), report);
+            self.report_once(
+                "publish",
+                format!("run {ident}: publish failed: {e}"),
+                report,
+            );
         }
     }
 
@@ -328,7 +348,18 @@ impl Run {
     }
 
     fn finish(&mut self, ident: &str, report: &mut Report) -> RunSummary {
-        match self.client.close() {
+        let closed = self.client.close();
+        // Events buffered before the server's limit was known are dropped by the client.
+        let late = self.client.statistics().oversized;
+        if late > 0 {
+            self.counters.oversized += late;
+            self.counters.published = self.counters.published.saturating_sub(late);
+            report.errors.push(format!(
+                "run {ident}: {late} events were over the server's max_payload of {} (found once connected): not sent",
+                self.client.server_info().max_payload
+            ));
+        }
+        match closed {
             Ok(()) => {}
             Err(Error::NotDelivered { messages, reason }) => {
                 self.counters.undelivered = messages;
