@@ -230,22 +230,17 @@ impl Owned {
     }
 }
 
-#[inline(always)]
-fn ty(p: *mut ffi::PyTypeObject) -> *mut ffi::PyTypeObject {
-    p
-}
-
 impl Ser<'_> {
     /// SAFETY (all methods): the GIL is held and `o` is a live object.
     unsafe fn obj(&mut self, o: *mut ffi::PyObject) -> R {
         let t = ffi::Py_TYPE(o);
-        if t == ty(addr_of_mut!(ffi::PyUnicode_Type)) {
+        if t == addr_of_mut!(ffi::PyUnicode_Type) {
             self.str(o)
-        } else if t == ty(addr_of_mut!(ffi::PyDict_Type)) {
+        } else if t == addr_of_mut!(ffi::PyDict_Type) {
             self.dict(o)
-        } else if t == ty(addr_of_mut!(ffi::PyLong_Type)) {
+        } else if t == addr_of_mut!(ffi::PyLong_Type) {
             self.int(o, true)
-        } else if t == ty(addr_of_mut!(ffi::PyList_Type)) {
+        } else if t == addr_of_mut!(ffi::PyList_Type) {
             self.list(o)
         } else if o == ffi::Py_None() {
             self.buf.extend_from_slice(b"null");
@@ -256,9 +251,9 @@ impl Ser<'_> {
         } else if o == ffi::Py_False() {
             self.buf.extend_from_slice(b"false");
             Ok(())
-        } else if t == ty(addr_of_mut!(ffi::PyFloat_Type)) {
+        } else if t == addr_of_mut!(ffi::PyFloat_Type) {
             self.float(o)
-        } else if t == ty(addr_of_mut!(ffi::PyTuple_Type)) {
+        } else if t == addr_of_mut!(ffi::PyTuple_Type) {
             self.tuple(o)
         } else {
             self.subclass(o)
@@ -339,7 +334,7 @@ impl Ser<'_> {
                 self.buf.push(b',');
             }
             first = false;
-            if ffi::Py_TYPE(k) == ty(addr_of_mut!(ffi::PyUnicode_Type)) {
+            if ffi::Py_TYPE(k) == addr_of_mut!(ffi::PyUnicode_Type) {
                 self.str(k)?;
             } else {
                 // Keep the key alive: converting it may run Python code.
@@ -576,17 +571,39 @@ fn escape_mask(w: u64) -> u64 {
     (ctl | q | b) & HI
 }
 
+#[inline(always)]
+fn load8(s: &[u8], i: usize) -> u64 {
+    let mut w = [0u8; 8];
+    if let Some(chunk) = s.get(i..i + 8) {
+        w.copy_from_slice(chunk);
+    }
+    u64::from_le_bytes(w)
+}
+
 /// Index of the first byte at or after `i` that needs escaping, or `s.len()`.
 #[inline(always)]
 fn next_escape(s: &[u8], mut i: usize) -> usize {
-    while let Some(chunk) = s.get(i..i + 8) {
-        let mut w = [0u8; 8];
-        w.copy_from_slice(chunk);
-        let m = escape_mask(u64::from_le_bytes(w));
+    let n = s.len();
+    while i + 8 <= n {
+        let m = escape_mask(load8(s, i));
         if m != 0 {
             return i + (m.trailing_zeros() / 8) as usize;
         }
         i += 8;
+    }
+    if i >= n {
+        return n;
+    }
+    if n >= 8 {
+        // The last 8 bytes, overlapping bytes already checked (which hold no match, so no
+        // false positive can come from them): drop those bytes' bits.
+        let done = 8 - (n - i);
+        let m = escape_mask(load8(s, n - 8)) >> (8 * done);
+        return if m != 0 {
+            i + (m.trailing_zeros() / 8) as usize
+        } else {
+            n
+        };
     }
     while let Some(&c) = s.get(i) {
         if ESCAPE[c as usize] != 0 {
@@ -594,7 +611,7 @@ fn next_escape(s: &[u8], mut i: usize) -> usize {
         }
         i += 1;
     }
-    s.len()
+    n
 }
 
 #[inline(always)]
@@ -614,15 +631,24 @@ fn write_escape(buf: &mut Vec<u8>, c: u8) {
 
 /// A JSON string from valid UTF-8.
 pub fn write_str_utf8(buf: &mut Vec<u8>, s: &[u8]) {
+    let first = next_escape(s, 0);
     buf.reserve(s.len() + 2);
     buf.push(b'"');
+    if first == s.len() {
+        // The common case: nothing to escape.
+        buf.extend_from_slice(s);
+        buf.push(b'"');
+        return;
+    }
     let mut run = 0;
+    let mut next = first;
     loop {
-        let i = next_escape(s, run);
+        let i = next;
         let Some(&c) = s.get(i) else { break };
         buf.extend_from_slice(&s[run..i]);
         write_escape(buf, c);
         run = i + 1;
+        next = next_escape(s, run);
     }
     buf.extend_from_slice(&s[run..]);
     buf.push(b'"');

@@ -268,3 +268,14 @@ def test_fixture_sizes():
     ev = load("event_loop60.json")
     assert len(ev["event_data"]["res"]["results"]) == 60
     assert 35000 <= len(json.dumps(ev)) <= 45000
+
+
+def test_escapes_at_every_position():
+    for n in range(0, 40):
+        for pos in range(n):
+            for ch in ('"', "\\", "\n", "\x00", "\x1f", "\x7f", "\u00e9", "\u20ac", "\U0001F600", "\udcff"):
+                s = "abcdefghijklmnopqrstuvwxyz0123456789ABCD"[:n]
+                s = s[:pos] + ch + s[pos + 1 :]
+                assert json.loads(dumps(s)) == json.loads(json.dumps(s)), (n, pos, ch)
+                if ch != "\udcff":
+                    assert dumps(s) == json.dumps(s, ensure_ascii=False).encode(), (n, pos, ch)
