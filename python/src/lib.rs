@@ -6,7 +6,11 @@
 //!   for now it only counts.
 //! - `stats() -> dict`: counters (serializer stages, handled payloads).
 
+use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::OnceLock;
+
+use ansible_runner_nats::emitter::{config, Emitter, Kind, Loaded, Report, TERMINAL_STATUSES};
 
 use pyo3::prelude::*;
 use pyo3::types::{PyBytes, PyDict};
@@ -29,24 +33,136 @@ fn py_dumps<'py>(obj: &Bound<'py, PyAny>) -> PyResult<Bound<'py, PyBytes>> {
     ser::dumps(obj)
 }
 
-/// Placeholder for the emitter: `kind` is "event" or "status". Counts and returns.
+/// The process-wide emitter: one per process, one connection per run inside it.
+fn emitter() -> &'static Emitter {
+    static EMITTER: OnceLock<Emitter> = OnceLock::new();
+    EMITTER.get_or_init(Emitter::new)
+}
+
+/// Log lines for Python: (level, message), level as in `logging` (40 = ERROR, 20 = INFO).
+type Lines = Vec<(u8, String)>;
+
+const ERROR: u8 = 40;
+const INFO: u8 = 20;
+
+fn lines(report: Report) -> Lines {
+    let mut out: Lines = report.errors.into_iter().map(|e| (ERROR, e)).collect();
+    if let Some(s) = report.summary {
+        let c = s.counters;
+        out.push((
+            INFO,
+            format!(
+                "run {}: {} messages published ({} bytes), {} dropped, {} oversized, {} truncated, {} undelivered",
+                s.runner_ident, c.published, c.bytes, c.dropped, c.oversized, c.truncated, c.undelivered
+            ),
+        ));
+    }
+    out
+}
+
+/// The runner settings as JSON, through the same serializer as events.
+fn settings_json(runner_config: &Bound<'_, PyAny>) -> Option<serde_json::Value> {
+    let settings = runner_config.getattr("settings").ok()?;
+    if !settings.is_instance_of::<PyDict>() {
+        return None;
+    }
+    let mut buf = Vec::new();
+    ser::dumps_into(&settings, &mut buf).ok()?;
+    serde_json::from_slice(&buf).ok()
+}
+
+fn hostname(py: Python<'_>) -> String {
+    py.import("socket")
+        .and_then(|m| m.call_method0("gethostname"))
+        .and_then(|h| h.extract::<String>())
+        .unwrap_or_else(|_| "localhost".into())
+}
+
+fn load_config(py: Python<'_>, runner_config: &Bound<'_, PyAny>) -> Loaded {
+    let env: HashMap<String, String> = std::env::vars_os()
+        .filter_map(|(k, v)| Some((k.into_string().ok()?, v.into_string().ok()?)))
+        .collect();
+    let settings = settings_json(runner_config);
+    let needs_host = env.get("RUNNER_NATS_SUBJECT_ID").map(String::as_str) == Some("hostname")
+        || settings
+            .as_ref()
+            .and_then(|s| s.get("nats_subject_id"))
+            .and_then(|v| v.as_str())
+            == Some("hostname");
+    let host = if needs_host {
+        hostname(py)
+    } else {
+        String::new()
+    };
+    config::load(&env, settings.as_ref(), &host)
+}
+
+fn text_item(data: &Bound<'_, PyAny>, key: &str) -> Option<String> {
+    let dict = data.cast::<PyDict>().ok()?;
+    let value = dict.get_item(key).ok()??;
+    value.str().ok().map(|s| s.to_string())
+}
+
+/// One handler call: `kind` is "event" or "status". Returns the lines to log. Never
+/// raises for bad input: what cannot be handled is reported in the lines.
 #[pyfunction]
-#[pyo3(signature = (kind, runner_ident, settings, payload))]
 fn handle(
+    py: Python<'_>,
     kind: &str,
-    runner_ident: &str,
-    settings: Option<Bound<'_, PyDict>>,
-    payload: &[u8],
-) -> PyResult<()> {
-    let _ = (runner_ident, settings);
+    runner_config: &Bound<'_, PyAny>,
+    data: &Bound<'_, PyAny>,
+) -> PyResult<Lines> {
     let counter = match kind {
         "event" => &HANDLED_EVENT,
         "status" => &HANDLED_STATUS,
         _ => &HANDLED_OTHER,
     };
     counter.fetch_add(1, Ordering::Relaxed);
+    let status = if kind == "status" {
+        text_item(data, "status")
+    } else {
+        None
+    };
+    let Some(ident) = text_item(data, "runner_ident") else {
+        // `ansible-runner process` reports a broken worker stream as a status without a
+        // runner_ident. Nothing more will come for the runs open in this process.
+        let explanation = text_item(data, "job_explanation").unwrap_or_default();
+        let open = emitter().open_runs();
+        let mut out = lines(py.detach(|| emitter().close_all()));
+        out.insert(
+            0,
+            (
+                ERROR,
+                format!(
+                    "{kind} {:?} without runner_ident ({explanation}); not published; {open} open runs closed",
+                    status.as_deref().unwrap_or("?")
+                ),
+            ),
+        );
+        return Ok(out);
+    };
+    let mut report = Report::default();
+    if !emitter().open(&ident, || load_config(py, runner_config), &mut report) {
+        if status
+            .as_deref()
+            .is_some_and(|s| TERMINAL_STATUSES.contains(&s))
+        {
+            emitter().forget(&ident);
+        }
+        return Ok(lines(report));
+    }
+    let mut payload = Vec::with_capacity(2048);
+    ser::dumps_into(data, &mut payload)?;
     HANDLED_BYTES.fetch_add(payload.len() as u64, Ordering::Relaxed);
-    Ok(())
+    let kind = match &status {
+        Some(s) => Kind::Status(s),
+        None => Kind::Event,
+    };
+    // The network work (and the bounded flush at the end of a run) without the GIL.
+    let published = py.detach(|| emitter().publish(&ident, kind, &payload, Loaded::none));
+    report.errors.extend(published.errors);
+    report.summary = published.summary;
+    Ok(lines(report))
 }
 
 /// Process-wide counters.

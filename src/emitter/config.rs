@@ -76,6 +76,16 @@ pub struct Loaded {
     pub issues: Vec<ConfigIssue>,
 }
 
+impl Loaded {
+    /// Off: no configuration and no issue.
+    pub fn none() -> Loaded {
+        Loaded {
+            config: None,
+            issues: Vec::new(),
+        }
+    }
+}
+
 /// The true spellings the Python plugin accepts for its boolean variables.
 fn truthy(value: &str) -> bool {
     matches!(

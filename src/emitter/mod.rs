@@ -131,6 +131,25 @@ impl Emitter {
         self.runs.lock().unwrap_or_else(|p| p.into_inner())
     }
 
+    /// Makes sure the run `ident` exists, calling `load` for its configuration if it is
+    /// new (its issues go into `report`). Returns whether the run publishes; a caller can
+    /// skip serializing events of runs that do not.
+    pub fn open(&self, ident: &str, load: impl FnOnce() -> Loaded, report: &mut Report) -> bool {
+        let entry = {
+            let mut runs = self.lock_runs();
+            match runs.get(ident) {
+                Some(e) => Arc::clone(e),
+                None => {
+                    let entry = Arc::new(Mutex::new(start_run(ident, load(), report)));
+                    runs.insert(ident.to_owned(), Arc::clone(&entry));
+                    entry
+                }
+            }
+        };
+        let guard = entry.lock().unwrap_or_else(|p| p.into_inner());
+        matches!(&*guard, Entry::Active(_))
+    }
+
     /// Publishes one message of the run `ident`. On the run's first message `load` is
     /// called for its configuration (so the environment and settings are read once per
     /// run); its issues are reported. A terminal status flushes and closes the run.
@@ -143,16 +162,9 @@ impl Emitter {
     ) -> Report {
         let mut report = Report::default();
         let terminal = matches!(kind, Kind::Status(s) if TERMINAL_STATUSES.contains(&s));
-        let entry = {
-            let mut runs = self.lock_runs();
-            match runs.get(ident) {
-                Some(e) => Arc::clone(e),
-                None => {
-                    let entry = Arc::new(Mutex::new(start_run(ident, load(), &mut report)));
-                    runs.insert(ident.to_owned(), Arc::clone(&entry));
-                    entry
-                }
-            }
+        self.open(ident, load, &mut report);
+        let Some(entry) = self.lock_runs().get(ident).cloned() else {
+            return report;
         };
         let mut guard = entry.lock().unwrap_or_else(|p| p.into_inner());
         if let Entry::Active(run) = &mut *guard {
@@ -203,6 +215,20 @@ impl Emitter {
         };
         let guard = entry.lock().unwrap_or_else(|p| p.into_inner());
         matches!(&*guard, Entry::Active(run) if run.client.is_connected())
+    }
+
+    /// Forgets a run that does not publish (after its terminal status). An active run is
+    /// closed instead, with its flush.
+    pub fn forget(&self, ident: &str) -> Report {
+        let Some(entry) = self.lock_runs().remove(ident) else {
+            return Report::default();
+        };
+        let mut report = Report::default();
+        let mut guard = entry.lock().unwrap_or_else(|p| p.into_inner());
+        if let Entry::Active(run) = &mut *guard {
+            report.summary = Some(run.finish(ident, &mut report));
+        }
+        report
     }
 
     /// How many runs are open.
