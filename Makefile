@@ -1,21 +1,44 @@
 # The two commands a newcomer needs:
-#   make demo   - start a nats-server, publish with the library, show what arrived
-#   make test   - run every test
-# Both install what they need (pinned tools into .venv) first.
+#   make demo   - a real playbook through ansible-runner with our plugin, publishing to a
+#                 nats-server it starts itself, and what arrived
+#   make test   - every test (Rust unit, conformance, fault injection, plugin end to end)
+# Both install what they need first: the pinned tools into .venv, and the plugin.
 
-.PHONY: setup demo test lint
+VENV := .venv
+PY := $(VENV)/bin/python
+PLUGIN_STAMP := $(VENV)/.plugin-built
+PLUGIN_SOURCES := $(shell find src python/src python/ansible_runner_nats_rs -name '*.rs' -o -name '*.py') \
+	Cargo.toml python/Cargo.toml python/pyproject.toml
+
+.PHONY: setup plugin demo test test-rust test-python lint bench
 
 setup:
 	@tools/setup.sh
 
-demo: setup
-	cargo run --quiet --release --example demo
+# Build the plugin into the project virtualenv (rebuilt when its sources change).
+$(PLUGIN_STAMP): $(PLUGIN_SOURCES) tools/requirements.txt
+	@tools/setup.sh
+	rm -f python/ansible_runner_nats_rs/*.so
+	cd python && VIRTUAL_ENV=$(CURDIR)/$(VENV) ../$(VENV)/bin/maturin develop --release --quiet
+	touch $@
 
-test: setup lint
+plugin: $(PLUGIN_STAMP)
+
+demo: plugin
+	$(PY) tools/demo.py
+
+test: lint test-rust test-python
+
+test-rust: setup
 	cargo test --workspace --all-targets
 	cargo test --workspace --doc
 
-lint:
+test-python: plugin
+	$(PY) -m pytest -q python/tests
+
+lint: setup
 	cargo fmt --all --check
+	cd python && cargo fmt --check
 	cargo clippy --workspace --all-targets -- -D warnings
+	cd python && cargo clippy --all-targets -- -D warnings
 	RUSTDOCFLAGS="-D warnings" cargo doc --workspace --no-deps
