@@ -96,6 +96,37 @@ fn get_u64(map: &Map<String, Value>, key: &str) -> Result<Option<u64>, ProtoErro
     }
 }
 
+/// Writes a JSON object with its fields in the order given (serde_json's map sorts them).
+struct JsonObject(String);
+
+impl JsonObject {
+    fn new() -> JsonObject {
+        JsonObject(String::from("{"))
+    }
+
+    fn field(&mut self, key: &str, value: impl Into<Value>) -> &mut JsonObject {
+        if self.0.len() > 1 {
+            self.0.push(',');
+        }
+        self.0.push_str(&Value::from(key).to_string());
+        self.0.push(':');
+        self.0.push_str(&value.into().to_string());
+        self
+    }
+
+    fn optional(&mut self, key: &str, value: &Option<String>) -> &mut JsonObject {
+        if let Some(v) = value {
+            self.field(key, v.as_str());
+        }
+        self
+    }
+
+    fn finish(&mut self) -> String {
+        self.0.push('}');
+        std::mem::take(&mut self.0)
+    }
+}
+
 fn object(json: &[u8]) -> Result<Map<String, Value>, ProtoError> {
     match serde_json::from_slice::<Value>(json) {
         Ok(Value::Object(map)) => Ok(map),
@@ -150,39 +181,33 @@ impl ServerInfo {
 
     /// INFO JSON with every field; `None` fields are left out.
     pub fn to_json(&self) -> String {
-        let mut m = Map::new();
-        m.insert("server_id".into(), self.server_id.clone().into());
-        m.insert("server_name".into(), self.server_name.clone().into());
-        m.insert("version".into(), self.version.clone().into());
-        m.insert("go".into(), self.go.clone().into());
-        m.insert("host".into(), self.host.clone().into());
-        m.insert("port".into(), self.port.into());
-        m.insert("headers".into(), self.headers.into());
-        m.insert("max_payload".into(), self.max_payload.into());
-        m.insert("proto".into(), self.proto.into());
+        let mut o = JsonObject::new();
+        o.field("server_id", self.server_id.as_str())
+            .field("server_name", self.server_name.as_str())
+            .field("version", self.version.as_str())
+            .field("go", self.go.as_str())
+            .field("host", self.host.as_str())
+            .field("port", self.port)
+            .field("headers", self.headers)
+            .field("max_payload", self.max_payload)
+            .field("proto", self.proto);
         if let Some(id) = self.client_id {
-            m.insert("client_id".into(), id.into());
+            o.field("client_id", id);
         }
-        m.insert("auth_required".into(), self.auth_required.into());
-        m.insert("tls_required".into(), self.tls_required.into());
-        m.insert("tls_verify".into(), self.tls_verify.into());
-        m.insert("tls_available".into(), self.tls_available.into());
+        o.field("auth_required", self.auth_required)
+            .field("tls_required", self.tls_required)
+            .field("tls_verify", self.tls_verify)
+            .field("tls_available", self.tls_available);
         if !self.connect_urls.is_empty() {
-            m.insert("connect_urls".into(), self.connect_urls.clone().into());
+            o.field("connect_urls", self.connect_urls.clone());
         }
-        m.insert("ldm".into(), self.ldm.into());
-        for (key, value) in [
-            ("nonce", &self.nonce),
-            ("client_ip", &self.client_ip),
-            ("cluster", &self.cluster),
-            ("domain", &self.domain),
-        ] {
-            if let Some(v) = value {
-                m.insert(key.into(), v.clone().into());
-            }
-        }
-        m.insert("jetstream".into(), self.jetstream.into());
-        Value::Object(m).to_string()
+        o.field("ldm", self.ldm)
+            .optional("nonce", &self.nonce)
+            .optional("client_ip", &self.client_ip)
+            .optional("cluster", &self.cluster)
+            .optional("domain", &self.domain)
+            .field("jetstream", self.jetstream)
+            .finish()
     }
 }
 
@@ -273,30 +298,24 @@ impl std::fmt::Debug for ConnectInfo {
 impl ConnectInfo {
     /// CONNECT JSON: the flags always, optional fields only when set.
     pub fn to_json(&self) -> String {
-        let mut m = Map::new();
-        m.insert("verbose".into(), self.verbose.into());
-        m.insert("pedantic".into(), self.pedantic.into());
-        m.insert("tls_required".into(), self.tls_required.into());
-        for (key, value) in [
-            ("auth_token", &self.auth_token),
-            ("user", &self.user),
-            ("pass", &self.pass),
-            ("name", &self.name),
-            ("sig", &self.sig),
-            ("jwt", &self.jwt),
-            ("nkey", &self.nkey),
-        ] {
-            if let Some(v) = value {
-                m.insert(key.into(), v.clone().into());
-            }
-        }
-        m.insert("lang".into(), self.lang.clone().into());
-        m.insert("version".into(), self.version.clone().into());
-        m.insert("protocol".into(), self.protocol.into());
-        m.insert("echo".into(), self.echo.into());
-        m.insert("headers".into(), self.headers.into());
-        m.insert("no_responders".into(), self.no_responders.into());
-        Value::Object(m).to_string()
+        JsonObject::new()
+            .field("verbose", self.verbose)
+            .field("pedantic", self.pedantic)
+            .field("tls_required", self.tls_required)
+            .optional("auth_token", &self.auth_token)
+            .optional("user", &self.user)
+            .optional("pass", &self.pass)
+            .optional("name", &self.name)
+            .optional("sig", &self.sig)
+            .optional("jwt", &self.jwt)
+            .optional("nkey", &self.nkey)
+            .field("lang", self.lang.as_str())
+            .field("version", self.version.as_str())
+            .field("protocol", self.protocol)
+            .field("echo", self.echo)
+            .field("headers", self.headers)
+            .field("no_responders", self.no_responders)
+            .finish()
     }
 
     /// Reads CONNECT JSON; missing flags take the protocol's defaults (false, or true
@@ -837,5 +856,360 @@ impl ServerOp<'_> {
                 out.extend_from_slice(b"'\r\n");
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const LIMIT: usize = DEFAULT_MAX_CONTROL_LINE;
+
+    fn info_json() -> &'static str {
+        r#"{"server_id":"ID","server_name":"n1","version":"2.15.1","go":"go1.24","host":"127.0.0.1","port":4222,"headers":true,"max_payload":1048576,"proto":1,"client_id":7,"auth_required":true,"tls_required":false,"connect_urls":["127.0.0.1:4223"],"ldm":false,"nonce":"abc","jetstream":true,"client_ip":"127.0.0.1","cluster":"c","domain":"d","unknown_field":{"x":1}}"#
+    }
+
+    /// Valid server fixtures: (bytes, expected op). Each is one complete op.
+    fn server_fixtures() -> Vec<(Vec<u8>, ServerOp<'static>)> {
+        let info = ServerInfo::from_json(info_json().as_bytes()).unwrap();
+        let msg = |subject, sid, reply, header, payload| {
+            ServerOp::Msg(Msg {
+                subject,
+                sid,
+                reply,
+                header,
+                payload,
+            })
+        };
+        vec![
+            (
+                format!("INFO {}\r\n", info_json()).into_bytes(),
+                ServerOp::Info(Box::new(info.clone())),
+            ),
+            (
+                format!("info\t {}\r\n", info_json()).into_bytes(),
+                ServerOp::Info(Box::new(info)),
+            ),
+            (
+                b"MSG a.b 1 5\r\nhello\r\n".to_vec(),
+                msg("a.b", 1, None, None, &b"hello"[..]),
+            ),
+            (
+                b"msg a.b 1 reply.to 5\r\nhello\r\n".to_vec(),
+                msg("a.b", 1, Some("reply.to"), None, &b"hello"[..]),
+            ),
+            (
+                b"MsG\ta.b\t\t22   0\r\n\r\n".to_vec(),
+                msg("a.b", 22, None, None, &b""[..]),
+            ),
+            (
+                b"MSG bin 3 4\r\n\r\n\r\n\r\n".to_vec(),
+                msg("bin", 3, None, None, &b"\r\n\r\n"[..]),
+            ),
+            (
+                b"HMSG a 9 18 23\r\nNATS/1.0\r\nA: b\r\n\r\nhello\r\n".to_vec(),
+                msg(
+                    "a",
+                    9,
+                    None,
+                    Some(&b"NATS/1.0\r\nA: b\r\n\r\n"[..]),
+                    &b"hello"[..],
+                ),
+            ),
+            (
+                b"hmsg a 9 r 12 12\r\nNATS/1.0\r\n\r\n\r\n".to_vec(),
+                msg("a", 9, Some("r"), Some(&b"NATS/1.0\r\n\r\n"[..]), &b""[..]),
+            ),
+            (b"PING\r\n".to_vec(), ServerOp::Ping),
+            (b"ping\r\n".to_vec(), ServerOp::Ping),
+            (b"PONG\r\n".to_vec(), ServerOp::Pong),
+            (b"+OK\r\n".to_vec(), ServerOp::Ok),
+            (b"+ok\r\n".to_vec(), ServerOp::Ok),
+            (
+                b"-ERR 'Authorization Violation'\r\n".to_vec(),
+                ServerOp::Err("Authorization Violation"),
+            ),
+            (
+                b"-ERR Unquoted text\r\n".to_vec(),
+                ServerOp::Err("Unquoted text"),
+            ),
+        ]
+    }
+
+    #[test]
+    fn every_server_fixture_parses_and_every_prefix_is_partial() {
+        for (bytes, want) in server_fixtures() {
+            let shown = String::from_utf8_lossy(&bytes).into_owned();
+            let got = parse_server_op(&bytes, LIMIT).unwrap_or_else(|e| panic!("{shown:?}: {e}"));
+            assert_eq!(got, Status::Complete((want, bytes.len())), "{shown:?}");
+            for cut in 0..bytes.len() {
+                assert_eq!(
+                    parse_server_op(&bytes[..cut], LIMIT),
+                    Ok(Status::Partial),
+                    "{shown:?} cut at {cut}"
+                );
+            }
+        }
+    }
+
+    #[test]
+    fn pipelined_server_ops_parse_one_after_another() {
+        let all: Vec<u8> = server_fixtures().into_iter().flat_map(|(b, _)| b).collect();
+        let wants: Vec<ServerOp<'_>> = server_fixtures().into_iter().map(|(_, op)| op).collect();
+        let mut rest = all.as_slice();
+        for want in wants {
+            let Status::Complete((op, used)) = parse_server_op(rest, LIMIT).unwrap() else {
+                panic!("partial")
+            };
+            assert_eq!(op, want);
+            rest = &rest[used..];
+        }
+        assert!(rest.is_empty());
+    }
+
+    #[test]
+    fn invalid_server_ops_give_specific_errors() {
+        let long_line = format!("INFO {{\"x\":\"{}\"}}\r\n", "a".repeat(LIMIT));
+        let table: Vec<(Vec<u8>, ProtoError)> = vec![
+            (b"FOO\r\n".to_vec(), ProtoError::UnknownOp),
+            (b"X".to_vec(), ProtoError::UnknownOp),
+            (b"PINGX\r\n".to_vec(), ProtoError::UnknownOp),
+            (b"PING\n".to_vec(), ProtoError::BadLineEnding),
+            (b"INFO {not json}\r\n".to_vec(), ProtoError::BadJson),
+            (b"INFO []\r\n".to_vec(), ProtoError::BadJson),
+            (b"INFO {\"port\":\"x\"}\r\n".to_vec(), ProtoError::BadJson),
+            (
+                b"INFO\r\n".to_vec(),
+                ProtoError::BadArguments("missing JSON"),
+            ),
+            (
+                long_line.into_bytes(),
+                ProtoError::ControlLineTooLong { limit: LIMIT },
+            ),
+            (
+                format!("INFO {}", "a".repeat(LIMIT + 10)).into_bytes(),
+                ProtoError::ControlLineTooLong { limit: LIMIT },
+            ),
+            (b"MSG a 1 3\r\nabcd\r\n".to_vec(), ProtoError::BadPayloadEnd),
+            (b"MSG a 1 x\r\n".to_vec(), ProtoError::BadNumber),
+            (b"MSG a x 1\r\n".to_vec(), ProtoError::BadNumber),
+            (
+                b"MSG a 1 99999999999999999999999\r\n".to_vec(),
+                ProtoError::BadNumber,
+            ),
+            (
+                b"MSG a\r\n".to_vec(),
+                ProtoError::BadArguments("MSG/HMSG argument count"),
+            ),
+            (
+                b"MSG a 1 r x 5\r\n".to_vec(),
+                ProtoError::BadArguments("MSG/HMSG argument count"),
+            ),
+            (
+                b"HMSG a 1 10 5\r\n".to_vec(),
+                ProtoError::HeaderLongerThanTotal,
+            ),
+            (
+                b"MSG \xff 1 1\r\na\r\n".to_vec(),
+                ProtoError::BadArguments("not UTF-8"),
+            ),
+        ];
+        for (bytes, want) in table {
+            assert_eq!(
+                parse_server_op(&bytes, LIMIT),
+                Err(want),
+                "{:?}",
+                String::from_utf8_lossy(&bytes)
+            );
+        }
+    }
+
+    #[test]
+    fn the_limit_applies_to_the_control_line_only() {
+        // The limit counts the line without its CRLF.
+        let line = format!("-ERR '{}'\r\n", "e".repeat(LIMIT - 7));
+        assert_eq!(line.len(), LIMIT + 2);
+        assert!(matches!(
+            parse_server_op(line.as_bytes(), LIMIT),
+            Ok(Status::Complete(_))
+        ));
+        let over = format!("-ERR '{}'\r\n", "e".repeat(LIMIT - 6));
+        assert_eq!(
+            parse_server_op(over.as_bytes(), LIMIT),
+            Err(ProtoError::ControlLineTooLong { limit: LIMIT })
+        );
+        let big = vec![b'z'; 10 * LIMIT];
+        let mut msg = format!("MSG big 1 {}\r\n", big.len()).into_bytes();
+        msg.extend_from_slice(&big);
+        msg.extend_from_slice(b"\r\n");
+        assert!(matches!(
+            parse_server_op(&msg, LIMIT),
+            Ok(Status::Complete(_))
+        ));
+    }
+
+    /// Client ops with their exact encoding.
+    fn client_fixtures() -> Vec<(ClientOp<'static>, &'static [u8])> {
+        vec![
+            (
+                ClientOp::Pub {
+                    subject: "a.b",
+                    reply: None,
+                    payload: b"hello",
+                },
+                b"PUB a.b 5\r\nhello\r\n",
+            ),
+            (
+                ClientOp::Pub {
+                    subject: "a",
+                    reply: Some("r.1"),
+                    payload: b"",
+                },
+                b"PUB a r.1 0\r\n\r\n",
+            ),
+            (
+                ClientOp::Hpub {
+                    subject: "a",
+                    reply: None,
+                    header: b"NATS/1.0\r\nA: b\r\n\r\n",
+                    payload: b"hello",
+                },
+                b"HPUB a 18 23\r\nNATS/1.0\r\nA: b\r\n\r\nhello\r\n",
+            ),
+            (
+                ClientOp::Hpub {
+                    subject: "a",
+                    reply: Some("r"),
+                    header: b"NATS/1.0\r\n\r\n",
+                    payload: b"",
+                },
+                b"HPUB a r 12 12\r\nNATS/1.0\r\n\r\n\r\n",
+            ),
+            (
+                ClientOp::Sub {
+                    subject: "a.*",
+                    queue_group: None,
+                    sid: 1,
+                },
+                b"SUB a.* 1\r\n",
+            ),
+            (
+                ClientOp::Sub {
+                    subject: "a.>",
+                    queue_group: Some("q"),
+                    sid: 42,
+                },
+                b"SUB a.> q 42\r\n",
+            ),
+            (ClientOp::Unsub { sid: 1, max: None }, b"UNSUB 1\r\n"),
+            (
+                ClientOp::Unsub {
+                    sid: 18446744073709551615,
+                    max: Some(5),
+                },
+                b"UNSUB 18446744073709551615 5\r\n",
+            ),
+            (ClientOp::Ping, b"PING\r\n"),
+            (ClientOp::Pong, b"PONG\r\n"),
+        ]
+    }
+
+    #[test]
+    fn client_ops_encode_to_exact_bytes_and_parse_back() {
+        for (op, bytes) in client_fixtures() {
+            let mut out = Vec::new();
+            op.encode(&mut out);
+            assert_eq!(out, bytes, "{op:?}");
+            let shown = String::from_utf8_lossy(bytes).into_owned();
+            assert_eq!(
+                parse_client_op(bytes, LIMIT),
+                Ok(Status::Complete((op, bytes.len()))),
+                "{shown:?}"
+            );
+            for cut in 0..bytes.len() {
+                assert_eq!(
+                    parse_client_op(&bytes[..cut], LIMIT),
+                    Ok(Status::Partial),
+                    "{shown:?} cut at {cut}"
+                );
+            }
+        }
+    }
+
+    #[test]
+    fn connect_encodes_its_fields_and_round_trips() {
+        let info = ConnectInfo {
+            name: Some("n".into()),
+            user: Some("u".into()),
+            pass: Some("p".into()),
+            ..ConnectInfo::default()
+        };
+        let mut out = Vec::new();
+        ClientOp::Connect(Box::new(info.clone())).encode(&mut out);
+        let expected = format!(
+            "CONNECT {{\"verbose\":false,\"pedantic\":false,\"tls_required\":false,\"user\":\"u\",\"pass\":\"p\",\"name\":\"n\",\"lang\":\"rust\",\"version\":\"{}\",\"protocol\":1,\"echo\":true,\"headers\":true,\"no_responders\":true}}\r\n",
+            env!("CARGO_PKG_VERSION")
+        );
+        assert_eq!(String::from_utf8(out.clone()).unwrap(), expected);
+        assert_eq!(
+            parse_client_op(&out, LIMIT),
+            Ok(Status::Complete((
+                ClientOp::Connect(Box::new(info)),
+                out.len()
+            )))
+        );
+    }
+
+    #[test]
+    fn server_ops_encode_and_round_trip() {
+        for (bytes, op) in server_fixtures() {
+            let mut out = Vec::new();
+            op.encode(&mut out);
+            let again = parse_server_op(&out, LIMIT).unwrap();
+            assert_eq!(
+                again,
+                Status::Complete((op.clone(), out.len())),
+                "{:?}",
+                String::from_utf8_lossy(&bytes)
+            );
+        }
+        let mut out = Vec::new();
+        ServerOp::Err("Stale Connection").encode(&mut out);
+        assert_eq!(out, b"-ERR 'Stale Connection'\r\n");
+        let mut out = Vec::new();
+        ServerOp::Msg(Msg {
+            subject: "s",
+            sid: 3,
+            reply: Some("r"),
+            header: Some(b"NATS/1.0\r\n\r\n"),
+            payload: b"xy",
+        })
+        .encode(&mut out);
+        assert_eq!(out, b"HMSG s 3 r 12 14\r\nNATS/1.0\r\n\r\nxy\r\n");
+    }
+
+    #[test]
+    fn debug_of_connect_hides_secrets() {
+        let info = ConnectInfo {
+            pass: Some("pw-secret".into()),
+            auth_token: Some("tok-secret".into()),
+            jwt: Some("jwt-secret".into()),
+            sig: Some("sig-secret".into()),
+            ..ConnectInfo::default()
+        };
+        let shown = format!("{info:?}");
+        assert!(!shown.contains("secret"), "{shown}");
+    }
+
+    #[test]
+    fn info_fields_are_read() {
+        let info = ServerInfo::from_json(info_json().as_bytes()).unwrap();
+        assert_eq!(info.max_payload, 1_048_576);
+        assert_eq!(info.connect_urls, ["127.0.0.1:4223"]);
+        assert_eq!(info.nonce.as_deref(), Some("abc"));
+        assert_eq!(info.client_id, Some(7));
+        assert!(info.headers && info.auth_required && info.jetstream && !info.ldm);
+        let back = ServerInfo::from_json(info.to_json().as_bytes()).unwrap();
+        assert_eq!(back, info);
     }
 }
