@@ -69,11 +69,22 @@ pub fn venv_python() -> PathBuf {
 }
 
 /// A port that was free on 127.0.0.1 a moment ago (bind to port 0, read it,
-/// drop the listener). Callers that start a server on it must retry on a
-/// start failure caused by a port race; [`ServerConfig::start`] does.
+/// drop the listener), and that this process has not handed out before: a test
+/// that reserves a port for a server it starts later must not see another test's
+/// server take it meanwhile. Callers that start a server on it must still retry
+/// on a start failure caused by a race with other processes; [`ServerConfig::start`]
+/// does.
 pub fn free_port() -> u16 {
-    let l = TcpListener::bind(("127.0.0.1", 0)).expect("bind 127.0.0.1:0");
-    l.local_addr().expect("local_addr").port()
+    static GIVEN: std::sync::Mutex<Vec<u16>> = std::sync::Mutex::new(Vec::new());
+    loop {
+        let l = TcpListener::bind(("127.0.0.1", 0)).expect("bind 127.0.0.1:0");
+        let port = l.local_addr().expect("local_addr").port();
+        let mut given = GIVEN.lock().unwrap_or_else(|p| p.into_inner());
+        if !given.contains(&port) {
+            given.push(port);
+            return port;
+        }
+    }
 }
 
 /// Polls `cond` (every few milliseconds) until it returns true.

@@ -80,6 +80,10 @@ fn subjects_headers_and_payloads_are_exact() {
     assert_eq!(summary.counters.published, 5);
     assert_eq!(summary.counters.undelivered, 0);
     assert_eq!(emitter.open_runs(), 0);
+    // The server confirmed the five (the close's flush): had they gone elsewhere, its
+    // counter would say so before the subscriber's timeout does.
+    let in_msgs = server.monitor("/varz")["in_msgs"].as_u64();
+    assert_eq!(in_msgs, Some(5), "messages the server received");
 
     let got = sub.wait_for(5, WAIT);
     let subjects: Vec<&str> = got.iter().map(|m| m.subject.as_str()).collect();
