@@ -49,6 +49,9 @@ pub(crate) struct State {
     /// PINGs requested on this connection (flushes, keep-alives, confirmations), in order.
     pub(crate) pings_requested: u64,
     pub(crate) pongs_received: u64,
+    /// The generation and PONG count of the connection that ended last, so that a flush
+    /// whose PONG arrived just before the end still succeeds.
+    pub(crate) ended: Option<(u64, u64)>,
     /// Keep-alive PINGs sent since the last PONG.
     pub(crate) pings_outstanding: u32,
     /// Set by the reader when its connection ends.
@@ -117,6 +120,7 @@ impl State {
 
     /// Forgets everything tied to the connection that ended.
     fn reset_connection(&mut self) {
+        self.ended = Some((self.generation, self.pongs_received));
         self.generation += 1;
         self.pre.clear();
         self.post.clear();
@@ -146,6 +150,7 @@ impl Shared {
                 generation: 0,
                 pings_requested: 0,
                 pongs_received: 0,
+                ended: None,
                 pings_outstanding: 0,
                 conn_lost: None,
                 lame_duck: false,

@@ -464,6 +464,10 @@ fn flush(shared: &Shared, timeout: Duration) -> Result<()> {
         let ticket = shared.request_ping(&mut st);
         loop {
             if st.generation != generation {
+                // Its PONG may have come just before the connection ended.
+                if st.ended.is_some_and(|(g, pongs)| g == generation && pongs >= ticket) {
+                    return Ok(());
+                }
                 break;
             }
             if st.pongs_received >= ticket {
