@@ -42,3 +42,7 @@ lint: setup
 	cargo clippy --workspace --all-targets -- -D warnings
 	cd python && cargo clippy --all-targets -- -D warnings
 	RUSTDOCFLAGS="-D warnings" cargo doc --workspace --no-deps
+
+# Benchmarks against the peers (not part of `make test`): see BENCHMARKS.md.
+bench: setup
+	cd bench && cargo run --release --quiet
