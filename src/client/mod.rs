@@ -465,7 +465,10 @@ fn flush(shared: &Shared, timeout: Duration) -> Result<()> {
         loop {
             if st.generation != generation {
                 // Its PONG may have come just before the connection ended.
-                if st.ended.is_some_and(|(g, pongs)| g == generation && pongs >= ticket) {
+                if st
+                    .ended
+                    .is_some_and(|(g, pongs)| g == generation && pongs >= ticket)
+                {
                     return Ok(());
                 }
                 break;

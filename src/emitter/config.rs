@@ -531,7 +531,7 @@ fn build_options(src: &mut Sources<'_>) -> Option<(Options, Duration)> {
         .resend_unconfirmed(true)
         .max_reconnect_attempts(-1);
 
-    if let Some((source, list)) = src.text("servers").or_else(|| servers_list(src)) {
+    if let Some((source, list)) = servers_list(src) {
         let mut good: Vec<ServerAddr> = Vec::new();
         for item in list.split(',').map(str::trim).filter(|s| !s.is_empty()) {
             match item.parse::<ServerAddr>() {
@@ -602,14 +602,35 @@ fn build_options(src: &mut Sources<'_>) -> Option<(Options, Duration)> {
     Some((opts, flush_timeout))
 }
 
-/// nats-py also accepts `servers` as a list in `nats_options`.
+/// The server list: a comma-separated string, or (as nats-py accepts in `nats_options`)
+/// a list of strings.
 fn servers_list(src: &mut Sources<'_>) -> Option<(String, String)> {
     let raw = src.get("servers")?;
-    let Value::Array(items) = raw.value else {
-        return None;
-    };
-    let list: Vec<&str> = items.iter().filter_map(Value::as_str).collect();
-    Some((raw.source, list.join(",")))
+    match raw.value {
+        Value::String(s) => Some((raw.source, s)),
+        Value::Array(items) => {
+            let mut list = Vec::new();
+            for item in &items {
+                match item.as_str() {
+                    Some(s) => list.push(s),
+                    None => src.issue(
+                        &raw.source,
+                        format!("{item} is not a URL string; that server skipped"),
+                        false,
+                    ),
+                }
+            }
+            Some((raw.source, list.join(",")))
+        }
+        other => {
+            src.issue(
+                &raw.source,
+                format!("expected a list of URLs, got {}; ignored", kind(&other)),
+                false,
+            );
+            None
+        }
+    }
 }
 
 fn load_auth(src: &mut Sources<'_>) -> Option<Auth> {
@@ -707,3 +728,7 @@ fn load_tls(src: &mut Sources<'_>) -> Option<TlsOptions> {
     }
     Some(tls)
 }
+
+#[cfg(test)]
+#[path = "config_tests.rs"]
+mod tests;
