@@ -1,0 +1,217 @@
+"""The plugin end to end: real playbooks through real ansible-runner, a real nats-server,
+and an independent nats-py subscriber checking what arrived."""
+
+import json
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from e2e_support import (
+    VENV_BIN,
+    NatsServer,
+    Subscriber,
+    base_env,
+    free_port,
+    job_events,
+    private_data_dir,
+    run_cli,
+)
+
+HEADERS = "producer=ansible-runner,foo=bar"
+
+
+@pytest.fixture
+def server(tmp_path):
+    s = NatsServer(tmp_path)
+    yield s
+    s.stop()
+
+
+def by_kind(messages, ident):
+    events = [m for m in messages if m.subject == f"pub.ansible.runner.e2e.{ident}.event"]
+    statuses = [m for m in messages if m.subject == f"pub.ansible.runner.e2e.{ident}.status"]
+    return events, statuses
+
+
+def assert_every_event_once(pdd, ident, sub):
+    expected = job_events(pdd, ident)
+    assert expected, "the run wrote no job_events"
+    got = sub.wait_for(len(expected) + 3)
+    got = sub.settle()
+    events, statuses = by_kind(got, ident)
+    assert len(events) + len(statuses) == len(got), [m.subject for m in got]
+    received = {}
+    for m in events:
+        data = json.loads(m.data)
+        received.setdefault(data["uuid"], []).append(data)
+    for event in expected:
+        copies = received.get(event["uuid"], [])
+        assert len(copies) == 1, f"event {event['counter']} arrived {len(copies)} times"
+        assert copies[0] == event
+    assert len(events) == len(expected)
+    assert [json.loads(m.data)["status"] for m in statuses] == ["starting", "running", "successful"]
+    for m in got:
+        assert m.headers == {"producer": "ansible-runner", "foo": "bar"}, m.headers
+    return got
+
+
+def test_cli_run_publishes_every_event_exactly_once(tmp_path, server):
+    sub = Subscriber(server.url, "pub.ansible.runner.>")
+    try:
+        pdd = private_data_dir(tmp_path)
+        env = base_env(
+            RUNNER_NATS_SUBJECT_ID="e2e", RUNNER_NATS_SERVERS=server.url, RUNNER_NATS_HEADERS=HEADERS
+        )
+        proc, _ = run_cli(pdd, env, "cli-run")
+        assert proc.returncode == 0, proc.stderr
+        assert "ansible-runner.nats" not in proc.stderr, "no noise on success"
+        assert_every_event_once(pdd, "cli-run", sub)
+    finally:
+        sub.close()
+
+
+def test_python_api_run(tmp_path, server):
+    sub = Subscriber(server.url, "pub.ansible.runner.>")
+    try:
+        pdd = private_data_dir(tmp_path)
+        env = base_env(
+            RUNNER_NATS_SUBJECT_ID="e2e", RUNNER_NATS_SERVERS=server.url, RUNNER_NATS_HEADERS=HEADERS
+        )
+        code = (
+            "import ansible_runner, sys\n"
+            f"r = ansible_runner.run(private_data_dir={str(pdd)!r}, playbook='site.yml', ident='api-run', quiet=True)\n"
+            "sys.exit(0 if r.status == 'successful' else 1)\n"
+        )
+        proc = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=300)
+        assert proc.returncode == 0, proc.stderr
+        assert_every_event_once(pdd, "api-run", sub)
+    finally:
+        sub.close()
+
+
+def test_worker_process_publishes_from_the_process_side_only(tmp_path, server):
+    sub = Subscriber(server.url, "pub.ansible.runner.>")
+    try:
+        pdd = private_data_dir(tmp_path)
+        out = tmp_path / "process-side"
+        out.mkdir()
+        plugin = base_env(
+            RUNNER_NATS_SUBJECT_ID="e2e", RUNNER_NATS_SERVERS=server.url, RUNNER_NATS_HEADERS=HEADERS
+        )
+        plain = base_env()
+        runner = str(VENV_BIN / "ansible-runner")
+        transmit = subprocess.Popen(
+            [runner, "transmit", str(pdd), "-p", "site.yml", "--ident", "wp-run"],
+            env=plain, stdout=subprocess.PIPE,
+        )
+        worker = subprocess.Popen(
+            [runner, "worker"], env=plain, stdin=transmit.stdout, stdout=subprocess.PIPE
+        )
+        transmit.stdout.close()
+        process = subprocess.run(
+            [runner, "process", str(out), "--ident", "wp-run"],
+            env=plugin, stdin=worker.stdout, capture_output=True, text=True, timeout=300,
+        )
+        worker.stdout.close()
+        assert worker.wait(60) == 0 and transmit.wait(60) == 0
+        assert process.returncode == 0, process.stderr
+        assert_every_event_once(out, "wp-run", sub)
+    finally:
+        sub.close()
+
+
+def test_server_down_for_the_whole_run(tmp_path):
+    pdd = private_data_dir(tmp_path, "with-plugin")
+    baseline_pdd = private_data_dir(tmp_path, "without-plugin")
+    baseline, baseline_took = run_cli(baseline_pdd, base_env(), "down-run")
+    env = base_env(
+        RUNNER_NATS_SUBJECT_ID="e2e",
+        RUNNER_NATS_SERVERS=f"nats://127.0.0.1:{free_port()}",
+        RUNNER_NATS_FLUSH_TIMEOUT="1",
+    )
+    proc, took = run_cli(pdd, env, "down-run")
+    assert proc.returncode == baseline.returncode == 0
+    status = (pdd / "artifacts" / "down-run" / "status").read_text()
+    assert status == (baseline_pdd / "artifacts" / "down-run" / "status").read_text()
+    errors = [line for line in proc.stderr.splitlines() if "ERROR" in line]
+    assert len(errors) == 1, proc.stderr
+    events = len(job_events(pdd, "down-run"))
+    assert f"{events + 3} messages were not delivered" in errors[0], errors[0]
+    assert took < baseline_took + 1 + 3, f"{took:.1f}s with the plugin, {baseline_took:.1f}s without"
+
+
+@pytest.mark.parametrize(
+    "variable, value, expected",
+    [
+        ("RUNNER_NATS_HEADERS", "a=b,c", "RUNNER_NATS_HEADERS: item \"c\" is not name=value"),
+        ("RUNNER_NATS_SUBJECT_ID", "te st", "RUNNER_NATS_SUBJECT_ID: \"te st\": contains whitespace"),
+        ("RUNNER_NATS_USER_CREDENTIALS", "/nonexistent/app.creds", "RUNNER_NATS_USER_CREDENTIALS: credentials: /nonexistent/app.creds: file not found"),
+    ],
+)
+def test_bad_configuration_is_logged_and_the_playbook_succeeds(tmp_path, server, variable, value, expected):
+    pdd = private_data_dir(tmp_path)
+    vars_ = {"RUNNER_NATS_SUBJECT_ID": "e2e", "RUNNER_NATS_SERVERS": server.url, variable: value}
+    proc, _ = run_cli(pdd, base_env(**vars_), "bad-config")
+    assert proc.returncode == 0, proc.stderr
+    assert (pdd / "artifacts" / "bad-config" / "status").read_text() == "successful"
+    assert expected in proc.stderr, proc.stderr
+
+
+def test_process_fed_a_truncated_stream_exits_as_fast_as_without_the_plugin(tmp_path, server):
+    pdd = private_data_dir(tmp_path)
+    runner = str(VENV_BIN / "ansible-runner")
+    plain = base_env()
+    transmit = subprocess.run(
+        [runner, "transmit", str(pdd), "-p", "site.yml", "--ident", "cut"], env=plain,
+        capture_output=True, timeout=120,
+    )
+    worker = subprocess.run(
+        [runner, "worker"], env=plain, input=transmit.stdout, capture_output=True, timeout=300
+    )
+    stream = worker.stdout
+    cut = stream[: len(stream) // 2]
+    results = {}
+    for name, env in [
+        ("without", plain),
+        ("with", base_env(RUNNER_NATS_SUBJECT_ID="e2e", RUNNER_NATS_SERVERS=server.url, RUNNER_NATS_FLUSH_TIMEOUT="2")),
+    ]:
+        out = tmp_path / f"process-{name}"
+        out.mkdir()
+        started = time.monotonic()
+        proc = subprocess.run(
+            [runner, "process", str(out), "--ident", "cut"], env=env, input=cut,
+            capture_output=True, timeout=60,
+        )
+        results[name] = (proc.returncode, time.monotonic() - started, proc.stderr.decode())
+    (rc_without, t_without, _), (rc_with, t_with, err_with) = results["without"], results["with"]
+    assert rc_with == rc_without, err_with
+    assert t_with < t_without + 1 + 2, f"{t_with:.1f}s with the plugin, {t_without:.1f}s without"
+    assert "without runner_ident" in err_with, err_with
+
+
+@pytest.mark.wheel
+def test_wheel_installs_into_a_fresh_virtualenv(tmp_path):
+    dist = tmp_path / "dist"
+    build = subprocess.run(
+        [str(VENV_BIN / "maturin"), "build", "--release", "--quiet", "--out", str(dist)],
+        cwd=Path(__file__).resolve().parents[1], capture_output=True, text=True, timeout=900,
+    )
+    assert build.returncode == 0, build.stderr
+    wheels = list(dist.glob("*.whl"))
+    assert len(wheels) == 1, wheels
+    venv = tmp_path / "fresh"
+    subprocess.run([sys.executable, "-m", "venv", str(venv)], check=True, timeout=120)
+    pip = subprocess.run(
+        [str(venv / "bin" / "python"), "-m", "pip", "install", "--quiet", str(wheels[0]), "ansible-runner==2.4.3"],
+        capture_output=True, text=True, timeout=600,
+    )
+    assert pip.returncode == 0, pip.stderr
+    shown = subprocess.run(
+        [str(venv / "bin" / "python"), "-c", "import ansible_runner; print(ansible_runner.plugins)"],
+        capture_output=True, text=True, timeout=120,
+    )
+    assert shown.returncode == 0, shown.stderr
+    assert "'nats': <module 'ansible_runner_nats_rs'" in shown.stdout, shown.stdout
