@@ -159,3 +159,252 @@ def job_events(pdd, ident):
 
     files = sorted((Path(pdd) / "artifacts" / ident / "job_events").glob("*.json"))
     return [json.loads(f.read_text()) for f in files]
+
+
+class Proxy:
+    """A loopback TCP proxy that forwards, or refuses (accepts and closes) new connections."""
+
+    def __init__(self, target_port):
+        self.target = target_port
+        self.refusing = False
+        self.conns = []
+        self.lock = threading.Lock()
+        self.listener = socket.socket()
+        self.listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        self.listener.bind(("127.0.0.1", 0))
+        self.listener.listen(16)
+        self.port = self.listener.getsockname()[1]
+        self.closed = False
+        threading.Thread(target=self._accept, daemon=True).start()
+
+    @property
+    def url(self):
+        return f"nats://127.0.0.1:{self.port}"
+
+    def _accept(self):
+        while not self.closed:
+            try:
+                client, _ = self.listener.accept()
+            except OSError:
+                return
+            if self.refusing:
+                client.close()
+                continue
+            try:
+                upstream = socket.create_connection(("127.0.0.1", self.target))
+            except OSError:
+                client.close()
+                continue
+            with self.lock:
+                self.conns += [client, upstream]
+            for a, b in ((client, upstream), (upstream, client)):
+                threading.Thread(target=self._pump, args=(a, b), daemon=True).start()
+
+    @staticmethod
+    def _pump(src, dst):
+        try:
+            while True:
+                data = src.recv(65536)
+                if not data:
+                    break
+                dst.sendall(data)
+        except OSError:
+            pass
+        for s in (src, dst):
+            try:
+                s.shutdown(socket.SHUT_RDWR)
+            except OSError:
+                pass
+
+    def cut_all(self):
+        with self.lock:
+            conns, self.conns = self.conns, []
+        for s in conns:
+            try:
+                s.shutdown(socket.SHUT_RDWR)
+            except OSError:
+                pass
+
+    def close(self):
+        self.closed = True
+        self.listener.close()
+        self.cut_all()
+
+
+def http_json(port, path):
+    import json
+    import urllib.request
+
+    with urllib.request.urlopen(f"http://127.0.0.1:{port}{path}", timeout=2) as r:
+        return json.loads(r.read())
+
+
+def two_node_cluster(tmp_path):
+    """Nodes A and B routed to each other, not advertising each other to clients."""
+    ports = {n: (free_port(), free_port(), free_port()) for n in "AB"}  # client, cluster, http
+    nodes = {}
+    for name, other in (("A", "B"), ("B", "A")):
+        client, cluster, http = ports[name]
+        extra = (
+            f"server_name: {name}\nhttp: \"127.0.0.1:{http}\"\n"
+            f"cluster {{\n  name: e2e\n  listen: \"127.0.0.1:{cluster}\"\n  no_advertise: true\n"
+            f"  routes = [\"nats-route://127.0.0.1:{ports[other][1]}\"]\n}}\n"
+        )
+        nodes[name] = NatsServer(tmp_path, extra=extra, port=client)
+        nodes[name].http = http
+    return nodes["A"], nodes["B"]
+
+
+def routed_interest(node, subject):
+    """True when `node` knows a subscription on `subject` over its routes."""
+    try:
+        routes = http_json(node.http, "/routez?subs=1").get("routes") or []
+    except OSError:
+        return False
+    return any(subject in (r.get("subscriptions_list") or []) for r in routes)
+
+
+# --- nkeys and NATS JWTs, from their published formats, with `cryptography`'s Ed25519 ---
+
+_PREFIX = {"operator": 14 << 3, "account": 0, "user": 20 << 3}
+_SEED = 18 << 3
+
+
+def _crc16(data):
+    crc = 0
+    for byte in data:
+        crc ^= byte << 8
+        for _ in range(8):
+            crc = ((crc << 1) ^ 0x1021) if crc & 0x8000 else (crc << 1)
+            crc &= 0xFFFF
+    return crc
+
+
+def _b32(raw):
+    import base64
+
+    full = raw + _crc16(raw).to_bytes(2, "little")
+    return base64.b32encode(full).decode().rstrip("=")
+
+
+def _b64url(data):
+    import base64
+
+    return base64.urlsafe_b64encode(data).decode().rstrip("=")
+
+
+class NKey:
+    """An Ed25519 key with its nkey spellings."""
+
+    def __init__(self, kind):
+        from cryptography.hazmat.primitives import serialization
+        from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+
+        self.key = Ed25519PrivateKey.generate()
+        raw = serialization.Encoding.Raw
+        self.private = self.key.private_bytes(raw, serialization.PrivateFormat.Raw, serialization.NoEncryption())
+        public = self.key.public_key().public_bytes(raw, serialization.PublicFormat.Raw)
+        prefix = _PREFIX[kind]
+        self.public = _b32(bytes([prefix]) + public)
+        self.seed = _b32(bytes([_SEED | (prefix >> 5), (prefix & 31) << 3]) + self.private)
+
+    def sign(self, data):
+        return self.key.sign(data)
+
+
+def jwt(claims, issuer):
+    import json
+    import secrets
+
+    claims = dict(claims, iss=issuer.public, iat=int(time.time()), jti=secrets.token_hex(16).upper())
+    head = _b64url(json.dumps({"typ": "JWT", "alg": "ed25519-nkey"}).encode())
+    body = _b64url(json.dumps(claims).encode())
+    signing_input = f"{head}.{body}".encode()
+    return f"{head}.{body}.{_b64url(issuer.sign(signing_input))}"
+
+
+class Accounts:
+    """Operator, system account and one application account, with users on demand."""
+
+    def __init__(self):
+        limits = {"subs": -1, "data": -1, "payload": -1, "imports": -1, "exports": -1,
+                  "wildcards": True, "conn": -1, "leaf": -1}
+        self.operator = NKey("operator")
+        self.operator_jwt = jwt({"sub": self.operator.public, "name": "op",
+                                 "nats": {"type": "operator", "version": 2}}, self.operator)
+        self.sys, self.app = NKey("account"), NKey("account")
+        acct = lambda k, name: jwt({"sub": k.public, "name": name, "nats": {
+            "limits": limits, "default_permissions": {"pub": {}, "sub": {}},
+            "type": "account", "version": 2}}, self.operator)
+        self.sys_jwt, self.app_jwt = acct(self.sys, "SYS"), acct(self.app, "APP")
+
+    def server_config(self):
+        return (
+            f'operator: "{self.operator_jwt}"\nsystem_account: {self.sys.public}\n'
+            f'resolver: MEMORY\nresolver_preload: {{\n  {self.sys.public}: "{self.sys_jwt}"\n'
+            f'  {self.app.public}: "{self.app_jwt}"\n}}\n'
+        )
+
+    def user(self, name):
+        """(jwt, user key) of a new user of the application account."""
+        key = NKey("user")
+        token = jwt({"sub": key.public, "name": name, "nats": {
+            "pub": {}, "sub": {}, "subs": -1, "data": -1, "payload": -1,
+            "type": "user", "version": 2}}, self.app)
+        return token, key
+
+    def creds(self, name):
+        token, key = self.user(name)
+        return (
+            f"-----BEGIN NATS USER JWT-----\n{token}\n------END NATS USER JWT------\n\n"
+            "************************* IMPORTANT *************************\n"
+            "NKEY Seed printed below can be used to sign and prove identity.\n\n"
+            f"-----BEGIN USER NKEY SEED-----\n{key.seed}\n------END USER NKEY SEED------\n"
+        )
+
+
+def tls_files(directory):
+    """A CA and a server certificate for localhost/127.0.0.1, written as PEM files."""
+    import datetime
+    import ipaddress
+
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+    from cryptography.x509.oid import NameOID
+
+    directory = Path(directory)
+    now = datetime.datetime.now(datetime.timezone.utc)
+    ca_key = ec.generate_private_key(ec.SECP256R1())
+    ca_name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "e2e test CA")])
+    ca = (
+        x509.CertificateBuilder().subject_name(ca_name).issuer_name(ca_name)
+        .public_key(ca_key.public_key()).serial_number(x509.random_serial_number())
+        .not_valid_before(now - datetime.timedelta(hours=1))
+        .not_valid_after(now + datetime.timedelta(days=1))
+        .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
+        .add_extension(x509.KeyUsage(digital_signature=True, key_cert_sign=True, crl_sign=True,
+                                     content_commitment=False, key_encipherment=False,
+                                     data_encipherment=False, key_agreement=False,
+                                     encipher_only=False, decipher_only=False), critical=True)
+        .sign(ca_key, hashes.SHA256())
+    )
+    key = ec.generate_private_key(ec.SECP256R1())
+    cert = (
+        x509.CertificateBuilder()
+        .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "localhost")]))
+        .issuer_name(ca_name).public_key(key.public_key()).serial_number(x509.random_serial_number())
+        .not_valid_before(now - datetime.timedelta(hours=1))
+        .not_valid_after(now + datetime.timedelta(days=1))
+        .add_extension(x509.SubjectAlternativeName([
+            x509.DNSName("localhost"), x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]), critical=False)
+        .add_extension(x509.ExtendedKeyUsage([x509.oid.ExtendedKeyUsageOID.SERVER_AUTH]), critical=False)
+        .sign(ca_key, hashes.SHA256())
+    )
+    pem = serialization.Encoding.PEM
+    paths = {"ca": directory / "ca.pem", "cert": directory / "server.pem", "key": directory / "server-key.pem"}
+    paths["ca"].write_bytes(ca.public_bytes(pem))
+    paths["cert"].write_bytes(cert.public_bytes(pem))
+    paths["key"].write_bytes(key.private_bytes(pem, serialization.PrivateFormat.PKCS8,
+                                               serialization.NoEncryption()))
+    return paths

@@ -215,3 +215,91 @@ def test_wheel_installs_into_a_fresh_virtualenv(tmp_path):
     )
     assert shown.returncode == 0, shown.stderr
     assert "'nats': <module 'ansible_runner_nats_rs'" in shown.stdout, shown.stdout
+
+
+def test_node_killed_and_restarted_mid_run_loses_nothing(tmp_path):
+    from e2e_support import Proxy, routed_interest, two_node_cluster, wait_until
+
+    a, b = two_node_cluster(tmp_path)
+    proxy = Proxy(a.port)
+    sub = Subscriber(b.url, "pub.ansible.runner.>")
+    try:
+        wait_until(15, "B's subscription known on A", lambda: routed_interest(a, "pub.ansible.runner.>"))
+        pdd = private_data_dir(tmp_path)
+        env = base_env(
+            RUNNER_NATS_SUBJECT_ID="e2e",
+            RUNNER_NATS_SERVERS=proxy.url,
+            RUNNER_NATS_RECONNECT_TIME_WAIT="0.1",
+        )
+        run = subprocess.Popen(
+            [str(VENV_BIN / "ansible-runner"), "run", str(pdd), "-p", "long.yml", "--ident", "kill-run"],
+            env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
+        )
+        sub.wait_for(20, timeout=60)
+        # A goes away mid-run; the proxy keeps the plugin off A until A is back and knows
+        # B's subscription again, so no message can reach A before it can route it.
+        proxy.refusing = True
+        a.stop()
+        proxy.cut_all()
+        a.start()
+        wait_until(30, "A's route with B's interest", lambda: routed_interest(a, "pub.ansible.runner.>"))
+        proxy.refusing = False
+        _, stderr = run.communicate(timeout=300)
+        assert run.returncode == 0, stderr
+        expected = job_events(pdd, "kill-run")
+        got = sub.settle(quiet=1.0)
+        events, statuses = by_kind(got, "kill-run")
+        uuids = [json.loads(m.data)["uuid"] for m in events]
+        missing = [e["counter"] for e in expected if e["uuid"] not in uuids]
+        assert not missing, f"events lost: {missing}"
+        assert [json.loads(m.data)["status"] for m in statuses][-1] == "successful"
+        duplicates = len(uuids) - len(set(uuids))
+        print(f"node killed mid-run: {len(expected)} events, all arrived, {duplicates} duplicates")
+    finally:
+        sub.close()
+        proxy.close()
+        a.stop()
+        b.stop()
+
+
+def test_tls_and_a_creds_file_end_to_end(tmp_path):
+    import ssl
+
+    from e2e_support import Accounts, tls_files
+
+    accounts = Accounts()
+    certs = tls_files(tmp_path)
+    tls = f'tls {{\n  cert_file: "{certs["cert"]}"\n  key_file: "{certs["key"]}"\n  ca_file: "{certs["ca"]}"\n}}\n'
+    server = NatsServer(tmp_path, extra=accounts.server_config() + tls)
+    # The subscriber is another user of the same account; nats-py signs through callbacks.
+    sub_jwt, sub_key = accounts.user("subscriber")
+    context = ssl.create_default_context(cafile=str(certs["ca"]))
+    sub = Subscriber(
+        f"tls://127.0.0.1:{server.port}", "pub.ansible.runner.>", tls=context,
+        user_jwt_cb=lambda: sub_jwt.encode(),
+        signature_cb=lambda nonce: _b64(sub_key.sign(nonce.encode())),
+    )
+    try:
+        creds = tmp_path / "plugin.creds"
+        creds.write_text(accounts.creds("plugin"))
+        pdd = private_data_dir(tmp_path)
+        env = base_env(
+            RUNNER_NATS_SUBJECT_ID="e2e",
+            RUNNER_NATS_SERVERS=f"tls://127.0.0.1:{server.port}",
+            RUNNER_NATS_TLS_CA_FILE=certs["ca"],
+            RUNNER_NATS_USER_CREDENTIALS=creds,
+            RUNNER_NATS_HEADERS=HEADERS,
+        )
+        proc, _ = run_cli(pdd, env, "tls-run")
+        assert proc.returncode == 0, proc.stderr
+        assert "ERROR" not in proc.stderr, proc.stderr
+        assert_every_event_once(pdd, "tls-run", sub)
+    finally:
+        sub.close()
+        server.stop()
+
+
+def _b64(data):
+    import base64
+
+    return base64.urlsafe_b64encode(data).rstrip(b"=")
