@@ -545,60 +545,110 @@ fn json_arg(rest: &[u8]) -> Result<&[u8], ProtoError> {
     Ok(rest.get(start..).unwrap_or_default())
 }
 
+/// The control line at the start of `buf` if it is complete; `None` while it may still
+/// become one of `names`.
+fn op_line<'a>(
+    buf: &'a [u8],
+    limit: usize,
+    names: &[&[u8]],
+) -> Result<Option<(&'a [u8], usize)>, ProtoError> {
+    match control_line(buf, limit)? {
+        Status::Complete(found) => Ok(Some(found)),
+        Status::Partial if could_be(buf, names) => Ok(None),
+        Status::Partial => Err(ProtoError::UnknownOp),
+    }
+}
+
+/// A message operation (MSG/HMSG from a server, PUB/HPUB from a client), payload included.
+struct MessageOp<'a> {
+    subject: &'a str,
+    sid: u64,
+    reply: Option<&'a str>,
+    header: Option<&'a [u8]>,
+    payload: &'a [u8],
+    used: usize,
+}
+
+/// Parses `<subject> [<sid>] [reply] [<#header bytes>] <#total bytes>` and the payload
+/// that follows the control line (which ended at `start`).
+fn message_op<'a>(
+    buf: &'a [u8],
+    start: usize,
+    rest: &'a [u8],
+    headers: bool,
+    with_sid: bool,
+) -> Result<Status<MessageOp<'a>>, ProtoError> {
+    let a: Vec<&[u8]> = args(rest).collect();
+    let required = 2 + usize::from(with_sid) + usize::from(headers);
+    let has_reply = match a.len() {
+        n if n == required => false,
+        n if n == required + 1 => true,
+        _ => {
+            return Err(ProtoError::BadArguments(if with_sid {
+                "MSG/HMSG argument count"
+            } else {
+                "PUB/HPUB argument count"
+            }))
+        }
+    };
+    let mut it = a.into_iter();
+    let mut next = || {
+        it.next()
+            .ok_or(ProtoError::BadArguments("missing argument"))
+    };
+    let subject = next()?;
+    let sid = if with_sid { number(next()?)? } else { 0 };
+    let reply = if has_reply { Some(next()?) } else { None };
+    let hdr = if headers { Some(next()?) } else { None };
+    let total = size(next()?)?;
+    let hdr = hdr.map(size).transpose()?;
+    if hdr.is_some_and(|h| h > total) {
+        return Err(ProtoError::HeaderLongerThanTotal);
+    }
+    let subject = text(subject)?;
+    let reply = reply.map(text).transpose()?;
+    let (body, used) = match payload(buf, start, total)? {
+        Status::Complete(found) => found,
+        Status::Partial => return Ok(Status::Partial),
+    };
+    let (header, payload) = match hdr {
+        Some(h) => {
+            let (hb, pb) = body.split_at(h.min(body.len()));
+            (Some(hb), pb)
+        }
+        None => (None, body),
+    };
+    Ok(Status::Complete(MessageOp {
+        subject,
+        sid,
+        reply,
+        header,
+        payload,
+        used,
+    }))
+}
+
 /// Parses one server operation from the start of `buf`.
 pub fn parse_server_op(
     buf: &[u8],
     max_control_line: usize,
 ) -> Result<Status<(ServerOp<'_>, usize)>, ProtoError> {
-    let (line, used) = match control_line(buf, max_control_line) {
-        Ok(Status::Complete(found)) => found,
-        Ok(Status::Partial) => {
-            return if could_be(buf, SERVER_OPS) {
-                Ok(Status::Partial)
-            } else {
-                Err(ProtoError::UnknownOp)
-            }
-        }
-        Err(e) => return Err(e),
+    let Some((line, used)) = op_line(buf, max_control_line, SERVER_OPS)? else {
+        return Ok(Status::Partial);
     };
     let (name, len, rest) = op_name(line);
     if name_is(&name, len, b"MSG") || name_is(&name, len, b"HMSG") {
-        let headers = len == 4;
-        let a: Vec<&[u8]> = args(rest).collect();
-        let (subject, sid, reply, hdr, total) = match (headers, a.as_slice()) {
-            (false, [s, sid, n]) => (s, sid, None, None, n),
-            (false, [s, sid, r, n]) => (s, sid, Some(r), None, n),
-            (true, [s, sid, h, n]) => (s, sid, None, Some(h), n),
-            (true, [s, sid, r, h, n]) => (s, sid, Some(r), Some(h), n),
-            _ => return Err(ProtoError::BadArguments("MSG/HMSG argument count")),
-        };
-        let sid = number(sid)?;
-        let total = size(total)?;
-        let hdr = hdr.map(|h| size(h)).transpose()?;
-        if hdr.is_some_and(|h| h > total) {
-            return Err(ProtoError::HeaderLongerThanTotal);
-        }
-        let subject = text(subject)?;
-        let reply = reply.map(|r| text(r)).transpose()?;
-        let (body, used) = match payload(buf, used, total)? {
-            Status::Complete(found) => found,
-            Status::Partial => return Ok(Status::Partial),
-        };
-        let (header, payload) = match hdr {
-            Some(h) => {
-                let (hb, pb) = body.split_at(h);
-                (Some(hb), pb)
-            }
-            None => (None, body),
+        let Status::Complete(m) = message_op(buf, used, rest, len == 4, true)? else {
+            return Ok(Status::Partial);
         };
         let msg = Msg {
-            subject,
-            sid,
-            reply,
-            header,
-            payload,
+            subject: m.subject,
+            sid: m.sid,
+            reply: m.reply,
+            header: m.header,
+            payload: m.payload,
         };
-        return Ok(Status::Complete((ServerOp::Msg(msg), used)));
+        return Ok(Status::Complete((ServerOp::Msg(msg), m.used)));
     }
     let op = if name_is(&name, len, b"PING") {
         ServerOp::Ping
@@ -626,56 +676,28 @@ pub fn parse_client_op(
     buf: &[u8],
     max_control_line: usize,
 ) -> Result<Status<(ClientOp<'_>, usize)>, ProtoError> {
-    let (line, used) = match control_line(buf, max_control_line) {
-        Ok(Status::Complete(found)) => found,
-        Ok(Status::Partial) => {
-            return if could_be(buf, CLIENT_OPS) {
-                Ok(Status::Partial)
-            } else {
-                Err(ProtoError::UnknownOp)
-            }
-        }
-        Err(e) => return Err(e),
+    let Some((line, used)) = op_line(buf, max_control_line, CLIENT_OPS)? else {
+        return Ok(Status::Partial);
     };
     let (name, len, rest) = op_name(line);
     if name_is(&name, len, b"PUB") || name_is(&name, len, b"HPUB") {
-        let headers = len == 4;
-        let a: Vec<&[u8]> = args(rest).collect();
-        let (subject, reply, hdr, total) = match (headers, a.as_slice()) {
-            (false, [s, n]) => (s, None, None, n),
-            (false, [s, r, n]) => (s, Some(r), None, n),
-            (true, [s, h, n]) => (s, None, Some(h), n),
-            (true, [s, r, h, n]) => (s, Some(r), Some(h), n),
-            _ => return Err(ProtoError::BadArguments("PUB/HPUB argument count")),
+        let Status::Complete(m) = message_op(buf, used, rest, len == 4, false)? else {
+            return Ok(Status::Partial);
         };
-        let total = size(total)?;
-        let hdr = hdr.map(|h| size(h)).transpose()?;
-        if hdr.is_some_and(|h| h > total) {
-            return Err(ProtoError::HeaderLongerThanTotal);
-        }
-        let subject = text(subject)?;
-        let reply = reply.map(|r| text(r)).transpose()?;
-        let (body, used) = match payload(buf, used, total)? {
-            Status::Complete(found) => found,
-            Status::Partial => return Ok(Status::Partial),
-        };
-        let op = match hdr {
-            Some(h) => {
-                let (header, payload) = body.split_at(h);
-                ClientOp::Hpub {
-                    subject,
-                    reply,
-                    header,
-                    payload,
-                }
-            }
+        let op = match m.header {
+            Some(header) => ClientOp::Hpub {
+                subject: m.subject,
+                reply: m.reply,
+                header,
+                payload: m.payload,
+            },
             None => ClientOp::Pub {
-                subject,
-                reply,
-                payload: body,
+                subject: m.subject,
+                reply: m.reply,
+                payload: m.payload,
             },
         };
-        return Ok(Status::Complete((op, used)));
+        return Ok(Status::Complete((op, m.used)));
     }
     let op = if name_is(&name, len, b"PING") {
         ClientOp::Ping

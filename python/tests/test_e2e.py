@@ -30,6 +30,10 @@ def server(tmp_path):
     s.stop()
 
 
+def plugin_env(url):
+    return base_env(RUNNER_NATS_SUBJECT_ID="e2e", RUNNER_NATS_SERVERS=url, RUNNER_NATS_HEADERS=HEADERS)
+
+
 def by_kind(messages, ident):
     events = [m for m in messages if m.subject == f"pub.ansible.runner.e2e.{ident}.event"]
     statuses = [m for m in messages if m.subject == f"pub.ansible.runner.e2e.{ident}.status"]
@@ -62,9 +66,7 @@ def test_cli_run_publishes_every_event_exactly_once(tmp_path, server):
     sub = Subscriber(server.url, "pub.ansible.runner.>")
     try:
         pdd = private_data_dir(tmp_path)
-        env = base_env(
-            RUNNER_NATS_SUBJECT_ID="e2e", RUNNER_NATS_SERVERS=server.url, RUNNER_NATS_HEADERS=HEADERS
-        )
+        env = plugin_env(server.url)
         proc, _ = run_cli(pdd, env, "cli-run")
         assert proc.returncode == 0, proc.stderr
         assert "ansible-runner.nats" not in proc.stderr, "no noise on success"
@@ -77,9 +79,7 @@ def test_python_api_run(tmp_path, server):
     sub = Subscriber(server.url, "pub.ansible.runner.>")
     try:
         pdd = private_data_dir(tmp_path)
-        env = base_env(
-            RUNNER_NATS_SUBJECT_ID="e2e", RUNNER_NATS_SERVERS=server.url, RUNNER_NATS_HEADERS=HEADERS
-        )
+        env = plugin_env(server.url)
         code = (
             "import ansible_runner, sys\n"
             f"r = ansible_runner.run(private_data_dir={str(pdd)!r}, playbook='site.yml', ident='api-run', quiet=True)\n"
@@ -98,9 +98,7 @@ def test_worker_process_publishes_from_the_process_side_only(tmp_path, server):
         pdd = private_data_dir(tmp_path)
         out = tmp_path / "process-side"
         out.mkdir()
-        plugin = base_env(
-            RUNNER_NATS_SUBJECT_ID="e2e", RUNNER_NATS_SERVERS=server.url, RUNNER_NATS_HEADERS=HEADERS
-        )
+        plugin = plugin_env(server.url)
         plain = base_env()
         runner = str(VENV_BIN / "ansible-runner")
         transmit = subprocess.Popen(
