@@ -44,5 +44,7 @@ lint: setup
 	RUSTDOCFLAGS="-D warnings" cargo doc --workspace --no-deps
 
 # Benchmarks against the peers (not part of `make test`): see BENCHMARKS.md.
-bench: setup
+bench: plugin
 	cd bench && cargo run --release --quiet
+	$(PY) -m pip install --quiet --no-deps --target bench/.deps ansible-runner-nats==0.4.0
+	$(PY) bench/plugin_cost.py 2>/dev/null
