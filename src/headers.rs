@@ -129,7 +129,8 @@ impl HeaderMap {
         out.extend_from_slice(b"NATS/1.0");
         if let Some(s) = self.status {
             out.push(b' ');
-            out.extend_from_slice(s.to_string().as_bytes());
+            // Always three digits: `NATS/1.0 008` must not come back as `NATS/1.0 8`.
+            out.extend_from_slice(format!("{s:03}").as_bytes());
             if let Some(d) = &self.description {
                 out.push(b' ');
                 out.extend_from_slice(d.as_bytes());
@@ -149,7 +150,8 @@ impl HeaderMap {
     pub fn encoded_len(&self) -> usize {
         let status = match self.status {
             Some(s) => {
-                1 + s.to_string().len() + self.description.as_ref().map_or(0, |d| 1 + d.len())
+                // Three digits at least, as `encode` writes them.
+                1 + format!("{s:03}").len() + self.description.as_ref().map_or(0, |d| 1 + d.len())
             }
             None => 0,
         };
@@ -169,6 +171,9 @@ impl HeaderMap {
             .ok_or(ProtoError::BadHeader("does not end with a blank line"))?;
         let mut lines = body.split("\r\n");
         let first = lines.next().unwrap_or_default();
+        if first.contains(['\r', '\n']) {
+            return Err(ProtoError::BadHeader("bare CR or LF"));
+        }
         let rest = first
             .strip_prefix("NATS/1.0")
             .ok_or(ProtoError::BadHeader("missing NATS/1.0"))?;
@@ -261,6 +266,7 @@ mod tests {
             (b"NATS/1.0 50x\r\n\r\n", "bad status code"),
             (b"NATS/1.0\r\nA: \xff\r\n\r\n", "not UTF-8"),
             (b"NATS/1.0\r\nA: b\nc\r\n\r\n", "bare CR or LF"),
+            (b"NATS/1.0 408 Time\rout\r\n\r\n", "bare CR or LF"),
         ];
         for (block, want) in table {
             assert_eq!(

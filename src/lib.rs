@@ -71,6 +71,8 @@ pub mod auth;
 pub mod client;
 pub mod emitter;
 pub mod error;
+#[doc(hidden)]
+pub mod fuzzing;
 pub mod headers;
 pub mod proto;
 pub mod subject;

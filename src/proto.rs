@@ -552,10 +552,14 @@ fn op_line<'a>(
     limit: usize,
     names: &[&[u8]],
 ) -> Result<Option<(&'a [u8], usize)>, ProtoError> {
+    // The name first, so that the same bytes give the same error however they are split
+    // into reads: a line that ends badly but was never an op is an unknown op either way.
+    if !could_be(buf, names) {
+        return Err(ProtoError::UnknownOp);
+    }
     match control_line(buf, limit)? {
         Status::Complete(found) => Ok(Some(found)),
-        Status::Partial if could_be(buf, names) => Ok(None),
-        Status::Partial => Err(ProtoError::UnknownOp),
+        Status::Partial => Ok(None),
     }
 }
 

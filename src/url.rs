@@ -162,8 +162,22 @@ impl FromStr for ServerAddr {
         if host.is_empty() {
             return Err(invalid(&shown, "missing host"));
         }
-        if host.contains(|c: char| c.is_whitespace() || c.is_control()) {
-            return Err(invalid(&shown, "host contains whitespace"));
+        let bracketed = hostport.starts_with('[');
+        let valid_host = if bracketed {
+            host.parse::<std::net::Ipv6Addr>().is_ok()
+        } else {
+            host.chars()
+                .all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '-' | '_'))
+        };
+        if !valid_host {
+            return Err(invalid(
+                &shown,
+                if bracketed {
+                    "not an IPv6 address inside [ ]"
+                } else {
+                    "invalid host (letters, digits, '.', '-' and '_' only)"
+                },
+            ));
         }
         let port = match port {
             None => 4222,

@@ -455,3 +455,49 @@ fn refused_connection_is_a_clear_error() {
     assert!(matches!(err, Error::Io { .. }), "{err:?}");
     assert!(err.to_string().contains("refused"), "{err}");
 }
+
+fn tls_error(server: &proto_tests::NatsServer, ca: &std::path::Path) -> String {
+    let err = Options::new()
+        .servers(&server.url().replace("nats://", "tls://"))
+        .unwrap()
+        .add_root_certificate(ca)
+        .connect()
+        .unwrap_err();
+    match err {
+        Error::Tls(reason) => reason,
+        other => panic!("expected a TLS error, got {other:?}"),
+    }
+}
+
+#[test]
+fn a_certificate_for_another_host_is_refused() {
+    let certs = TlsFiles::generate();
+    let server = ServerConfig::new()
+        .tls_with(
+            &certs.wrong_host_server_cert,
+            &certs.wrong_host_server_key,
+            &certs.ca_cert,
+        )
+        .start();
+    let reason = tls_error(&server, &certs.ca_cert);
+    assert!(
+        reason.starts_with("invalid server certificate: not valid for the server's name"),
+        "{reason}"
+    );
+}
+
+#[test]
+fn an_expired_certificate_is_refused() {
+    let certs = TlsFiles::generate();
+    let server = ServerConfig::new()
+        .tls_with(
+            &certs.expired_server_cert,
+            &certs.expired_server_key,
+            &certs.ca_cert,
+        )
+        .start();
+    assert_eq!(
+        tls_error(&server, &certs.ca_cert),
+        "invalid server certificate: expired"
+    );
+}
