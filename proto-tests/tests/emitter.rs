@@ -31,6 +31,11 @@ fn send(
     })
 }
 
+/// Publishes the status `s` of the run `ident`, as ansible-runner's status_handler would.
+fn send_status(emitter: &Emitter, vars: &HashMap<String, String>, ident: &str, s: &str) -> Report {
+    send(emitter, vars, ident, Kind::Status(s), &status(ident, s))
+}
+
 fn event(ident: &str, counter: usize, filler: usize) -> Vec<u8> {
     serde_json::to_vec(&json!({
         "uuid": format!("00000000-0000-0000-0000-{counter:012}"),
@@ -119,26 +124,14 @@ fn a_burst_of_large_events_before_the_final_status_all_arrive() {
     ]);
     let emitter = Emitter::new();
     let ident = "burst1";
-    send(
-        &emitter,
-        &vars,
-        ident,
-        Kind::Status("starting"),
-        &status(ident, "starting"),
-    );
+    send_status(&emitter, &vars, ident, "starting");
     for i in 1..=1000 {
         let e = event(ident, i, 38 * 1024);
         assert!(e.len() > 38 * 1024);
         let r = send(&emitter, &vars, ident, Kind::Event, &e);
         assert!(r.errors.is_empty(), "{:?}", r.errors);
     }
-    let report = send(
-        &emitter,
-        &vars,
-        ident,
-        Kind::Status("successful"),
-        &status(ident, "successful"),
-    );
+    let report = send_status(&emitter, &vars, ident, "successful");
     assert!(report.errors.is_empty(), "{:?}", report.errors);
     let got = sub.wait_for(1002, WAIT);
     assert_eq!(got.len(), 1002);
@@ -160,13 +153,7 @@ fn server_down_at_start_then_up_delivers_everything() {
     let emitter = Emitter::new();
     let ident = "late1";
     let started = Instant::now();
-    send(
-        &emitter,
-        &vars,
-        ident,
-        Kind::Status("starting"),
-        &status(ident, "starting"),
-    );
+    send_status(&emitter, &vars, ident, "starting");
     for i in 1..=50 {
         send(&emitter, &vars, ident, Kind::Event, &event(ident, i, 500));
     }
@@ -177,13 +164,7 @@ fn server_down_at_start_then_up_delivers_everything() {
     let server = ServerConfig::new().port(port).start();
     let mut sub = PySubscriber::start(&server.url(), "pub.ansible.runner.late.>");
     proxy.set_mode(Mode::Forward);
-    let report = send(
-        &emitter,
-        &vars,
-        ident,
-        Kind::Status("successful"),
-        &status(ident, "successful"),
-    );
+    let report = send_status(&emitter, &vars, ident, "successful");
     assert!(report.errors.is_empty(), "{:?}", report.errors);
     let got = sub.wait_for(52, WAIT);
     assert_eq!(json_of(&got[0])["status"], "starting");
@@ -200,24 +181,12 @@ fn server_never_up_ends_the_run_within_the_bound_with_a_count() {
     ]);
     let emitter = Emitter::new();
     let ident = "never1";
-    send(
-        &emitter,
-        &vars,
-        ident,
-        Kind::Status("starting"),
-        &status(ident, "starting"),
-    );
+    send_status(&emitter, &vars, ident, "starting");
     for i in 1..=20 {
         send(&emitter, &vars, ident, Kind::Event, &event(ident, i, 100));
     }
     let started = Instant::now();
-    let report = send(
-        &emitter,
-        &vars,
-        ident,
-        Kind::Status("failed"),
-        &status(ident, "failed"),
-    );
+    let report = send_status(&emitter, &vars, ident, "failed");
     let took = started.elapsed();
     assert!(
         took < Duration::from_millis(500) + Duration::from_secs(2),
@@ -245,13 +214,7 @@ fn oversized_event_is_reported_and_the_rest_arrive() {
         ]);
         let emitter = Emitter::new();
         let ident = format!("big-{mode}");
-        send(
-            &emitter,
-            &vars,
-            &ident,
-            Kind::Status("starting"),
-            &status(&ident, "starting"),
-        );
+        send_status(&emitter, &vars, &ident, "starting");
         // Connected before the big one, so the limit is known when it is published (the
         // other case, found at connect time, is a client test).
         proto_tests::wait_until(WAIT, "the emitter's connection", || {
@@ -268,13 +231,7 @@ fn oversized_event_is_reported_and_the_rest_arrive() {
                 &event(&ident, i, filler),
             ));
         }
-        let end = send(
-            &emitter,
-            &vars,
-            &ident,
-            Kind::Status("successful"),
-            &status(&ident, "successful"),
-        );
+        let end = send_status(&emitter, &vars, &ident, "successful");
         let counters = end.summary.unwrap().counters;
         let got = sub.wait_for(if expect_truncated { 7 } else { 6 }, WAIT);
         let counters_seen: Vec<Value> = got.iter().map(|m| json_of(m)["counter"].clone()).collect();
@@ -354,13 +311,7 @@ fn secrets_in_the_starting_env_are_redacted() {
             Kind::Status("starting"),
             &starting(ident),
         );
-        send(
-            &emitter,
-            &vars,
-            ident,
-            Kind::Status("successful"),
-            &status(ident, "successful"),
-        );
+        send_status(&emitter, &vars, ident, "successful");
         let got = sub.wait_for(2, WAIT);
         let env = json_of(&got[0])["env"].clone();
         let secret_names = [
@@ -399,23 +350,11 @@ fn two_concurrent_runs_do_not_interfere() {
         for ident in ["run-a", "run-b"] {
             let (emitter, vars) = (&emitter, &vars);
             s.spawn(move || {
-                send(
-                    emitter,
-                    vars,
-                    ident,
-                    Kind::Status("starting"),
-                    &status(ident, "starting"),
-                );
+                send_status(emitter, vars, ident, "starting");
                 for i in 1..=500 {
                     send(emitter, vars, ident, Kind::Event, &event(ident, i, 1000));
                 }
-                let r = send(
-                    emitter,
-                    vars,
-                    ident,
-                    Kind::Status("successful"),
-                    &status(ident, "successful"),
-                );
+                let r = send_status(emitter, vars, ident, "successful");
                 assert_eq!(r.summary.unwrap().counters.published, 502);
             });
         }
