@@ -44,7 +44,10 @@ lint: setup
 	RUSTDOCFLAGS="-D warnings" cargo doc --workspace --no-deps
 
 # Benchmarks against the peers (not part of `make test`): see BENCHMARKS.md.
+# Sections 1, 3, 4 (client throughput, latency, memory) are Rust; 2 and 5 (plugin cost per
+# event, whole playbook run) Python, with the Python plugin beside the virtualenv (bench/.deps).
 bench: plugin
-	cd bench && cargo run --release --quiet
+	cd bench && BENCH_PYTHON=$(CURDIR)/$(PY) cargo run --release --quiet
 	$(PY) -m pip install --quiet --no-deps --target bench/.deps ansible-runner-nats==0.4.0
-	$(PY) bench/plugin_cost.py 2>/dev/null
+	$(PY) bench/py/plugin_cost.py 2>/dev/null
+	$(PY) bench/py/whole_run.py 2>/dev/null

