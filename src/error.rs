@@ -147,6 +147,20 @@ pub enum Error {
         /// Why (the last connection error).
         reason: String,
     },
+    /// A request reached no subscriber: the server answered with status 503.
+    NoResponders {
+        /// The request's subject.
+        subject: String,
+    },
+    /// The JetStream API refused a request (its `{"error": {...}}` reply).
+    JetStream {
+        /// The HTTP-like status code, e.g. 503 or 400.
+        code: u16,
+        /// JetStream's own error code (`err_code`), e.g. 10060; 0 when absent.
+        err_code: u64,
+        /// The server's description.
+        description: String,
+    },
     /// A buffer is full: the message was not queued.
     BufferFull {
         /// Which buffer: `reconnect buffer` or `flusher queue`.
@@ -223,6 +237,17 @@ impl fmt::Display for Error {
             Error::NotDelivered { messages, reason } => write!(
                 f,
                 "close: {messages} messages were not confirmed delivered ({reason})"
+            ),
+            Error::NoResponders { subject } => {
+                write!(f, "request: no responders on {subject:?}")
+            }
+            Error::JetStream {
+                code,
+                err_code,
+                description,
+            } => write!(
+                f,
+                "jetstream: {description} (code {code}, err_code {err_code})"
             ),
             Error::BufferFull { which, limit } => {
                 write!(

@@ -74,6 +74,7 @@ pub mod error;
 #[doc(hidden)]
 pub mod fuzzing;
 pub mod headers;
+pub mod jetstream;
 pub mod proto;
 pub mod subject;
 pub mod tls;

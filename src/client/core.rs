@@ -70,10 +70,19 @@ pub(crate) struct State {
 pub(crate) struct Sub {
     pub(crate) subject: String,
     pub(crate) queue: Option<String>,
-    pub(crate) tx: SyncSender<Message>,
+    pub(crate) sink: Sink,
     /// Messages still to deliver before an automatic unsubscribe.
     pub(crate) remaining: Option<u64>,
     pub(crate) dropped: Arc<AtomicU64>,
+}
+
+/// Where a subscription's messages go.
+pub(crate) enum Sink {
+    /// A [`crate::client::Subscription`]'s queue.
+    Channel(SyncSender<Message>),
+    /// The request inbox (`_INBOX.<id>.*`): each reply goes to the request waiting for
+    /// its last subject token, see [`Shared::replies`].
+    Replies,
 }
 
 pub(crate) struct Shared {
@@ -85,6 +94,11 @@ pub(crate) struct Shared {
     /// Wakes publishers waiting for room and flushes waiting for a PONG or a connection.
     pub(crate) progress: Condvar,
     pub(crate) subs: Mutex<HashMap<u64, Sub>>,
+    /// Requests waiting for a reply, by the reply subject's last token. Locked after
+    /// `subs` when both are held.
+    pub(crate) replies: Mutex<HashMap<String, SyncSender<Message>>>,
+    /// The request inbox prefix (`_INBOX.<random>`), subscribed on the first request.
+    pub(crate) inbox: Mutex<Option<String>>,
     pub(crate) next_sid: AtomicU64,
     pub(crate) in_msgs: AtomicU64,
     pub(crate) in_bytes: AtomicU64,
@@ -165,6 +179,8 @@ impl Shared {
             work: Condvar::new(),
             progress: Condvar::new(),
             subs: Mutex::new(HashMap::new()),
+            replies: Mutex::new(HashMap::new()),
+            inbox: Mutex::new(None),
             next_sid: AtomicU64::new(1),
             in_msgs: AtomicU64::new(0),
             in_bytes: AtomicU64::new(0),
@@ -765,7 +781,19 @@ fn deliver(shared: &Shared, msg: Msg<'_>) {
         headers,
         payload: msg.payload.to_vec(),
     };
-    match sub.tx.try_send(message) {
+    let tx = match &sub.sink {
+        Sink::Channel(tx) => tx,
+        Sink::Replies => {
+            drop(subs);
+            let token = msg.subject.rsplit('.').next().unwrap_or_default();
+            // A reply nobody waits for any more (timed out, or a second reply) is dropped.
+            if let Some(waiting) = lock(&shared.replies).remove(token) {
+                let _ = waiting.try_send(message);
+            }
+            return;
+        }
+    };
+    match tx.try_send(message) {
         Ok(()) => {}
         Err(TrySendError::Full(_)) => {
             sub.dropped.fetch_add(1, Ordering::Relaxed);

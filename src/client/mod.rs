@@ -23,6 +23,7 @@ mod core;
 mod handshake;
 mod options;
 mod pool;
+mod request;
 mod transport;
 
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -31,8 +32,9 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 pub use options::{EventCallback, Options};
+pub use request::PendingReply;
 
-use self::core::{lock, wait, Phase, Shared, State, Sub};
+use self::core::{lock, wait, Phase, Shared, Sink, State, Sub};
 use crate::error::{Error, Result};
 use crate::headers::HeaderMap;
 use crate::proto::{encode_pub, ClientOp, ServerInfo};
@@ -368,7 +370,7 @@ impl Client {
             Sub {
                 subject: subject.to_owned(),
                 queue: queue.map(str::to_owned),
-                tx,
+                sink: Sink::Channel(tx),
                 remaining: None,
                 dropped: Arc::clone(&dropped),
             },
