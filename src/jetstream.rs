@@ -151,6 +151,27 @@ impl PendingAck {
     }
 }
 
+/// A stream creation on its way: [`PendingStream::wait`] for the outcome.
+#[derive(Debug)]
+pub struct PendingStream {
+    reply: PendingReply,
+}
+
+impl PendingStream {
+    /// Waits up to `timeout` for the server's answer.
+    pub fn wait(&self, timeout: Duration) -> Result<StreamState> {
+        let m = self.reply.wait(timeout)?;
+        api_json(&m.payload).map(|v| stream_state(&v))
+    }
+
+    /// The answer if it has arrived.
+    pub fn try_wait(&self) -> Option<Result<StreamState>> {
+        self.reply
+            .try_wait()
+            .map(|r| r.and_then(|m| api_json(&m.payload).map(|v| stream_state(&v))))
+    }
+}
+
 /// Parses a publish acknowledgement, or the API error in its place.
 pub fn parse_pub_ack(payload: &[u8]) -> Result<PubAck> {
     let v = api_json(payload)?;
@@ -261,6 +282,15 @@ impl JetStream {
     pub fn create_stream(&self, config: &StreamConfig) -> Result<StreamState> {
         let v = self.api(&format!("STREAM.CREATE.{}", config.name), &config.to_json())?;
         Ok(stream_state(&v))
+    }
+
+    /// Sends the stream creation request and returns at once; see
+    /// [`JetStream::create_stream`].
+    pub fn create_stream_async(&self, config: &StreamConfig) -> Result<PendingStream> {
+        let subject = format!("{API_PREFIX}.STREAM.CREATE.{}", config.name);
+        let body = serde_json::to_vec(&config.to_json()).unwrap_or_default();
+        let reply = self.client.request_async(&subject, None, &body)?;
+        Ok(PendingStream { reply })
     }
 
     /// The stream's current counters.

@@ -49,13 +49,17 @@ fn lines(report: Report) -> Lines {
     let mut out: Lines = report.errors.into_iter().map(|e| (ERROR, e)).collect();
     if let Some(s) = report.summary {
         let c = s.counters;
-        out.push((
-            INFO,
-            format!(
-                "run {}: {} messages published ({} bytes), {} dropped, {} oversized, {} truncated, {} undelivered",
-                s.runner_ident, c.published, c.bytes, c.dropped, c.oversized, c.truncated, c.undelivered
-            ),
-        ));
+        let mut line = format!(
+            "run {}: {} messages published ({} bytes), {} dropped, {} oversized, {} truncated, {} undelivered",
+            s.runner_ident, c.published, c.bytes, c.dropped, c.oversized, c.truncated, c.undelivered
+        );
+        if let Some(js) = c.jetstream {
+            line.push_str(&format!(
+                "; JetStream: {} acknowledged ({} duplicates), {} retries, {} refused",
+                js.acknowledged, js.duplicates, js.retries, js.refused
+            ));
+        }
+        out.push((INFO, line));
     }
     out
 }
@@ -158,8 +162,15 @@ fn handle(
         Some(s) => Kind::Status(s),
         None => Kind::Event,
     };
+    // The event's uuid: its de-duplication id with JetStream.
+    let uuid = match kind {
+        Kind::Event => text_item(data, "uuid"),
+        Kind::Status(_) => None,
+    };
     // The network work (and the bounded flush at the end of a run) without the GIL.
-    let published = py.detach(|| emitter().publish(&ident, kind, &payload, Loaded::none));
+    let published = py.detach(|| {
+        emitter().publish_with_id(&ident, kind, uuid.as_deref(), &payload, Loaded::none)
+    });
     report.errors.extend(published.errors);
     report.summary = published.summary;
     Ok(lines(report))

@@ -64,6 +64,34 @@ pub struct EmitterConfig {
     pub oversize: Oversize,
     /// Replace secret-looking values of the `starting` status's `env`. Default: true.
     pub redact_env: bool,
+    /// Publish through JetStream with acknowledgements (`RUNNER_NATS_JETSTREAM`).
+    /// Default: off.
+    pub jetstream: Option<JetStreamConfig>,
+}
+
+/// How events are published through JetStream.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct JetStreamConfig {
+    /// A stream to create (if it does not exist) capturing `pub.ansible.runner.>`
+    /// (`RUNNER_NATS_JETSTREAM_STREAM`). Default: none; a stream must already capture the
+    /// subjects.
+    pub stream: Option<String>,
+    /// Publishes awaiting their acknowledgement at once (`RUNNER_NATS_JETSTREAM_WINDOW`).
+    /// Default: 256.
+    pub window: usize,
+    /// How long to wait for an acknowledgement before publishing the message again, with
+    /// the same `Nats-Msg-Id` (`RUNNER_NATS_JETSTREAM_ACK_TIMEOUT`, seconds). Default: 5 s.
+    pub ack_timeout: Duration,
+}
+
+impl Default for JetStreamConfig {
+    fn default() -> Self {
+        JetStreamConfig {
+            stream: None,
+            window: 256,
+            ack_timeout: Duration::from_secs(5),
+        }
+    }
 }
 
 /// The outcome of reading the configuration.
@@ -435,6 +463,8 @@ pub fn load(env: &HashMap<String, String>, settings: Option<&Value>, hostname: &
         }
     };
 
+    let jetstream = load_jetstream(env, settings, &mut issues);
+
     let config = built.map(|(options, flush_timeout)| EmitterConfig {
         subject_id,
         headers,
@@ -442,8 +472,98 @@ pub fn load(env: &HashMap<String, String>, settings: Option<&Value>, hostname: &
         flush_timeout,
         oversize,
         redact_env,
+        jetstream,
     });
     Loaded { config, issues }
+}
+
+/// A variable, else a setting, as text (settings may hold strings, booleans or numbers).
+fn env_or_setting(
+    env: &HashMap<String, String>,
+    settings: Option<&serde_json::Map<String, Value>>,
+    var: &'static str,
+    setting: &'static str,
+) -> Option<(&'static str, String)> {
+    if let Some(v) = env.get(var).filter(|v| !v.trim().is_empty()) {
+        return Some((var, v.trim().to_owned()));
+    }
+    match settings.and_then(|s| s.get(setting))? {
+        Value::Null => None,
+        Value::String(s) => Some((setting, s.trim().to_owned())),
+        other => Some((setting, other.to_string())),
+    }
+}
+
+/// `RUNNER_NATS_JETSTREAM` / `nats_jetstream` and the knobs that go with it.
+fn load_jetstream(
+    env: &HashMap<String, String>,
+    settings: Option<&serde_json::Map<String, Value>>,
+    issues: &mut Vec<ConfigIssue>,
+) -> Option<JetStreamConfig> {
+    let (source, on) = env_or_setting(env, settings, "RUNNER_NATS_JETSTREAM", "nats_jetstream")?;
+    if falsy(&on) {
+        return None;
+    }
+    if !truthy(&on) {
+        issues.push(ConfigIssue {
+            source: source.into(),
+            problem: format!("{on:?} is not true or false; JetStream stays off"),
+            disables: false,
+        });
+        return None;
+    }
+    let mut js = JetStreamConfig::default();
+    if let Some((source, name)) = env_or_setting(
+        env,
+        settings,
+        "RUNNER_NATS_JETSTREAM_STREAM",
+        "nats_jetstream_stream",
+    ) {
+        let bad = name.len() > 255
+            || name
+                .chars()
+                .any(|c| c.is_whitespace() || c.is_control() || ".*>/\\".contains(c));
+        if bad {
+            issues.push(ConfigIssue {
+                source: source.into(),
+                problem: format!(
+                    "{name:?} is not a valid stream name (no spaces, '.', '*', '>', '/' or '\\'); no stream is created"
+                ),
+                disables: false,
+            });
+        } else {
+            js.stream = Some(name);
+        }
+    }
+    if let Some(v) = env.get("RUNNER_NATS_JETSTREAM_WINDOW") {
+        match v.trim().parse::<usize>() {
+            Ok(n) if (1..=65_536).contains(&n) => js.window = n,
+            _ => issues.push(ConfigIssue {
+                source: "RUNNER_NATS_JETSTREAM_WINDOW".into(),
+                problem: format!(
+                    "{v:?} is not a whole number from 1 to 65536; using {}",
+                    js.window
+                ),
+                disables: false,
+            }),
+        }
+    }
+    if let Some(v) = env.get("RUNNER_NATS_JETSTREAM_ACK_TIMEOUT") {
+        match v.trim().parse::<f64>() {
+            Ok(s) if s.is_finite() && s > 0.0 && s <= 3600.0 => {
+                js.ack_timeout = Duration::from_secs_f64(s);
+            }
+            _ => issues.push(ConfigIssue {
+                source: "RUNNER_NATS_JETSTREAM_ACK_TIMEOUT".into(),
+                problem: format!(
+                    "{v:?} is not a number of seconds above 0 (up to 3600); using {:?}",
+                    js.ack_timeout
+                ),
+                disables: false,
+            }),
+        }
+    }
+    Some(js)
 }
 
 /// `"subject: x"` → `"x"`: the issue names its own source.

@@ -30,6 +30,7 @@
 //! assert!(report.errors.iter().any(|e| e.contains("3 messages")));
 //! ```
 
+mod acked;
 pub mod config;
 
 use std::collections::HashMap;
@@ -40,7 +41,8 @@ use serde_json::Value;
 use crate::client::Client;
 use crate::error::Error;
 use crate::headers::HeaderMap;
-pub use config::{ConfigIssue, EmitterConfig, Loaded, Oversize};
+pub use acked::{AckCounters, STREAM_SUBJECTS};
+pub use config::{ConfigIssue, EmitterConfig, JetStreamConfig, Loaded, Oversize};
 
 /// What a message is.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -67,8 +69,11 @@ pub struct RunCounters {
     pub oversized: u64,
     /// Events sent shortened (`RUNNER_NATS_OVERSIZE=truncate`).
     pub truncated: u64,
-    /// Messages queued but never confirmed by the server when the run ended.
+    /// Messages queued but never confirmed by the server when the run ended (with
+    /// JetStream: never acknowledged by a stream).
     pub undelivered: u64,
+    /// With JetStream: what the stream acknowledged, repeated, refused.
+    pub jetstream: Option<AckCounters>,
 }
 
 /// The end of a run.
@@ -92,6 +97,10 @@ pub struct Report {
 struct Run {
     config: EmitterConfig,
     client: Client,
+    /// JetStream mode: the messages awaiting their acknowledgement.
+    acked: Option<acked::Acked>,
+    /// JetStream mode: the `Nats-Msg-Id` of the message being sent.
+    msg_id: String,
     event_subject: String,
     status_subject: String,
     counters: RunCounters,
@@ -160,6 +169,20 @@ impl Emitter {
         payload: &[u8],
         load: impl FnOnce() -> Loaded,
     ) -> Report {
+        self.publish_with_id(ident, kind, None, payload, load)
+    }
+
+    /// [`Emitter::publish`] with the event's `uuid` at hand: with JetStream it becomes
+    /// the `Nats-Msg-Id` (without it, the payload's `uuid` is looked up). Statuses use
+    /// `<runner_ident>-<status>`.
+    pub fn publish_with_id(
+        &self,
+        ident: &str,
+        kind: Kind<'_>,
+        uuid: Option<&str>,
+        payload: &[u8],
+        load: impl FnOnce() -> Loaded,
+    ) -> Report {
         let mut report = Report::default();
         let terminal = matches!(kind, Kind::Status(s) if TERMINAL_STATUSES.contains(&s));
         self.open(ident, load, &mut report);
@@ -168,7 +191,7 @@ impl Emitter {
         };
         let mut guard = entry.lock().unwrap_or_else(|p| p.into_inner());
         if let Entry::Active(run) = &mut *guard {
-            run.send(ident, kind, payload, &mut report);
+            run.send(ident, kind, uuid, payload, &mut report);
             if terminal {
                 report.summary = Some(run.finish(ident, &mut report));
             }
@@ -255,6 +278,11 @@ fn start_run(ident: &str, loaded: Loaded, report: &mut Report) -> Entry {
         Ok(client) => Entry::Active(Box::new(Run {
             event_subject: format!("{base}.event"),
             status_subject: format!("{base}.status"),
+            acked: config
+                .jetstream
+                .as_ref()
+                .map(|js| acked::Acked::new(&client, js, config.options.pending_size)),
+            msg_id: String::new(),
             config,
             client,
             counters: RunCounters::default(),
@@ -280,7 +308,23 @@ impl Run {
         }
     }
 
-    fn send(&mut self, ident: &str, kind: Kind<'_>, payload: &[u8], report: &mut Report) {
+    fn send(
+        &mut self,
+        ident: &str,
+        kind: Kind<'_>,
+        uuid: Option<&str>,
+        payload: &[u8],
+        report: &mut Report,
+    ) {
+        if self.acked.is_some() {
+            self.msg_id = match kind {
+                Kind::Status(s) => format!("{ident}-{s}"),
+                Kind::Event => match uuid.map(str::to_owned).or_else(|| payload_uuid(payload)) {
+                    Some(u) => u,
+                    None => format!("{ident}-event-{}", self.counters.published + 1),
+                },
+            };
+        }
         let subject = match kind {
             Kind::Event => self.event_subject.as_str(),
             Kind::Status(_) => self.status_subject.as_str(),
@@ -304,6 +348,7 @@ impl Run {
             }
             Err(e) => self.failed(ident, e, report),
         }
+        self.report_acked_lines(ident, report);
     }
 
     fn publish(
@@ -313,7 +358,13 @@ impl Run {
         payload: &[u8],
     ) -> Result<(), Error> {
         let headers = extra.unwrap_or(&self.config.headers);
-        let sent = if headers.is_empty() {
+        let sent = if let Some(acked) = &mut self.acked {
+            let max = match self.client.server_info().max_payload {
+                0 => crate::client::DEFAULT_MAX_PAYLOAD,
+                known => known,
+            };
+            acked.send(subject, headers, &self.msg_id, payload, max)
+        } else if headers.is_empty() {
             self.client.publish(subject, payload)
         } else {
             self.client.publish_with_headers(subject, headers, payload)
@@ -373,7 +424,31 @@ impl Run {
         ));
     }
 
+    fn report_acked_lines(&mut self, ident: &str, report: &mut Report) {
+        let lines = self
+            .acked
+            .as_mut()
+            .map(acked::Acked::take_lines)
+            .unwrap_or_default();
+        for line in lines {
+            self.report_once("jetstream", format!("run {ident}: {line}"), report);
+        }
+    }
+
     fn finish(&mut self, ident: &str, report: &mut Report) -> RunSummary {
+        if let Some(acked) = &mut self.acked {
+            acked.drain(std::time::Instant::now() + self.config.flush_timeout);
+            let missing = acked.unacknowledged();
+            self.counters.jetstream = Some(acked.counters);
+            self.report_acked_lines(ident, report);
+            if missing > 0 {
+                self.counters.undelivered = missing;
+                report.errors.push(format!(
+                    "run {ident}: {missing} messages were not acknowledged by JetStream within the flush timeout ({:?})",
+                    self.config.flush_timeout
+                ));
+            }
+        }
         let closed = self.client.close();
         // Events buffered before the server's limit was known are dropped by the client.
         let late = self.client.statistics().oversized;
@@ -387,6 +462,8 @@ impl Run {
         }
         match closed {
             Ok(()) => {}
+            // With JetStream the acknowledgements are what counts (above).
+            Err(Error::NotDelivered { .. }) if self.acked.is_some() => {}
             Err(Error::NotDelivered { messages, reason }) => {
                 self.counters.undelivered = messages;
                 report.errors.push(format!(
@@ -408,6 +485,17 @@ impl Run {
             counters: c,
         }
     }
+}
+
+/// The top-level `uuid` of an event payload.
+fn payload_uuid(payload: &[u8]) -> Option<String> {
+    let Ok(Value::Object(map)) = serde_json::from_slice::<Value>(payload) else {
+        return None;
+    };
+    map.get("uuid")
+        .and_then(Value::as_str)
+        .filter(|u| !u.is_empty())
+        .map(str::to_owned)
 }
 
 /// `event 'runner_on_ok' (uuid ...)` for messages in logs.

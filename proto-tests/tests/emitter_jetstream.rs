@@ -1,0 +1,286 @@
+//! The emitter in JetStream mode against real nats-server processes with file storage:
+//! every message acknowledged, stored once, through restarts and a node failure. The
+//! stream is read back through the JetStream API to count what was stored.
+
+use std::collections::{HashMap, HashSet};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::thread;
+use std::time::Duration;
+
+use ansible_runner_nats::client;
+use ansible_runner_nats::emitter::{config, Emitter, Kind, Report};
+use ansible_runner_nats::jetstream::{JetStream, StreamConfig, MSG_ID};
+use proto_tests::{cluster, wait_until, ServerConfig};
+use serde_json::json;
+
+const WAIT: Duration = Duration::from_secs(60);
+const STREAM: &str = "RUNS";
+
+fn vars(urls: &str, extra: &[(&str, &str)]) -> HashMap<String, String> {
+    let mut v: HashMap<String, String> = [
+        ("RUNNER_NATS_SUBJECT_ID", "js"),
+        ("RUNNER_NATS_SERVERS", urls),
+        ("RUNNER_NATS_JETSTREAM", "true"),
+        ("RUNNER_NATS_JETSTREAM_STREAM", STREAM),
+        ("RUNNER_NATS_RECONNECT_TIME_WAIT", "0.1"),
+        ("RUNNER_NATS_MAX_RECONNECT_ATTEMPTS", "-1"),
+        ("RUNNER_NATS_FLUSH_TIMEOUT", "60"),
+    ]
+    .iter()
+    .map(|(k, v)| (k.to_string(), v.to_string()))
+    .collect();
+    for (k, val) in extra {
+        v.insert(k.to_string(), val.to_string());
+    }
+    v
+}
+
+fn uuid(i: usize) -> String {
+    format!("00000000-0000-0000-0000-{i:012}")
+}
+
+fn send(
+    emitter: &Emitter,
+    vars: &HashMap<String, String>,
+    ident: &str,
+    kind: Kind<'_>,
+    body: &[u8],
+) -> Report {
+    emitter.publish(ident, kind, body, || config::load(vars, None, "host"))
+}
+
+fn event(ident: &str, i: usize) -> Vec<u8> {
+    serde_json::to_vec(
+        &json!({"uuid": uuid(i), "counter": i, "event": "runner_on_ok",
+                               "runner_ident": ident, "stdout": "ok"}),
+    )
+    .unwrap()
+}
+
+fn status(ident: &str, s: &str) -> Vec<u8> {
+    serde_json::to_vec(&json!({"status": s, "runner_ident": ident})).unwrap()
+}
+
+/// `call` until it succeeds, for up to `WAIT`: right after a node died, a replicated
+/// stream answers only once it has elected a new leader.
+fn retrying<T>(what: &str, mut call: impl FnMut() -> ansible_runner_nats::Result<T>) -> T {
+    let mut last = None;
+    let mut out = None;
+    wait_until(WAIT, what, || match call() {
+        Ok(v) => {
+            out = Some(v);
+            true
+        }
+        Err(e) => {
+            last = Some(e.to_string());
+            false
+        }
+    });
+    out.unwrap_or_else(|| panic!("{what}: {last:?}"))
+}
+
+/// Every stored message's `Nats-Msg-Id`, read back from the stream.
+fn stored_ids(url: &str) -> Vec<String> {
+    let nc = client::connect(url).unwrap();
+    let js = JetStream::new(&nc, Duration::from_secs(5));
+    let state = retrying("the stream's state", || js.stream_state(STREAM));
+    let ids = (state.first_seq..=state.last_seq)
+        .filter(|_| state.messages > 0)
+        .map(|seq| {
+            let m = retrying(&format!("message {seq}"), || js.get_message(STREAM, seq));
+            m.headers.unwrap().get(MSG_ID).unwrap().to_owned()
+        })
+        .collect();
+    nc.close().unwrap();
+    ids
+}
+
+fn expected_ids(ident: &str, n: usize) -> Vec<String> {
+    let mut ids = vec![format!("{ident}-starting")];
+    ids.extend((1..=n).map(uuid));
+    ids.push(format!("{ident}-successful"));
+    ids
+}
+
+#[test]
+fn every_message_is_acknowledged_and_stored_once() {
+    let server = ServerConfig::new().jetstream().start();
+    let v = vars(&server.url(), &[]);
+    let emitter = Emitter::new();
+    let ident = "run1";
+    assert!(send(
+        &emitter,
+        &v,
+        ident,
+        Kind::Status("starting"),
+        &status(ident, "starting")
+    )
+    .errors
+    .is_empty());
+    for i in 1..=500 {
+        let r = send(&emitter, &v, ident, Kind::Event, &event(ident, i));
+        assert!(r.errors.is_empty(), "{:?}", r.errors);
+    }
+    let end = send(
+        &emitter,
+        &v,
+        ident,
+        Kind::Status("successful"),
+        &status(ident, "successful"),
+    );
+    assert!(end.errors.is_empty(), "{:?}", end.errors);
+    let c = end.summary.unwrap().counters;
+    let js = c.jetstream.expect("JetStream counters");
+    assert_eq!((js.acknowledged, js.duplicates, js.refused), (502, 0, 0));
+    assert_eq!(c.undelivered, 0);
+    assert_eq!(stored_ids(&server.url()), expected_ids(ident, 500));
+}
+
+#[test]
+fn two_restarts_in_a_run_of_5000_events_store_each_once() {
+    let mut server = ServerConfig::new().jetstream().start();
+    let url = server.url();
+    let v = vars(&url, &[("RUNNER_NATS_JETSTREAM_ACK_TIMEOUT", "1")]);
+    let emitter = Arc::new(Emitter::new());
+    let ident = "run2";
+    send(
+        &emitter,
+        &v,
+        ident,
+        Kind::Status("starting"),
+        &status(ident, "starting"),
+    );
+    let sent = Arc::new(AtomicUsize::new(0));
+    let producer = {
+        let (emitter, v, sent) = (Arc::clone(&emitter), v.clone(), Arc::clone(&sent));
+        thread::spawn(move || {
+            for i in 1..=5_000 {
+                send(&emitter, &v, ident, Kind::Event, &event(ident, i));
+                sent.store(i, Ordering::SeqCst);
+            }
+            send(
+                &emitter,
+                &v,
+                ident,
+                Kind::Status("successful"),
+                &status(ident, "successful"),
+            )
+        })
+    };
+    for at in [1_000, 3_000] {
+        wait_until(WAIT, &format!("{at} events sent"), || {
+            sent.load(Ordering::SeqCst) >= at
+        });
+        server.restart();
+    }
+    let end = producer.join().unwrap();
+    let c = end.summary.expect("the run ended").counters;
+    let js = c.jetstream.unwrap();
+    assert_eq!(c.undelivered, 0, "{:?}", end.errors);
+    assert_eq!(js.acknowledged, 5_002);
+    let ids = stored_ids(&url);
+    let unique: HashSet<&String> = ids.iter().collect();
+    assert_eq!(unique.len(), ids.len(), "a message stored twice");
+    let mut sorted = ids.clone();
+    sorted.sort();
+    let mut want = expected_ids(ident, 5_000);
+    want.sort();
+    assert_eq!(sorted, want);
+}
+
+#[test]
+fn an_r3_stream_loses_and_duplicates_nothing_when_a_node_dies() {
+    let mut nodes = cluster(3, |c| c.jetstream());
+    let urls: Vec<String> = nodes.iter().map(|n| n.url()).collect();
+    // The stream, replicated on all three nodes, created before the run.
+    let admin = client::connect(&urls.join(",")).unwrap();
+    let js = JetStream::new(&admin, Duration::from_secs(10));
+    let mut cfg = StreamConfig::new(STREAM, &["pub.ansible.runner.>"]);
+    cfg.replicas = 3;
+    wait_until(WAIT, "the R3 stream to be created", || {
+        js.create_stream(&cfg).is_ok()
+    });
+    admin.close().unwrap();
+
+    // The run talks to node 1 first (no randomizing), which then dies.
+    let v = vars(
+        &urls.join(","),
+        &[
+            ("RUNNER_NATS_JETSTREAM_STREAM", ""),
+            ("RUNNER_NATS_JETSTREAM_ACK_TIMEOUT", "1"),
+        ],
+    );
+    let mut v = v;
+    v.remove("RUNNER_NATS_JETSTREAM_STREAM");
+    let emitter = Arc::new(Emitter::new());
+    let ident = "run3";
+    let load_v = v.clone();
+    let load = move || {
+        let mut loaded = config::load(&load_v, None, "host");
+        if let Some(c) = loaded.config.as_mut() {
+            c.options = c.options.clone().no_randomize(true);
+        }
+        loaded
+    };
+    emitter.publish(
+        ident,
+        Kind::Status("starting"),
+        &status(ident, "starting"),
+        load.clone(),
+    );
+    let sent = Arc::new(AtomicUsize::new(0));
+    let producer = {
+        let (emitter, sent, load) = (Arc::clone(&emitter), Arc::clone(&sent), load.clone());
+        thread::spawn(move || {
+            for i in 1..=2_000 {
+                emitter.publish(ident, Kind::Event, &event(ident, i), load.clone());
+                sent.store(i, Ordering::SeqCst);
+            }
+            emitter.publish(
+                ident,
+                Kind::Status("successful"),
+                &status(ident, "successful"),
+                load,
+            )
+        })
+    };
+    wait_until(WAIT, "500 events sent", || {
+        sent.load(Ordering::SeqCst) >= 500
+    });
+    nodes[0].kill();
+    let end = producer.join().unwrap();
+    let c = end.summary.expect("the run ended").counters;
+    assert_eq!(c.undelivered, 0, "{:?}", end.errors);
+    assert_eq!(c.jetstream.unwrap().acknowledged, 2_002);
+    let ids = stored_ids(&urls[1]);
+    let unique: HashSet<&String> = ids.iter().collect();
+    assert_eq!(unique.len(), ids.len(), "a message stored twice");
+    assert_eq!(unique.len(), 2_002);
+}
+
+#[test]
+fn bad_jetstream_settings_are_reported_not_fatal() {
+    let loaded = config::load(
+        &vars(
+            "nats://127.0.0.1:1",
+            &[
+                ("RUNNER_NATS_JETSTREAM_STREAM", "a.b"),
+                ("RUNNER_NATS_JETSTREAM_WINDOW", "0"),
+                ("RUNNER_NATS_JETSTREAM_ACK_TIMEOUT", "soon"),
+            ],
+        ),
+        None,
+        "host",
+    );
+    let js = loaded.config.unwrap().jetstream.unwrap();
+    assert_eq!(
+        (js.stream, js.window, js.ack_timeout),
+        (None, 256, Duration::from_secs(5))
+    );
+    let text: Vec<String> = loaded.issues.iter().map(ToString::to_string).collect();
+    assert_eq!(text.len(), 3, "{text:?}");
+    assert!(text[0].starts_with("RUNNER_NATS_JETSTREAM_STREAM: \"a.b\" is not a valid stream name"));
+    assert!(text[1].starts_with("RUNNER_NATS_JETSTREAM_WINDOW: \"0\" is not a whole number"));
+    assert!(text[2].starts_with("RUNNER_NATS_JETSTREAM_ACK_TIMEOUT: \"soon\" is not a number"));
+}

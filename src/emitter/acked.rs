@@ -1,0 +1,333 @@
+//! JetStream mode of a run: every message is published as a request to the stream that
+//! captures it and kept until its acknowledgement arrives. Acks are pipelined: up to
+//! `window` messages await theirs at once. A message whose ack does not come (the server
+//! restarted, JetStream was not ready, the ack was lost with the connection) is published
+//! again with the same `Nats-Msg-Id`, which the stream uses to store it once.
+
+use std::collections::VecDeque;
+use std::time::{Duration, Instant};
+
+use crate::client::Client;
+use crate::error::Error;
+use crate::headers::HeaderMap;
+use crate::jetstream::{JetStream, PendingAck, PendingStream, PubAck, StreamConfig, MSG_ID};
+
+use super::config::JetStreamConfig;
+
+/// The subjects every run publishes on, captured by a stream the emitter creates.
+pub const STREAM_SUBJECTS: &str = "pub.ansible.runner.>";
+
+/// After "no responders" (JetStream not ready yet, e.g. just after a restart), wait this
+/// long before publishing that message again.
+const RETRY_BACKOFF: Duration = Duration::from_millis(250);
+
+struct Creating {
+    config: StreamConfig,
+    pending: Option<(PendingStream, Instant)>,
+    not_before: Option<Instant>,
+}
+
+struct Pending {
+    subject: String,
+    headers: HeaderMap,
+    payload: Vec<u8>,
+    /// The ack being waited for; `None` while the message waits to be (re)published.
+    ack: Option<(PendingAck, Instant)>,
+    /// Not before this instant (after "no responders").
+    not_before: Option<Instant>,
+}
+
+/// What happened to the acknowledged messages of a run.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct AckCounters {
+    /// Messages the stream acknowledged (duplicates included).
+    pub acknowledged: u64,
+    /// Acknowledgements that said "duplicate": the message was stored before, by an
+    /// earlier attempt.
+    pub duplicates: u64,
+    /// Publishes repeated because an acknowledgement did not come.
+    pub retries: u64,
+    /// Messages the stream refused for good (e.g. over its limits): not stored.
+    pub refused: u64,
+}
+
+pub(crate) struct Acked {
+    js: JetStream,
+    /// The stream still to create.
+    creating: Option<Creating>,
+    config: JetStreamConfig,
+    queue: VecDeque<Pending>,
+    in_flight: usize,
+    queued_bytes: usize,
+    max_bytes: usize,
+    lines: Vec<String>,
+    pub(crate) counters: AckCounters,
+}
+
+impl Acked {
+    /// Starts JetStream mode on `client`. The configured stream is created in the
+    /// background (messages wait for it: until it exists, nobody answers them).
+    pub(crate) fn new(client: &Client, config: &JetStreamConfig, max_bytes: usize) -> Acked {
+        let js = JetStream::new(client, config.ack_timeout);
+        let creating = config.stream.as_ref().map(|name| Creating {
+            config: StreamConfig::new(name, &[STREAM_SUBJECTS]),
+            pending: None,
+            not_before: None,
+        });
+        Acked {
+            js,
+            creating,
+            config: config.clone(),
+            queue: VecDeque::new(),
+            in_flight: 0,
+            queued_bytes: 0,
+            max_bytes,
+            lines: Vec::new(),
+            counters: AckCounters::default(),
+        }
+    }
+
+    /// Messages not acknowledged yet.
+    pub(crate) fn unacknowledged(&self) -> u64 {
+        self.queue.len() as u64
+    }
+
+    /// Queues a message with its de-duplication id and publishes what the window allows.
+    /// Fails with [`Error::BufferFull`] when the unacknowledged messages already hold
+    /// `max_bytes`; the message is then not queued.
+    pub(crate) fn send(
+        &mut self,
+        subject: &str,
+        base: &HeaderMap,
+        msg_id: &str,
+        payload: &[u8],
+        max_payload: usize,
+    ) -> Result<(), Error> {
+        let mut headers = base.clone();
+        headers.insert(MSG_ID, msg_id)?;
+        let size = payload.len() + headers.encoded_len();
+        if size > max_payload {
+            return Err(Error::MaxPayload {
+                size,
+                max: max_payload,
+            });
+        }
+        if self.queued_bytes + payload.len() > self.max_bytes && !self.queue.is_empty() {
+            return Err(Error::BufferFull {
+                which: "JetStream unacknowledged buffer",
+                limit: self.max_bytes,
+            });
+        }
+        self.queued_bytes += payload.len();
+        self.queue.push_back(Pending {
+            subject: subject.to_owned(),
+            headers,
+            payload: payload.to_vec(),
+            ack: None,
+            not_before: None,
+        });
+        self.pump(Instant::now());
+        Ok(())
+    }
+
+    /// Collects the acks that arrived, re-publishes what timed out or found no
+    /// responders, and publishes waiting messages while the window has room. Never
+    /// blocks. Messages refused for good are reported through [`Acked::take_lines`].
+    pub(crate) fn pump(&mut self, now: Instant) {
+        let mut refused = Vec::new();
+        if !self.stream_ready(now, &mut refused) {
+            self.lines.append(&mut refused);
+            return;
+        }
+        let ack_timeout = self.config.ack_timeout;
+        let mut i = 0;
+        while i < self.queue.len() {
+            let outcome = match &self.queue[i].ack {
+                Some((ack, sent)) => match ack.try_wait() {
+                    Some(r) => Some(r),
+                    None if now.duration_since(*sent) >= ack_timeout => Some(Err(Error::Timeout {
+                        what: "ack",
+                        after: ack_timeout,
+                    })),
+                    None => None,
+                },
+                None => None,
+            };
+            match outcome {
+                None => i += 1,
+                Some(r) => {
+                    let (removed, line) = self.settle(i, r, now);
+                    refused.extend(line);
+                    if !removed {
+                        i += 1;
+                    }
+                }
+            }
+        }
+        let mut i = 0;
+        while i < self.queue.len() && self.in_flight < self.config.window {
+            let p = &mut self.queue[i];
+            if p.ack.is_some() || p.not_before.is_some_and(|t| t > now) {
+                i += 1;
+                continue;
+            }
+            match self.js.publish_async(&p.subject, &p.headers, &p.payload) {
+                Ok(ack) => {
+                    p.ack = Some((ack, now));
+                    p.not_before = None;
+                    self.in_flight += 1;
+                    i += 1;
+                }
+                Err(Error::MaxPayload { size, max }) => {
+                    // The limit of the server reached now is lower than when it was queued.
+                    self.counters.refused += 1;
+                    refused.push(format!(
+                        "a message on {} is {size} bytes, over the server's max_payload of {max}: not sent",
+                        p.subject
+                    ));
+                    self.forget(i);
+                }
+                // The client's buffers are full (server away for long): try later.
+                Err(_) => break,
+            }
+        }
+        self.lines.append(&mut refused);
+    }
+
+    /// Lines to report (messages refused for good, a stream that could not be created).
+    pub(crate) fn take_lines(&mut self) -> Vec<String> {
+        std::mem::take(&mut self.lines)
+    }
+
+    /// Creates the configured stream before anything is published. Returns whether
+    /// messages may go.
+    fn stream_ready(&mut self, now: Instant, lines: &mut Vec<String>) -> bool {
+        let ack_timeout = self.config.ack_timeout;
+        let Some(c) = &mut self.creating else {
+            return true;
+        };
+        let outcome = match &c.pending {
+            None if c.not_before.is_some_and(|t| t > now) => return false,
+            None => {
+                if let Ok(p) = self.js.create_stream_async(&c.config) {
+                    c.pending = Some((p, now));
+                }
+                return false;
+            }
+            Some((p, sent)) => match p.try_wait() {
+                Some(r) => r,
+                None if now.duration_since(*sent) >= ack_timeout => Err(Error::Timeout {
+                    what: "stream creation",
+                    after: ack_timeout,
+                }),
+                None => return false,
+            },
+        };
+        match outcome {
+            Ok(_) => {
+                self.creating = None;
+                true
+            }
+            // JetStream not answering yet (just restarted, or the answer was lost): ask
+            // again a little later.
+            Err(Error::NoResponders { .. })
+            | Err(Error::JetStream { code: 503, .. })
+            | Err(Error::Timeout { .. }) => {
+                c.pending = None;
+                c.not_before = Some(now + RETRY_BACKOFF);
+                false
+            }
+            Err(e) => {
+                lines.push(format!(
+                    "cannot create the JetStream stream {:?} (capturing {STREAM_SUBJECTS}): {e}; publishing to whatever stream captures the subjects",
+                    c.config.name
+                ));
+                self.creating = None;
+                true
+            }
+        }
+    }
+
+    /// Applies the outcome of the in-flight message `i`. Returns whether it left the
+    /// queue, and the line to report when it was refused for good.
+    fn settle(
+        &mut self,
+        i: usize,
+        outcome: Result<PubAck, Error>,
+        now: Instant,
+    ) -> (bool, Option<String>) {
+        match outcome {
+            Ok(ack) => {
+                self.counters.acknowledged += 1;
+                self.counters.duplicates += u64::from(ack.duplicate);
+                self.forget(i);
+                (true, None)
+            }
+            Err(Error::JetStream {
+                code,
+                err_code,
+                description,
+            }) if code != 503 => {
+                self.counters.refused += 1;
+                let line = format!(
+                    "JetStream refused a message on {}: {description} (code {code}, err_code {err_code})",
+                    self.queue[i].subject
+                );
+                self.forget(i);
+                (true, Some(line))
+            }
+            Err(e) => {
+                // No ack: publish it again (same id), after a pause when nobody answered
+                // at all or JetStream said it is unavailable.
+                let p = &mut self.queue[i];
+                p.ack = None;
+                if matches!(e, Error::NoResponders { .. } | Error::JetStream { .. }) {
+                    p.not_before = Some(now + RETRY_BACKOFF);
+                }
+                self.in_flight -= 1;
+                self.counters.retries += 1;
+                (false, None)
+            }
+        }
+    }
+
+    fn forget(&mut self, i: usize) {
+        if let Some(p) = self.queue.remove(i) {
+            self.queued_bytes -= p.payload.len();
+            if p.ack.is_some() {
+                self.in_flight -= 1;
+            }
+        }
+    }
+
+    /// Pumps until every message is acknowledged or `deadline` passes, waiting on the
+    /// oldest ack in flight (at most 50 ms at a time, so that retries come due).
+    pub(crate) fn drain(&mut self, deadline: Instant) {
+        loop {
+            let now = Instant::now();
+            self.pump(now);
+            if self.queue.is_empty() || now >= deadline {
+                return;
+            }
+            let step = (deadline - now).min(Duration::from_millis(50));
+            let first = self.queue.iter().position(|p| p.ack.is_some());
+            match first {
+                Some(i) => {
+                    let waited = match &self.queue[i].ack {
+                        Some((ack, _)) => ack.wait(step),
+                        None => continue,
+                    };
+                    match waited {
+                        Err(Error::Timeout { .. }) => {}
+                        r => {
+                            let (_, line) = self.settle(i, r, Instant::now());
+                            self.lines.extend(line);
+                        }
+                    }
+                }
+                // Everything waits for a retry (or for room in the client's buffers).
+                None => std::thread::sleep(step),
+            }
+        }
+    }
+}
