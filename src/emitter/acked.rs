@@ -140,28 +140,30 @@ impl Acked {
             return;
         }
         let ack_timeout = self.config.ack_timeout;
+        // Acks come back in the order the messages went out, and the queue is in that
+        // order too: collect from the front and stop at the first in-flight message still
+        // waiting (within its ack timeout), so a pump costs what it collects.
         let mut i = 0;
         while i < self.queue.len() {
             let outcome = match &self.queue[i].ack {
                 Some((ack, sent)) => match ack.try_wait() {
-                    Some(r) => Some(r),
-                    None if now.duration_since(*sent) >= ack_timeout => Some(Err(Error::Timeout {
+                    Some(r) => r,
+                    None if now.duration_since(*sent) >= ack_timeout => Err(Error::Timeout {
                         what: "ack",
                         after: ack_timeout,
-                    })),
-                    None => None,
+                    }),
+                    None => break,
                 },
-                None => None,
-            };
-            match outcome {
-                None => i += 1,
-                Some(r) => {
-                    let (removed, line) = self.settle(i, r, now);
-                    refused.extend(line);
-                    if !removed {
-                        i += 1;
-                    }
+                // Waiting for a retry: look past it.
+                None => {
+                    i += 1;
+                    continue;
                 }
+            };
+            let (removed, line) = self.settle(i, outcome, now);
+            refused.extend(line);
+            if !removed {
+                i += 1;
             }
         }
         let mut i = 0;

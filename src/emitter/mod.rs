@@ -359,10 +359,7 @@ impl Run {
     ) -> Result<(), Error> {
         let headers = extra.unwrap_or(&self.config.headers);
         let sent = if let Some(acked) = &mut self.acked {
-            let max = match self.client.server_info().max_payload {
-                0 => crate::client::DEFAULT_MAX_PAYLOAD,
-                known => known,
-            };
+            let max = self.client.max_payload();
             acked.send(subject, headers, &self.msg_id, payload, max)
         } else if headers.is_empty() {
             self.client.publish(subject, payload)
