@@ -284,3 +284,88 @@ fn bad_jetstream_settings_are_reported_not_fatal() {
     assert!(text[1].starts_with("RUNNER_NATS_JETSTREAM_WINDOW: \"0\" is not a whole number"));
     assert!(text[2].starts_with("RUNNER_NATS_JETSTREAM_ACK_TIMEOUT: \"soon\" is not a number"));
 }
+
+#[test]
+fn without_a_stream_the_run_ends_in_time_and_says_why() {
+    // JetStream is on in the server, but no stream captures the subjects and none is
+    // configured to be created.
+    let server = ServerConfig::new().jetstream().start();
+    let mut v = vars(&server.url(), &[("RUNNER_NATS_FLUSH_TIMEOUT", "1")]);
+    v.remove("RUNNER_NATS_JETSTREAM_STREAM");
+    let emitter = Emitter::new();
+    let ident = "nostream";
+    send(
+        &emitter,
+        &v,
+        ident,
+        Kind::Status("starting"),
+        &status(ident, "starting"),
+    );
+    for i in 1..=10 {
+        send(&emitter, &v, ident, Kind::Event, &event(ident, i));
+    }
+    let started = std::time::Instant::now();
+    let end = send(
+        &emitter,
+        &v,
+        ident,
+        Kind::Status("successful"),
+        &status(ident, "successful"),
+    );
+    assert!(
+        started.elapsed() < Duration::from_secs(5),
+        "bounded by the flush timeout"
+    );
+    let c = end.summary.unwrap().counters;
+    assert_eq!(c.undelivered, 12);
+    assert_eq!(c.jetstream.unwrap().acknowledged, 0);
+    assert_eq!(end.errors.len(), 1, "{:?}", end.errors);
+    assert!(
+        end.errors[0].starts_with("run nostream: 12 messages were not acknowledged by JetStream within the flush timeout (1s): nobody answered on \"pub.ansible.runner.js.nostream."),
+        "{}",
+        end.errors[0]
+    );
+    assert!(end.errors[0]
+        .ends_with("no JetStream stream captures it, or JetStream is not enabled on the server"));
+}
+
+#[test]
+fn with_the_server_down_the_run_ends_in_time_and_counts_every_message() {
+    let v = vars(
+        &format!("nats://127.0.0.1:{}", proto_tests::free_port()),
+        &[("RUNNER_NATS_FLUSH_TIMEOUT", "0.5")],
+    );
+    let emitter = Emitter::new();
+    let ident = "down";
+    send(
+        &emitter,
+        &v,
+        ident,
+        Kind::Status("starting"),
+        &status(ident, "starting"),
+    );
+    for i in 1..=100 {
+        send(&emitter, &v, ident, Kind::Event, &event(ident, i));
+    }
+    let started = std::time::Instant::now();
+    let end = send(
+        &emitter,
+        &v,
+        ident,
+        Kind::Status("failed"),
+        &status(ident, "failed"),
+    );
+    assert!(
+        started.elapsed() < Duration::from_secs(5),
+        "bounded by the flush timeout"
+    );
+    let c = end.summary.unwrap().counters;
+    assert_eq!(c.undelivered, 102);
+    assert!(
+        end.errors
+            .iter()
+            .any(|e| e.contains("102 messages were not acknowledged")),
+        "{:?}",
+        end.errors
+    );
+}

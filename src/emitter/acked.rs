@@ -61,6 +61,8 @@ pub(crate) struct Acked {
     queued_bytes: usize,
     max_bytes: usize,
     lines: Vec<String>,
+    /// Why the last publish went without an ack, for the end-of-run report.
+    pub(crate) last_failure: Option<String>,
     pub(crate) counters: AckCounters,
 }
 
@@ -83,6 +85,7 @@ impl Acked {
             queued_bytes: 0,
             max_bytes,
             lines: Vec::new(),
+            last_failure: None,
             counters: AckCounters::default(),
         }
     }
@@ -281,6 +284,12 @@ impl Acked {
             Err(e) => {
                 // No ack: publish it again (same id), after a pause when nobody answered
                 // at all or JetStream said it is unavailable.
+                self.last_failure = Some(match &e {
+                    Error::NoResponders { subject } => format!(
+                        "nobody answered on {subject:?}: no JetStream stream captures it, or JetStream is not enabled on the server"
+                    ),
+                    other => other.to_string(),
+                });
                 let p = &mut self.queue[i];
                 p.ack = None;
                 if matches!(e, Error::NoResponders { .. } | Error::JetStream { .. }) {

@@ -583,3 +583,67 @@ fn secrets_never_show_in_issues_or_debug() {
         assert!(!shown.contains(secret), "{secret} in {shown}");
     }
 }
+
+#[test]
+fn jetstream_is_off_unless_asked_for() {
+    assert_eq!(config(&[], None).jetstream, None);
+    assert_eq!(
+        config(&[("RUNNER_NATS_JETSTREAM", "no")], None).jetstream,
+        None
+    );
+    let on = config(&[("RUNNER_NATS_JETSTREAM", "Yes")], None).jetstream;
+    assert_eq!(on, Some(JetStreamConfig::default()));
+}
+
+#[test]
+fn jetstream_from_settings_and_the_variable_wins() {
+    let settings = json!({"nats_jetstream": true, "nats_jetstream_stream": "FROM_SETTINGS"});
+    let js = config(&[], Some(settings.clone())).jetstream.unwrap();
+    assert_eq!(js.stream.as_deref(), Some("FROM_SETTINGS"));
+    let js = config(
+        &[("RUNNER_NATS_JETSTREAM_STREAM", "FROM_ENV")],
+        Some(settings.clone()),
+    )
+    .jetstream
+    .unwrap();
+    assert_eq!(js.stream.as_deref(), Some("FROM_ENV"));
+    assert_eq!(
+        config(&[("RUNNER_NATS_JETSTREAM", "false")], Some(settings)).jetstream,
+        None
+    );
+}
+
+#[test]
+fn jetstream_knobs() {
+    let js = config(
+        &[
+            ("RUNNER_NATS_JETSTREAM", "1"),
+            ("RUNNER_NATS_JETSTREAM_WINDOW", "32"),
+            ("RUNNER_NATS_JETSTREAM_ACK_TIMEOUT", "0.5"),
+        ],
+        None,
+    )
+    .jetstream
+    .unwrap();
+    assert_eq!(js.window, 32);
+    assert_eq!(js.ack_timeout, Duration::from_millis(500));
+}
+
+#[test]
+fn a_bad_jetstream_switch_is_reported_and_leaves_it_off() {
+    let (text, disables, loaded) = only_issue(&[("RUNNER_NATS_JETSTREAM", "maybe")], None);
+    assert_eq!(
+        text,
+        "RUNNER_NATS_JETSTREAM: \"maybe\" is not true or false; JetStream stays off"
+    );
+    assert!(!disables);
+    assert_eq!(loaded.config.unwrap().jetstream, None);
+    let (text, _, _) = only_issue(
+        &[
+            ("RUNNER_NATS_JETSTREAM", "true"),
+            ("RUNNER_NATS_JETSTREAM_STREAM", "a b"),
+        ],
+        None,
+    );
+    assert!(text.starts_with("RUNNER_NATS_JETSTREAM_STREAM: \"a b\" is not a valid stream name"));
+}

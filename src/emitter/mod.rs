@@ -436,12 +436,16 @@ impl Run {
         if let Some(acked) = &mut self.acked {
             acked.drain(std::time::Instant::now() + self.config.flush_timeout);
             let missing = acked.unacknowledged();
+            let why = acked.last_failure.clone();
             self.counters.jetstream = Some(acked.counters);
             self.report_acked_lines(ident, report);
             if missing > 0 {
                 self.counters.undelivered = missing;
+                let why = why
+                    .or_else(|| self.client.last_error())
+                    .unwrap_or_else(|| "no acknowledgement came".into());
                 report.errors.push(format!(
-                    "run {ident}: {missing} messages were not acknowledged by JetStream within the flush timeout ({:?})",
+                    "run {ident}: {missing} messages were not acknowledged by JetStream within the flush timeout ({:?}): {why}",
                     self.config.flush_timeout
                 ));
             }
