@@ -76,6 +76,7 @@ pub mod fuzzing;
 pub mod headers;
 pub mod jetstream;
 pub mod proto;
+pub mod raw;
 pub mod subject;
 pub mod tls;
 pub mod url;

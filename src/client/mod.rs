@@ -24,7 +24,7 @@ mod handshake;
 mod options;
 mod pool;
 mod request;
-mod transport;
+pub(crate) mod transport;
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::mpsc::{self, Receiver, RecvTimeoutError};
