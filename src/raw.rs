@@ -88,6 +88,41 @@ pub enum RawOp {
     Err(String),
 }
 
+/// CONNECT fields that carry secrets.
+const SECRET_FIELDS: &[&str] = &["pass", "auth_token", "sig", "jwt"];
+
+/// `bytes` with the secret fields of any `CONNECT {json}` line replaced by `***`.
+fn redact_connect(bytes: &[u8]) -> Vec<u8> {
+    let mut out = Vec::with_capacity(bytes.len());
+    for line in bytes.split_inclusive(|&b| b == b'\n') {
+        let is_connect = line.len() > 8 && line[..8].eq_ignore_ascii_case(b"CONNECT ");
+        let redacted = is_connect
+            .then(|| {
+                let body = line[8..].trim_ascii_end();
+                let mut v: serde_json::Value = serde_json::from_slice(body).ok()?;
+                let map = v.as_object_mut()?;
+                for key in SECRET_FIELDS {
+                    if let Some(field) = map.get_mut(*key) {
+                        *field = serde_json::Value::String("***".into());
+                    }
+                }
+                let mut text = b"CONNECT ".to_vec();
+                text.extend_from_slice(&serde_json::to_vec(&v).ok()?);
+                text.extend_from_slice(&line[8 + body.len()..]);
+                Some(text)
+            })
+            .flatten();
+        match redacted {
+            Some(r) => out.extend_from_slice(&r),
+            // A CONNECT that is not JSON we can read may still hold secrets: not shown
+            // (`transcript()` has the exact bytes).
+            None if is_connect => out.extend_from_slice(b"CONNECT <not valid JSON: not shown>\r\n"),
+            None => out.extend_from_slice(line),
+        }
+    }
+    out
+}
+
 impl RawOp {
     fn from_op(op: ServerOp<'_>) -> RawOp {
         match op {
@@ -242,7 +277,9 @@ impl RawConnection {
     }
 
     /// The transcript as text, one line per chunk: `C: ...` sent, `S: ...` received,
-    /// with CR/LF and other bytes outside printable ASCII escaped.
+    /// with CR, LF, backslash and bytes outside printable ASCII escaped. Secrets in a
+    /// CONNECT we sent (`pass`, `auth_token`, `sig`, `jwt`) are shown as `***`, so the
+    /// text can go into logs and test reports.
     pub fn transcript_text(&self) -> String {
         let mut out = String::new();
         for (dir, bytes) in &self.transcript {
@@ -250,7 +287,20 @@ impl RawConnection {
                 Direction::Sent => "C: ",
                 Direction::Received => "S: ",
             });
-            out.push_str(&bytes.escape_ascii().to_string());
+            let shown = match dir {
+                Direction::Sent => redact_connect(bytes),
+                Direction::Received => bytes.clone(),
+            };
+            for &b in &shown {
+                match b {
+                    b'\r' => out.push_str("\\r"),
+                    b'\n' => out.push_str("\\n"),
+                    b'\t' => out.push_str("\\t"),
+                    b'\\' => out.push_str("\\\\"),
+                    0x20..=0x7e => out.push(char::from(b)),
+                    _ => out.push_str(&format!("\\x{b:02x}")),
+                }
+            }
             out.push('\n');
         }
         out
@@ -308,5 +358,27 @@ impl RawConnection {
             }
             Err(e) => Err(Error::io(format!("read from {}", self.addr), e)),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::redact_connect;
+
+    #[test]
+    fn connect_secrets_are_redacted() {
+        let sent =
+            b"CONNECT {\"user\":\"me\",\"pass\":\"hunter2\",\"auth_token\":\"t0k\"}\r\nPING\r\n";
+        let shown = String::from_utf8(redact_connect(sent)).unwrap();
+        assert!(
+            !shown.contains("hunter2") && !shown.contains("t0k"),
+            "{shown}"
+        );
+        assert!(shown.contains("\"user\":\"me\""));
+        assert!(shown.ends_with("}\r\nPING\r\n"), "{shown}");
+        let broken = b"CONNECT {\"pass\":\"hunter2\"\r\n";
+        let shown = String::from_utf8(redact_connect(broken)).unwrap();
+        assert!(!shown.contains("hunter2"), "{shown}");
+        assert_eq!(redact_connect(b"PUB a 1\r\nx\r\n"), b"PUB a 1\r\nx\r\n");
     }
 }

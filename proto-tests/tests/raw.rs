@@ -1,0 +1,107 @@
+//! The raw protocol connection against real servers: TLS after INFO, TLS first, what the
+//! transcript records, and how a closed connection and a timeout are told apart.
+
+use std::time::Duration;
+
+use ansible_runner_nats::proto::ClientOp;
+use ansible_runner_nats::raw::{Direction, RawConnection, RawOp};
+use ansible_runner_nats::tls::TlsOptions;
+use ansible_runner_nats::Error;
+use proto_tests::{ServerConfig, TlsFiles};
+
+const T: Duration = Duration::from_secs(5);
+
+fn hello(conn: &mut RawConnection) {
+    conn.send(&ClientOp::Connect(Box::default())).unwrap();
+    conn.send_raw(b"PING\r\n").unwrap();
+    loop {
+        match conn.next_op(T).unwrap() {
+            RawOp::Pong => return,
+            RawOp::Info(_) => continue,
+            other => panic!("expected PONG, got {other:?}"),
+        }
+    }
+}
+
+fn tls(certs: &TlsFiles) -> TlsOptions {
+    TlsOptions {
+        ca_files: vec![certs.ca_cert.clone()],
+        ..TlsOptions::default()
+    }
+}
+
+#[test]
+fn tls_after_info() {
+    let certs = TlsFiles::generate();
+    let server = ServerConfig::new().tls(&certs).start();
+    let mut conn = RawConnection::connect(&server.url(), T).unwrap();
+    let info = conn.read_info(T).unwrap();
+    assert!(info.tls_required);
+    conn.upgrade_tls(&tls(&certs), T).unwrap();
+    hello(&mut conn);
+}
+
+#[test]
+fn tls_first() {
+    let certs = TlsFiles::generate();
+    let server = ServerConfig::new().tls(&certs).tls_first().start();
+    let mut conn = RawConnection::connect(&server.url(), T).unwrap();
+    conn.upgrade_tls(&tls(&certs), T).unwrap();
+    assert!(conn.read_info(T).unwrap().tls_required);
+    hello(&mut conn);
+}
+
+#[test]
+fn an_untrusted_certificate_is_a_tls_error() {
+    let certs = TlsFiles::generate();
+    let server = ServerConfig::new().tls(&certs).start();
+    let mut conn = RawConnection::connect(&server.url(), T).unwrap();
+    conn.read_info(T).unwrap();
+    let other = TlsOptions {
+        ca_files: vec![certs.other_ca_cert.clone()],
+        ..TlsOptions::default()
+    };
+    assert!(matches!(conn.upgrade_tls(&other, T), Err(Error::Tls(_))));
+}
+
+#[test]
+fn transcript_timeouts_and_close() {
+    let server = ServerConfig::new().start();
+    let mut conn = RawConnection::connect(&server.url(), T).unwrap();
+    conn.read_info(T).unwrap();
+    hello(&mut conn);
+    // Nothing (but perhaps the INFO that follows CONNECT) to read: a timeout, and the
+    // connection is still usable.
+    loop {
+        match conn.next_op(Duration::from_millis(100)) {
+            Ok(RawOp::Info(_)) => continue,
+            Err(Error::Timeout { .. }) => break,
+            other => panic!("expected a timeout, got {other:?}"),
+        }
+    }
+    conn.send_raw(b"BOGUS\r\n").unwrap();
+    let seen = conn.expect_close(T).unwrap();
+    assert!(
+        seen.iter()
+            .any(|op| matches!(op, RawOp::Err(t) if t == "Unknown Protocol Operation")),
+        "{seen:?}"
+    );
+    assert!(matches!(conn.next_op(T), Err(Error::Closed)));
+
+    let t = conn.transcript();
+    assert_eq!(t[0].0, Direction::Received);
+    assert!(t[0].1.starts_with(b"INFO "));
+    let sent: Vec<u8> = t
+        .iter()
+        .filter(|(d, _)| *d == Direction::Sent)
+        .flat_map(|(_, b)| b.clone())
+        .collect();
+    assert!(sent.starts_with(b"CONNECT {"));
+    assert!(sent.ends_with(b"PING\r\nBOGUS\r\n"));
+    let text = conn.transcript_text();
+    assert!(text.contains("C: BOGUS\\r\\n"), "{text}");
+    assert!(
+        text.contains("S: -ERR 'Unknown Protocol Operation'\\r\\n"),
+        "{text}"
+    );
+}
