@@ -474,3 +474,48 @@ fn subscriptions_receive_msg_and_hmsg() {
     drop(client);
     server.join().unwrap();
 }
+
+#[test]
+fn confirmation_pings_are_coalesced_and_the_last_batch_is_still_confirmed() {
+    const N: usize = 20;
+    let (seen_tx, seen_rx) = mpsc::channel();
+    let (url, server) = fake_server(move |mut conn| {
+        conn.handshake(basic_info());
+        let (mut pubs, mut pings, mut ping_after_last) = (0, 0, false);
+        while !ping_after_last {
+            match conn.next() {
+                Seen::Pub { .. } => {
+                    pubs += 1;
+                    seen_tx.send(pubs).unwrap();
+                }
+                Seen::Ping => {
+                    pings += 1;
+                    conn.send(ServerOp::Pong);
+                    ping_after_last = pubs == N;
+                }
+                other => panic!("unexpected {other:?}"),
+            }
+        }
+        seen_tx.send(1000 + pings).unwrap();
+        conn.serve_until_closed();
+    });
+    let client = Options::new()
+        .servers(&url)
+        .unwrap()
+        .resend_unconfirmed(true)
+        .connect()
+        .unwrap();
+    // One message per write: each waits until the server has read the one before.
+    for i in 1..=N {
+        client.publish("trickle", b"x").unwrap();
+        assert_eq!(seen_rx.recv_timeout(STEP).unwrap(), i);
+    }
+    // The last message is confirmed by a PING that comes on its own (no flush asked).
+    let pings = seen_rx.recv_timeout(STEP).unwrap() - 1000;
+    assert!(
+        (1..N).contains(&pings),
+        "{pings} PINGs for {N} one-message writes"
+    );
+    client.close().unwrap();
+    server.join().unwrap();
+}

@@ -38,6 +38,8 @@ pub(crate) struct State {
     pub(crate) out: Vec<u8>,
     /// Messages in `out`.
     pub(crate) out_msgs: u64,
+    /// When `out` last went from empty to not empty (for `write_linger`).
+    pub(crate) out_since: Option<Instant>,
     pub(crate) post: Vec<u8>,
     pub(crate) pongs_due: u32,
     pub(crate) pings_due: u32,
@@ -156,6 +158,7 @@ impl Shared {
                 pre: Vec::new(),
                 out: Vec::with_capacity(64 * 1024),
                 out_msgs: 0,
+                out_since: None,
                 post: Vec::new(),
                 pongs_due: 0,
                 pings_due: 0,
@@ -556,6 +559,11 @@ fn write_loop(
     let mut data: Vec<u8> = Vec::with_capacity(64 * 1024);
     let mut post = Vec::new();
     let mut draining_lame_duck: Option<u64> = None;
+    // Confirmation PINGs (with `resend_unconfirmed`): at most one per CONFIRM_INTERVAL, so
+    // that a trickle of messages costs one write each, not a write plus a PING/PONG round
+    // trip. Batches written without their own PING wait for the next one (`awaiting`).
+    let mut last_confirm: Option<Instant> = None;
+    let mut awaiting: Option<(u64, Instant)> = None;
     loop {
         let mut st = shared.state();
         let (msgs, ticket) = loop {
@@ -592,10 +600,37 @@ fn write_loop(
                 shared.request_ping(&mut st);
                 next_ping = now + interval;
             }
+            if let Some((ticket, due)) = awaiting {
+                if st.pings_requested >= ticket {
+                    // A PING (flush, keep-alive) was requested since: it confirms them.
+                    awaiting = None;
+                } else if now >= due {
+                    shared.request_ping(&mut st);
+                    last_confirm = Some(now);
+                    awaiting = None;
+                }
+            }
             let backlogged = resend && unconfirmed.bytes > opts.pending_size;
+            // A small batch may linger for more messages to join it, unless something else
+            // is being written anyway or the client is closing.
+            let linger_until = match st.out_since {
+                Some(since)
+                    if !opts.write_linger.is_zero()
+                        && st.out.len() < LINGER_MAX_BATCH
+                        && st.phase != Phase::Closing
+                        && st.pings_due == 0
+                        && st.pre.is_empty()
+                        && st.post.is_empty() =>
+                {
+                    Some(since + opts.write_linger).filter(|t| *t > now)
+                }
+                _ => None,
+            };
             // While moving away from a lame duck server, new messages wait for the next one.
-            let take_out =
-                !backlogged && (draining_lame_duck.is_none() || last_round) && !st.out.is_empty();
+            let take_out = !backlogged
+                && linger_until.is_none()
+                && (draining_lame_duck.is_none() || last_round)
+                && !st.out.is_empty();
             if take_out
                 || !st.pre.is_empty()
                 || !st.post.is_empty()
@@ -608,12 +643,25 @@ fn write_loop(
                 }
                 st.pongs_due = 0;
                 let mut msgs = 0;
+                let mut ticket = st.pings_requested;
                 if take_out {
+                    let urgent = unconfirmed.bytes + st.out.len() > opts.pending_size / 4
+                        || st.phase == Phase::Closing;
+                    st.out_since = None;
                     std::mem::swap(&mut st.out, &mut data);
                     msgs = std::mem::take(&mut st.out_msgs);
                     if resend && st.pings_due == 0 {
-                        st.pings_due = 1;
-                        st.pings_requested += 1;
+                        let due = last_confirm.map_or(now, |t| t + CONFIRM_INTERVAL);
+                        if urgent || now >= due {
+                            st.pings_due = 1;
+                            st.pings_requested += 1;
+                            ticket = st.pings_requested;
+                            last_confirm = Some(now);
+                        } else {
+                            // Confirmed by the next PING, sent by `due` at the latest.
+                            ticket = st.pings_requested + 1;
+                            awaiting = Some((ticket, due));
+                        }
                     }
                 }
                 std::mem::swap(&mut st.post, &mut post);
@@ -621,12 +669,16 @@ fn write_loop(
                     ClientOp::Ping.encode(&mut post);
                 }
                 st.pings_due = 0;
-                break (msgs, st.pings_requested);
+                break (msgs, ticket);
             }
-            if st.phase == Phase::Closing && !st.has_work() {
+            if st.phase == Phase::Closing && !st.has_work() && awaiting.is_none() {
                 return Outcome::Closing;
             }
-            st = wait(&shared.work, st, next_ping.saturating_duration_since(now));
+            let mut wake = awaiting.map_or(next_ping, |(_, due)| due.min(next_ping));
+            if let Some(t) = linger_until {
+                wake = wake.min(t);
+            }
+            st = wait(&shared.work, st, wake.saturating_duration_since(now));
         };
         drop(st);
         shared.progress.notify_all();
@@ -653,6 +705,13 @@ fn write_loop(
         }
     }
 }
+
+/// Batches at least this large are written without lingering.
+const LINGER_MAX_BATCH: usize = 64 * 1024;
+
+/// With `resend_unconfirmed`, the longest written messages wait for the PING that confirms
+/// them (unless they grow past a quarter of `pending_size`, which sends one at once).
+const CONFIRM_INTERVAL: Duration = Duration::from_millis(20);
 
 /// Batches above this capacity are released after use rather than kept.
 const KEEP_BATCH_CAPACITY: usize = 4 * 1024 * 1024;

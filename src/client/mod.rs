@@ -318,6 +318,9 @@ impl Client {
             check_open(&st)?;
         }
         let was_empty = st.out.is_empty();
+        if was_empty && !opts.write_linger.is_zero() {
+            st.out_since = Some(Instant::now());
+        }
         let st = &mut *st;
         match headers {
             None => encode_pub(&mut st.out, subject, reply, None, payload),

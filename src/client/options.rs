@@ -46,6 +46,7 @@ pub struct Options {
     pub(crate) flush_timeout: Duration,
     pub(crate) flusher_queue_size: usize,
     pub(crate) publish_wait: Duration,
+    pub(crate) write_linger: Duration,
     pub(crate) max_control_line: usize,
     pub(crate) subscription_capacity: usize,
     pub(crate) ping_interval: Duration,
@@ -76,6 +77,7 @@ impl Default for Options {
             flush_timeout: Duration::from_secs(10),
             flusher_queue_size: 1024 * 1024,
             publish_wait: Duration::from_secs(2),
+            write_linger: Duration::ZERO,
             max_control_line: DEFAULT_MAX_CONTROL_LINE,
             subscription_capacity: 65_536,
             ping_interval: Duration::from_secs(120),
@@ -109,6 +111,7 @@ impl fmt::Debug for Options {
             .field("flush_timeout", &self.flush_timeout)
             .field("flusher_queue_size", &self.flusher_queue_size)
             .field("publish_wait", &self.publish_wait)
+            .field("write_linger", &self.write_linger)
             .field("max_control_line", &self.max_control_line)
             .field("subscription_capacity", &self.subscription_capacity)
             .field("ping_interval", &self.ping_interval)
@@ -269,6 +272,15 @@ impl Options {
     /// How long `publish` may wait for room in a full flusher queue. Default: 2 s.
     pub fn publish_wait(mut self, wait: Duration) -> Options {
         self.publish_wait = wait;
+        self
+    }
+
+    /// How long the writer may hold a small batch of messages for more to join it before
+    /// writing: fewer writes (and fewer wake-ups of the server and of this process) for a
+    /// trickle of messages, at the cost of up to this much latency. A flush, a full batch
+    /// (64 KiB) or `close` writes at once. Default: zero (write as soon as possible).
+    pub fn write_linger(mut self, linger: Duration) -> Options {
+        self.write_linger = linger;
         self
     }
 
