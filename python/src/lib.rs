@@ -155,22 +155,48 @@ fn handle(
         }
         return Ok(lines(report));
     }
-    let mut payload = Vec::with_capacity(2048);
-    ser::dumps_into(data, &mut payload)?;
-    HANDLED_BYTES.fetch_add(payload.len() as u64, Ordering::Relaxed);
-    let kind = match &status {
+    // One buffer per thread, reused: a 38 KB event is not re-grown from scratch each call.
+    let mut payload = PAYLOAD
+        .with(std::cell::Cell::take)
+        .unwrap_or_else(|| Vec::with_capacity(4096));
+    payload.clear();
+    let result = handle_payload(py, kind_status(&status), data, &ident, &mut payload, report);
+    if payload.capacity() <= 1 << 20 {
+        PAYLOAD.with(|p| p.set(Some(payload)));
+    }
+    result
+}
+
+thread_local! {
+    static PAYLOAD: std::cell::Cell<Option<Vec<u8>>> = const { std::cell::Cell::new(None) };
+}
+
+fn kind_status(status: &Option<String>) -> Kind<'_> {
+    match status {
         Some(s) => Kind::Status(s),
         None => Kind::Event,
-    };
+    }
+}
+
+/// Serializes `data` into `payload` and publishes it for the run `ident`.
+fn handle_payload(
+    py: Python<'_>,
+    kind: Kind<'_>,
+    data: &Bound<'_, PyAny>,
+    ident: &str,
+    payload: &mut Vec<u8>,
+    mut report: Report,
+) -> PyResult<Lines> {
+    ser::dumps_into(data, payload)?;
+    HANDLED_BYTES.fetch_add(payload.len() as u64, Ordering::Relaxed);
     // The event's uuid: its de-duplication id with JetStream.
     let uuid = match kind {
         Kind::Event => text_item(data, "uuid"),
         Kind::Status(_) => None,
     };
     // The network work (and the bounded flush at the end of a run) without the GIL.
-    let published = py.detach(|| {
-        emitter().publish_with_id(&ident, kind, uuid.as_deref(), &payload, Loaded::none)
-    });
+    let published = py
+        .detach(|| emitter().publish_with_id(ident, kind, uuid.as_deref(), payload, Loaded::none));
     report.errors.extend(published.errors);
     report.summary = published.summary;
     Ok(lines(report))
