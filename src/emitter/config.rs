@@ -114,8 +114,9 @@ impl Loaded {
     }
 }
 
-/// How long the emitter's client lets a small batch of events wait for more before writing.
-pub const EMITTER_WRITE_LINGER: Duration = Duration::from_millis(5);
+/// How long the emitter's client lets a small batch of events wait for more before writing,
+/// unless `RUNNER_NATS_WRITE_LINGER` says otherwise.
+pub const EMITTER_WRITE_LINGER: Duration = Duration::ZERO;
 
 /// The true spellings the Python plugin accepts for its boolean variables.
 fn truthy(value: &str) -> bool {
@@ -648,9 +649,9 @@ fn load_headers(
 fn build_options(src: &mut Sources<'_>) -> Option<(Options, Duration)> {
     // The emitter never waits for a connection in an event handler: it connects in the
     // background, keeps trying, and re-sends what the server did not confirm (events
-    // carry uuids, so consumers can drop the rare duplicate). Events trickle in one at a
-    // time: letting them linger 5 ms before a write batches them, which costs the playbook
-    // fewer wake-ups (see BENCHMARKS.md, whole run).
+    // carry uuids, so consumers can drop the rare duplicate). `RUNNER_NATS_WRITE_LINGER`
+    // can batch a trickle of events into fewer writes; off by default, as the whole-run
+    // benchmark showed no difference on a quiet machine (BENCHMARKS.md).
     let mut opts = Options::new()
         .connect_in_background(true)
         .retry_on_failed_connect(true)
@@ -719,7 +720,7 @@ fn build_options(src: &mut Sources<'_>) -> Option<(Options, Duration)> {
     if let Some(n) = src.size("pending_size", "8 MiB") {
         opts = opts.pending_size(n);
     }
-    if let Some(d) = src.seconds("write_linger", "5 ms") {
+    if let Some(d) = src.seconds("write_linger", "0") {
         // More than a second would only delay events for nothing.
         opts = opts.write_linger(d.min(Duration::from_secs(1)));
     }
