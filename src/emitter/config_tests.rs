@@ -647,3 +647,19 @@ fn a_bad_jetstream_switch_is_reported_and_leaves_it_off() {
     );
     assert!(text.starts_with("RUNNER_NATS_JETSTREAM_STREAM: \"a b\" is not a valid stream name"));
 }
+
+#[test]
+fn write_linger_from_the_variable_or_the_options() {
+    assert_eq!(config(&[], None).options.write_linger, Duration::ZERO);
+    let c = config(&[("RUNNER_NATS_WRITE_LINGER", "0.005")], None);
+    assert_eq!(c.options.write_linger, Duration::from_millis(5));
+    let c = config(&[], Some(json!({"nats_options": {"write_linger": 0.01}})));
+    assert_eq!(c.options.write_linger, Duration::from_millis(10));
+    let c = config(&[("RUNNER_NATS_WRITE_LINGER", "30")], None);
+    assert_eq!(c.options.write_linger, Duration::from_secs(1), "capped");
+    let (text, _, _) = only_issue(&[("RUNNER_NATS_WRITE_LINGER", "soon")], None);
+    assert_eq!(
+        text,
+        "RUNNER_NATS_WRITE_LINGER: \"soon\" is not a number of seconds (fractions allowed); using the default (0)"
+    );
+}
