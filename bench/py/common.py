@@ -38,53 +38,35 @@ def nats_server():
         server.wait()
 
 
-COUNTER_SCRIPT = """
-import asyncio, sys, nats
-async def main(url, subject):
-    nc = await nats.connect(url, pending_size=256 * 1024 * 1024)
-    n = 0
-    target = None
-    reached = asyncio.Event()
-    async def on_msg(msg):
-        nonlocal n
-        n += 1
-        if target is not None and n >= target:
-            reached.set()
-    await nc.subscribe(subject, cb=on_msg, pending_msgs_limit=10_000_000,
-                       pending_bytes_limit=4 * 1024 * 1024 * 1024)
-    await nc.flush()
-    print("ready", flush=True)
-    loop = asyncio.get_running_loop()
-    line = await loop.run_in_executor(None, sys.stdin.readline)
-    want, timeout = line.split()
-    target = int(want)
-    if n >= target:
-        reached.set()
-    try:
-        await asyncio.wait_for(reached.wait(), float(timeout))
-    except asyncio.TimeoutError:
-        pass
-    print(n, flush=True)
-asyncio.run(main(sys.argv[1], sys.argv[2]))
-"""
+COUNTER = ROOT / "bench" / "target" / "release" / "arn-bench"
 
 
 class Counter:
-    """An independent nats-py subscriber in its own process, so that it takes no time from
-    what is measured (in-process, it would compete for the GIL). It counts silently and
-    answers once, when asked by `wait`, so that counting costs no more than receiving."""
+    """An independent subscriber in its own process (`arn-bench count`, on the legacy Rust
+    `nats` crate), so that it takes no time from what is measured and keeps up with any
+    publisher: a slow counter would put a floor under every figure. It counts silently
+    and answers once, when asked by `wait`."""
 
     def __init__(self, url, subject):
-        self.proc = subprocess.Popen([sys.executable, "-c", COUNTER_SCRIPT, url, subject],
+        if not COUNTER.exists():
+            raise SystemExit(f"{COUNTER} missing: run `make bench` (it builds it)")
+        self.proc = subprocess.Popen([str(COUNTER), "count", url, subject],
                                      stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
         if self.proc.stdout.readline().strip() != "ready":
             raise RuntimeError("the counting subscriber did not start")
 
-    def wait(self, n, timeout):
-        """Waits until `n` messages arrived or `timeout` passed; returns the count."""
-        self.proc.stdin.write(f"{n} {timeout}\n")
+    def start(self):
+        """Marks the start of the measured work (the counter timestamps the line)."""
+        self.proc.stdin.write("start\n")
         self.proc.stdin.flush()
-        return int(self.proc.stdout.readline())
+
+    def wait(self, n, timeout):
+        """Waits until `n` messages arrived or `timeout` passed. Returns the count and the
+        seconds from `start` until the last message arrived."""
+        self.proc.stdin.write(f"wait {n} {timeout}\n")
+        self.proc.stdin.flush()
+        count, took = self.proc.stdout.readline().split()
+        return int(count), float(took)
 
     def close(self):
         self.proc.kill()

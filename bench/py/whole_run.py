@@ -67,7 +67,7 @@ def one_run(which, url, workdir):
         if proc.returncode != 0:
             raise SystemExit(f"ansible-runner ({which}) failed: {proc.stderr[-2000:]}")
         events = len(list((data / "artifacts" / "run" / "job_events").glob("*.json")))
-        got = 0 if which == "none" else counter.wait(events, timeout=30)
+        got = 0 if which == "none" else counter.wait(events, timeout=30)[0]
         return wall, events, got
     finally:
         counter.close()

@@ -5,6 +5,8 @@
 //!   and memory of a publisher while the server is down and up.
 //! - `arn-bench memory-child <client> <up|down> <url>` is one memory measurement in a
 //!   process of its own (run by the memory section; prints its peak RSS).
+//! - `arn-bench count <url> <subject>` is the counting subscriber of the Python sections
+//!   (see `count.rs`).
 //!
 //! The plugin sections (cost per event, whole playbook run) are Python: `bench/py/`.
 
@@ -13,6 +15,7 @@ use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
+mod count;
 mod jetstream;
 mod latency;
 mod memory;
@@ -92,9 +95,10 @@ fn runs() -> usize {
 
 fn main() {
     let args: Vec<String> = std::env::args().skip(1).collect();
-    if args.first().map(String::as_str) == Some("memory-child") {
-        memory::child(&args[1..]);
-        return;
+    match args.first().map(String::as_str) {
+        Some("memory-child") => return memory::child(&args[1..]),
+        Some("count") => return count::child(&args[1..]),
+        _ => {}
     }
     let only = args.first().cloned().unwrap_or_default();
     let server = start_server();
