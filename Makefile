@@ -41,6 +41,7 @@ lint: setup
 	cd python && cargo fmt --check
 	cargo clippy --workspace --all-targets -- -D warnings
 	cd python && cargo clippy --all-targets -- -D warnings
+	cd python && cargo clippy --all-targets --features abi3 -- -D warnings
 	RUSTDOCFLAGS="-D warnings" cargo doc --workspace --no-deps
 
 # Benchmarks against the peers (not part of `make test`): see BENCHMARKS.md.

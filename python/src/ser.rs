@@ -571,47 +571,38 @@ fn escape_mask(w: u64) -> u64 {
     (ctl | q | b) & HI
 }
 
+/// The 8 bytes of `s` at `i..i + 8`.
 #[inline(always)]
 fn load8(s: &[u8], i: usize) -> u64 {
-    let mut w = [0u8; 8];
-    if let Some(chunk) = s.get(i..i + 8) {
-        w.copy_from_slice(chunk);
+    match s.get(i..i + 8).and_then(|c| <[u8; 8]>::try_from(c).ok()) {
+        Some(w) => u64::from_le_bytes(w),
+        None => SPACES,
     }
-    u64::from_le_bytes(w)
 }
 
-/// Index of the first byte at or after `i` that needs escaping, or `s.len()`.
+/// Eight spaces: a byte that never needs escaping, to pad short words with.
+const SPACES: u64 = 0x2020_2020_2020_2020;
+
+/// `s` (shorter than 8 bytes) as a little-endian word padded with spaces, built from at
+/// most two overlapping loads instead of a byte loop.
 #[inline(always)]
-fn next_escape(s: &[u8], mut i: usize) -> usize {
+fn load_short(s: &[u8]) -> u64 {
     let n = s.len();
-    while i + 8 <= n {
-        let m = escape_mask(load8(s, i));
-        if m != 0 {
-            return i + (m.trailing_zeros() / 8) as usize;
-        }
-        i += 8;
-    }
-    if i >= n {
-        return n;
-    }
-    if n >= 8 {
-        // The last 8 bytes, overlapping bytes already checked (which hold no match, so no
-        // false positive can come from them): drop those bytes' bits.
-        let done = 8 - (n - i);
-        let m = escape_mask(load8(s, n - 8)) >> (8 * done);
-        return if m != 0 {
-            i + (m.trailing_zeros() / 8) as usize
-        } else {
-            n
-        };
-    }
-    while let Some(&c) = s.get(i) {
-        if ESCAPE[c as usize] != 0 {
-            return i;
-        }
-        i += 1;
-    }
-    n
+    let w = if n >= 4 {
+        let lo = u64::from(u32::from_le_bytes([s[0], s[1], s[2], s[3]]));
+        let hi = u64::from(u32::from_le_bytes([s[n - 4], s[n - 3], s[n - 2], s[n - 1]]));
+        lo | hi << (8 * (n - 4))
+    } else if n >= 2 {
+        let lo = u64::from(u16::from_le_bytes([s[0], s[1]]));
+        let hi = u64::from(u16::from_le_bytes([s[n - 2], s[n - 1]]));
+        lo | hi << (8 * (n - 2))
+    } else if n == 1 {
+        u64::from(s[0])
+    } else {
+        0
+    };
+    // Overlapping bytes are equal, so OR-ing them is harmless; the bytes past `n` are 0.
+    w | (SPACES & (u64::MAX.checked_shl(8 * n as u32).unwrap_or(0)))
 }
 
 #[inline(always)]
@@ -630,27 +621,41 @@ fn write_escape(buf: &mut Vec<u8>, c: u8) {
 }
 
 /// A JSON string from valid UTF-8.
+///
+/// One pass, a word (8 bytes) at a time: each word is checked for bytes to escape and,
+/// when it has none, appended whole, so a typical key or value costs a couple of word
+/// stores rather than a byte loop and a `memcpy` call. The last, short word is padded
+/// with spaces and the padding cut off again.
 pub fn write_str_utf8(buf: &mut Vec<u8>, s: &[u8]) {
-    let first = next_escape(s, 0);
-    buf.reserve(s.len() + 2);
+    buf.reserve(s.len() + 2 + 8);
     buf.push(b'"');
-    if first == s.len() {
-        // The common case: nothing to escape.
-        buf.extend_from_slice(s);
-        buf.push(b'"');
-        return;
-    }
-    let mut run = 0;
-    let mut next = first;
-    loop {
-        let i = next;
-        let Some(&c) = s.get(i) else { break };
-        buf.extend_from_slice(&s[run..i]);
+    let mut i = 0;
+    while i < s.len() {
+        let left = s.len() - i;
+        let w = if left >= 8 {
+            load8(s, i)
+        } else {
+            load_short(&s[i..])
+        };
+        let m = escape_mask(w);
+        if m == 0 {
+            buf.extend_from_slice(&w.to_le_bytes());
+            if left < 8 {
+                buf.truncate(buf.len() - (8 - left));
+            }
+            i += left.min(8);
+            continue;
+        }
+        // The lowest flagged byte is exact (padding never needs escaping).
+        let k = (m.trailing_zeros() / 8) as usize;
+        let (Some(run), Some(&c)) = (s.get(i..i + k), s.get(i + k)) else {
+            buf.extend_from_slice(s.get(i..).unwrap_or_default());
+            break;
+        };
+        buf.extend_from_slice(run);
         write_escape(buf, c);
-        run = i + 1;
-        next = next_escape(s, run);
+        i += k + 1;
     }
-    buf.extend_from_slice(&s[run..]);
     buf.push(b'"');
 }
 

@@ -279,3 +279,16 @@ def test_escapes_at_every_position():
                 assert json.loads(dumps(s)) == json.loads(json.dumps(s)), (n, pos, ch)
                 if ch != "\udcff":
                     assert dumps(s) == json.dumps(s, ensure_ascii=False).encode(), (n, pos, ch)
+
+
+def test_random_strings_with_many_escapes():
+    # Strings of every length up to 70, built from plain bytes, every escaped byte, and
+    # multi-byte characters, so escapes fall on word boundaries, inside words and in the
+    # padded last word, several per word.
+    alphabet = ["a", "Z", " ", "~", '"', "\\", "\n", "\x00", "\x1f", "\x7f", "\u00e9", "\u20ac", "\U0001F600"]
+    rng = random.Random(7)
+    for n in range(71):
+        for _ in range(30):
+            s = "".join(rng.choice(alphabet) for _ in range(n))
+            assert dumps(s) == json.dumps(s, ensure_ascii=False).encode(), repr(s)
+            assert dumps({s: s}) == json.dumps({s: s}, ensure_ascii=False, separators=(",", ":")).encode()
