@@ -519,3 +519,51 @@ fn confirmation_pings_are_coalesced_and_the_last_batch_is_still_confirmed() {
     client.close().unwrap();
     server.join().unwrap();
 }
+
+#[test]
+fn write_linger_coalesces_bursts_and_leaves_a_lone_message_alone() {
+    const LINGER: Duration = Duration::from_millis(800);
+    let (seen_tx, seen_rx) = mpsc::channel();
+    let (url, server) = fake_server(move |mut conn| {
+        conn.handshake(basic_info());
+        loop {
+            match conn.try_next(STEP * 4) {
+                Some(Seen::Pub { payload, .. }) => seen_tx.send(payload).unwrap(),
+                Some(Seen::Ping) => conn.send(ServerOp::Pong),
+                Some(other) => panic!("unexpected {other:?}"),
+                None => break,
+            }
+        }
+    });
+    let client = Options::new()
+        .servers(&url)
+        .unwrap()
+        .write_linger(LINGER)
+        .connect()
+        .unwrap();
+    let arrives = |what: &[u8]| assert_eq!(seen_rx.recv_timeout(STEP).unwrap(), what);
+    // The first message after a quiet spell is written at once, well before the linger.
+    let start = Instant::now();
+    client.publish("s", b"lone").unwrap();
+    arrives(b"lone");
+    assert!(start.elapsed() < LINGER, "{:?}", start.elapsed());
+    // The next ones come within the linger of that write: a burst; they wait together.
+    let burst = Instant::now();
+    client.publish("s", b"b1").unwrap();
+    client.publish("s", b"b2").unwrap();
+    arrives(b"b1");
+    arrives(b"b2");
+    assert!(burst.elapsed() >= LINGER / 2, "{:?}", burst.elapsed());
+    // A flush does not wait for the linger.
+    client.publish("s", b"flushed").unwrap();
+    client.flush(STEP).unwrap();
+    arrives(b"flushed");
+    // After a quiet spell longer than the linger, a message goes out at once again.
+    thread::sleep(LINGER + LINGER / 4);
+    let start = Instant::now();
+    client.publish("s", b"again").unwrap();
+    arrives(b"again");
+    assert!(start.elapsed() < LINGER, "{:?}", start.elapsed());
+    client.close().unwrap();
+    server.join().unwrap();
+}

@@ -564,6 +564,8 @@ fn write_loop(
     // trip. Batches written without their own PING wait for the next one (`awaiting`).
     let mut last_confirm: Option<Instant> = None;
     let mut awaiting: Option<(u64, Instant)> = None;
+    // When the last batch of messages was written (for `write_linger`).
+    let mut last_write: Option<Instant> = None;
     loop {
         let mut st = shared.state();
         let (msgs, ticket) = loop {
@@ -611,11 +613,15 @@ fn write_loop(
                 }
             }
             let backlogged = resend && unconfirmed.bytes > opts.pending_size;
-            // A small batch may linger for more messages to join it, unless something else
-            // is being written anyway or the client is closing.
+            // In a burst (this batch began within `write_linger` of the last write) a small
+            // batch lingers for more messages to join it, unless something else is being
+            // written anyway or the client is closing. After a quiet spell it goes at once.
             let linger_until = match st.out_since {
                 Some(since)
                     if !opts.write_linger.is_zero()
+                        && last_write.is_some_and(|w| {
+                            since.saturating_duration_since(w) < opts.write_linger
+                        })
                         && st.out.len() < LINGER_MAX_BATCH
                         && st.phase != Phase::Closing
                         && st.pings_due == 0
@@ -682,6 +688,9 @@ fn write_loop(
         };
         drop(st);
         shared.progress.notify_all();
+        if msgs > 0 {
+            last_write = Some(Instant::now());
+        }
         let written = write_parts(w, &pre, &data, &post);
         pre.clear();
         post.clear();

@@ -275,10 +275,12 @@ impl Options {
         self
     }
 
-    /// How long the writer may hold a small batch of messages for more to join it before
-    /// writing: fewer writes (and fewer wake-ups of the server and of this process) for a
-    /// trickle of messages, at the cost of up to this much latency. A flush, a full batch
-    /// (64 KiB) or `close` writes at once. Default: zero (write as soon as possible).
+    /// Write coalescing for bursts: a small batch of messages that begins within this long
+    /// of the previous write waits up to this long for more to join it. A burst then costs
+    /// a few large writes (and few wake-ups of the server and of this process) instead of
+    /// one per message, at up to this much latency; a message after a quiet spell is
+    /// written at once. A flush, a full batch (64 KiB) or `close` writes at once.
+    /// Default: zero (every message as soon as possible).
     pub fn write_linger(mut self, linger: Duration) -> Options {
         self.write_linger = linger;
         self
