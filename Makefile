@@ -8,7 +8,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 PLUGIN_STAMP := $(VENV)/.plugin-built
 PLUGIN_SOURCES := $(shell find src python/src python/ansible_runner_nats_rs -name '*.rs' -o -name '*.py') \
-	Cargo.toml python/Cargo.toml python/pyproject.toml
+	Cargo.toml python/Cargo.toml python/build.rs python/pyproject.toml
 
 .PHONY: setup plugin demo test test-rust test-python lint bench
 

@@ -416,6 +416,10 @@ impl Ser<'_> {
     }
 
     unsafe fn str(&mut self, o: *mut ffi::PyObject) -> R {
+        if let Some(s) = compact_ascii(o) {
+            write_str_utf8(self.buf, s);
+            return Ok(());
+        }
         if HAVE_AS_UTF8_AND_SIZE.load(Ordering::Relaxed) {
             let mut size: ffi::Py_ssize_t = 0;
             let p = PyUnicode_AsUTF8AndSize(o, &mut size);
@@ -480,6 +484,32 @@ impl Ser<'_> {
         write_f64(self.buf, v);
         Ok(())
     }
+}
+
+/// The text of a compact ASCII string (most keys and values), read straight from the
+/// object instead of through a call into CPython. `None` for any other string.
+///
+/// SAFETY: the GIL is held and `o` is a live `str`; the slice lives as long as `o`.
+#[cfg(not(any(feature = "abi3", Py_3_14)))]
+#[inline(always)]
+unsafe fn compact_ascii<'a>(o: *mut ffi::PyObject) -> Option<&'a [u8]> {
+    if ffi::PyUnicode_IS_COMPACT_ASCII(o) == 0 {
+        return None;
+    }
+    // A compact ASCII string's characters follow its header, one byte each.
+    let data = o.cast::<ffi::PyASCIIObject>().add(1).cast::<u8>();
+    Some(std::slice::from_raw_parts(
+        data,
+        ffi::PyUnicode_GET_LENGTH(o) as usize,
+    ))
+}
+
+/// The stable ABI (and CPython 3.14, where PyO3 no longer reads the string header) has no
+/// access to the string layout: every string goes through `PyUnicode_AsUTF8AndSize`.
+#[cfg(any(feature = "abi3", Py_3_14))]
+#[inline(always)]
+unsafe fn compact_ascii<'a>(_: *mut ffi::PyObject) -> Option<&'a [u8]> {
+    None
 }
 
 #[cfg(not(feature = "abi3"))]
@@ -626,6 +656,7 @@ fn write_escape(buf: &mut Vec<u8>, c: u8) {
 /// when it has none, appended whole, so a typical key or value costs a couple of word
 /// stores rather than a byte loop and a `memcpy` call. The last, short word is padded
 /// with spaces and the padding cut off again.
+#[inline]
 pub fn write_str_utf8(buf: &mut Vec<u8>, s: &[u8]) {
     buf.reserve(s.len() + 2 + 8);
     buf.push(b'"');
