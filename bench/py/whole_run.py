@@ -6,11 +6,14 @@ leave ansible-runner with whichever it finds last. Each run therefore goes throu
 `whole_run.py --as <none|python|ours> <ansible-runner args>`, which imports ansible-runner
 and sets its plugin table to exactly the plugin being measured before calling its real
 `main()`: the same ansible-runner, the same playbook, only the plugin differs.
-Run by `make bench`; BENCH_WHOLE_RUNS sets the repetitions (default 7, interleaved).
+Run by `make bench`; BENCH_WHOLE_RUNS sets the rounds (default 25; each runs the three
+configurations back to back). Reported: wall time, and the CPU time of the ansible-runner
+process itself (where a plugin runs; far steadier than wall time on a shared machine).
 """
 
 import json
 import os
+import resource
 import shutil
 import statistics
 import subprocess
@@ -27,6 +30,15 @@ CONFIGS = ("none", "python", "ours")
 
 def as_runner(which, argv):
     """In the child process: run ansible-runner with exactly one plugin (or none)."""
+    import atexit
+
+    def report():
+        # The CPU time of this process (all its threads, the plugin's included), not of the
+        # playbook's processes: where a plugin's cost lands.
+        r = resource.getrusage(resource.RUSAGE_SELF)
+        print(f"RUNNER_CPU {r.ru_utime + r.ru_stime:.6f}", file=sys.stderr)
+
+    atexit.register(report)
     if which == "python":
         sys.path.insert(0, str(PEER_DEPS))
     import ansible_runner
@@ -66,44 +78,65 @@ def one_run(which, url, workdir):
         wall = time.perf_counter() - start
         if proc.returncode != 0:
             raise SystemExit(f"ansible-runner ({which}) failed: {proc.stderr[-2000:]}")
+        cpu = [float(line.split()[1]) for line in proc.stderr.splitlines()
+               if line.startswith("RUNNER_CPU ")][-1]
         events = len(list((data / "artifacts" / "run" / "job_events").glob("*.json")))
         got = 0 if which == "none" else counter.wait(events, timeout=30)[0]
-        return wall, events, got
+        return wall, cpu, events, got
     finally:
         counter.close()
 
 
 def main():
-    runs = int(os.environ.get("BENCH_WHOLE_RUNS", "7"))
+    runs = int(os.environ.get("BENCH_WHOLE_RUNS", "25"))
     walls = {c: [] for c in CONFIGS}
+    cpus = {c: [] for c in CONFIGS}
     delivered = {c: [] for c in CONFIGS}
     events = set()
     with nats_server() as url, tempfile.TemporaryDirectory() as workdir:
         one_run("none", url, workdir)  # warm the caches once, not measured
         for _ in range(runs):
             for which in CONFIGS:
-                wall, n, got = one_run(which, url, workdir)
+                wall, cpu, n, got = one_run(which, url, workdir)
                 walls[which].append(wall)
+                cpus[which].append(cpu)
                 delivered[which].append(got)
                 events.add(n)
     n = max(events)
-    base = statistics.median(walls["none"])
-    print(f"## Whole run: `ansible-runner run` of a {n}-event playbook (s; median of {runs}, "
-          "interleaved)\n")
-    print("| plugin | median wall | min | max | added to the median without plugin "
+    med = {c: statistics.median(walls[c]) for c in CONFIGS}
+    med_cpu = {c: statistics.median(cpus[c]) for c in CONFIGS}
+
+    def paired(which, series):
+        # Each round runs the three configurations back to back: comparing within a round
+        # cancels the machine's slower drifts. Median and interquartile range of the rounds.
+        diffs = [(x / base - 1) * 100 for x, base in zip(series[which], series["none"])]
+        q1, q2, q3 = statistics.quantiles(diffs, n=4)
+        return f"{q2:+.1f} % ({q1:+.1f} to {q3:+.1f})"
+
+    print(f"## Whole run: `ansible-runner run` of a {n}-event playbook (median of {runs} rounds; "
+          "each round runs the three back to back)\n")
+    print("| plugin | wall (s) | min | max | added wall: medians | added wall: paired (IQR) | "
+          "CPU of the ansible-runner process (s) | added CPU: paired (IQR) | added CPU per message "
           "| events delivered (all runs) |")
-    print("| --- | --- | --- | --- | --- | --- |")
+    print("| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |")
     names = {"none": "no plugin", "python": "Python `ansible-runner-nats` 0.4.0",
              "ours": "ours"}
     for which in CONFIGS:
         w = walls[which]
-        med = statistics.median(w)
-        added = "—" if which == "none" else f"{(med / base - 1) * 100:+.1f} %"
-        got = "—" if which == "none" else f"{sum(delivered[which])} of {n * runs}"
-        print(f"| {names[which]} | {med:.3f} | {min(w):.3f} | {max(w):.3f} | {added} | {got} |")
-    spread = (max(walls["none"]) - min(walls["none"])) / base * 100
-    print(f"\nRun-to-run spread without plugin: {spread:.1f} % of the median.\n")
-    print(json.dumps({"walls": walls}), file=sys.stderr)
+        if which == "none":
+            added = paired_wall = paired_cpu = per_msg = got = "—"
+        else:
+            added = f"{(med[which] / med['none'] - 1) * 100:+.1f} %"
+            paired_wall = paired(which, walls)
+            paired_cpu = paired(which, cpus)
+            extra = statistics.median(x - b for x, b in zip(cpus[which], cpus["none"]))
+            per_msg = f"{extra / (n + 3) * 1e6:.0f} µs"
+            got = f"{sum(delivered[which])} of {n * runs}"
+        print(f"| {names[which]} | {med[which]:.3f} | {min(w):.3f} | {max(w):.3f} | {added} "
+              f"| {paired_wall} | {med_cpu[which]:.3f} | {paired_cpu} | {per_msg} | {got} |")
+    spread = (max(walls["none"]) - min(walls["none"])) / med["none"] * 100
+    print(f"\nRun-to-run spread without plugin: {spread:.1f} % of the median wall time.\n")
+    print(json.dumps({"walls": walls, "cpus": cpus}), file=sys.stderr)
 
 
 if __name__ == "__main__":
