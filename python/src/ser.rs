@@ -656,7 +656,7 @@ fn write_escape(buf: &mut Vec<u8>, c: u8) {
 /// when it has none, appended whole, so a typical key or value costs a couple of word
 /// stores rather than a byte loop and a `memcpy` call. The last, short word is padded
 /// with spaces and the padding cut off again.
-#[inline]
+#[inline(always)]
 pub fn write_str_utf8(buf: &mut Vec<u8>, s: &[u8]) {
     buf.reserve(s.len() + 2 + 8);
     buf.push(b'"');
