@@ -67,6 +67,29 @@ fn request_reply_matches_replies_to_requests() {
 }
 
 #[test]
+fn waiting_for_a_reply_ends_the_write_linger() {
+    let server = ServerConfig::new().start();
+    let service = client::connect(&server.url()).unwrap();
+    let answering = responder(&service, "svc.reverse");
+    // A linger far longer than the wait: without the wait ending it, the request would
+    // sit in the writer's batch and time out.
+    let nc = client::Options::new()
+        .servers(&server.url())
+        .unwrap()
+        .write_linger(Duration::from_secs(30))
+        .connect()
+        .unwrap();
+    for i in 0..20 {
+        // Back to back: after the first write, each request comes within the linger.
+        let reply = nc.request("svc.reverse", b"ab", Duration::from_secs(5));
+        assert_eq!(reply.unwrap().payload, b"ba", "request {i}");
+    }
+    nc.close().unwrap();
+    service.close().unwrap();
+    assert_eq!(answering.join().unwrap(), 20);
+}
+
+#[test]
 fn no_responders_and_timeouts_are_told_apart() {
     let server = ServerConfig::new().start();
     let nc = client::connect(&server.url()).unwrap();

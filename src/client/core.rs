@@ -210,6 +210,15 @@ impl Shared {
         st.pings_requested
     }
 
+    /// Ends the `write_linger` of the messages queued so far: someone waits on them (a
+    /// request's reply, an ack).
+    pub(crate) fn write_now(&self) {
+        let mut st = self.state();
+        if st.out_since.take().is_some() {
+            self.work.notify_one();
+        }
+    }
+
     /// Queues a control operation (`pre` goes before queued messages, `post` after).
     pub(crate) fn queue_control(&self, st: &mut State, op: ClientOp<'_>, before: bool) {
         let buf = if before { &mut st.pre } else { &mut st.post };

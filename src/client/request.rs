@@ -49,6 +49,10 @@ impl PendingReply {
     /// server reported that nobody listens on the subject, with [`Error::Timeout`] when
     /// no reply came, and with [`Error::Closed`] if the client closed meanwhile.
     pub fn wait(&self, timeout: Duration) -> Result<Message> {
+        if !timeout.is_zero() {
+            // Waiting on the reply: the request must not linger in the writer's batch.
+            self.shared.write_now();
+        }
         match self.rx.recv_timeout(timeout) {
             Ok(m) if is_no_responders(&m) => Err(Error::NoResponders {
                 subject: self.subject.clone(),
