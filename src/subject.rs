@@ -31,7 +31,33 @@ fn check_token_chars(token: &str) -> Option<&'static str> {
     None
 }
 
+/// True for a subject of printable ASCII without wildcard characters and without an empty
+/// token: valid for publish and subscribe alike. One pass over the bytes (this runs for
+/// every message published); anything else takes the full check, which says what is wrong.
+fn plain_ascii(subject: &[u8]) -> bool {
+    // At the start as after a dot: a token must begin here.
+    let mut token_begins = true;
+    for &b in subject {
+        match b {
+            b'.' if token_begins => return false,
+            b'.' => token_begins = true,
+            b'*' | b'>' => return false,
+            0x21..=0x7e => token_begins = false,
+            _ => return false,
+        }
+    }
+    !token_begins
+}
+
 fn check(subject: &str, wildcards: bool) -> Result<(), Error> {
+    if plain_ascii(subject.as_bytes()) {
+        return Ok(());
+    }
+    check_tokens(subject, wildcards)
+}
+
+/// The full check, token by token, with the reason for a refusal.
+fn check_tokens(subject: &str, wildcards: bool) -> Result<(), Error> {
     if subject.is_empty() {
         return Err(invalid(subject, "empty subject"));
     }
@@ -104,6 +130,33 @@ mod tests {
             Err(Error::InvalidSubject(i)) => i.reason,
             other => panic!("expected an invalid subject, got {other:?}"),
         }
+    }
+
+    #[test]
+    fn the_fast_path_accepts_only_what_the_full_check_accepts() {
+        // Every string up to 5 characters over an alphabet of the interesting kinds.
+        let alphabet = [
+            'a', 'Z', '.', '*', '>', ' ', '\t', '\u{1}', '\u{7f}', 'é', '$',
+        ];
+        let mut subjects = vec![String::new()];
+        let mut accepted = 0;
+        for _ in 0..5 {
+            let mut longer = Vec::new();
+            for s in &subjects {
+                for c in alphabet {
+                    let mut t = s.clone();
+                    t.push(c);
+                    if plain_ascii(t.as_bytes()) {
+                        accepted += 1;
+                        assert!(check_tokens(&t, false).is_ok(), "{t:?}");
+                        assert!(check_tokens(&t, true).is_ok(), "{t:?}");
+                    }
+                    longer.push(t);
+                }
+            }
+            subjects = longer;
+        }
+        assert!(accepted > 500, "{accepted}");
     }
 
     #[test]
