@@ -65,8 +65,11 @@ def main():
             for n in (1000, 10000):
                 o_call, o_total, o_got = run(ours, url, event, n, "rs")
                 p_call, p_total, p_got = run(python_plugin, url, event, n, "py")
+                # Nothing arrived: there is no time until the last arrival to compare.
+                p_until = f"{p_total:.1f}" if p_got else "nothing arrived"
+                ratio = f"{p_total / o_total:.1f}x" if p_got and o_got else "—"
                 print(f"| {name} | {n} | {o_call:.1f} | {p_call:.1f} | {p_call / o_call:.1f}x "
-                      f"| {o_total:.1f} | {p_total:.1f} | {p_total / o_total:.1f}x "
+                      f"| {o_total:.1f} | {p_until} | {ratio} "
                       f"| {o_got} of {n + 2} | {p_got} of {n + 2} |", flush=True)
     print()
 

@@ -567,3 +567,38 @@ fn write_linger_coalesces_bursts_and_leaves_a_lone_message_alone() {
     client.close().unwrap();
     server.join().unwrap();
 }
+
+#[test]
+fn a_lingering_batch_goes_at_once_when_it_reaches_64_kib() {
+    let (seen_tx, seen_rx) = mpsc::channel();
+    let (url, server) = fake_server(move |mut conn| {
+        conn.handshake(basic_info());
+        while let Some(seen) = conn.try_next(STEP * 4) {
+            match seen {
+                Seen::Pub { .. } => seen_tx.send(()).unwrap(),
+                Seen::Ping => conn.send(ServerOp::Pong),
+                other => panic!("unexpected {other:?}"),
+            }
+        }
+    });
+    // A linger far longer than the test: only the batch size can release the burst.
+    let client = Options::new()
+        .servers(&url)
+        .unwrap()
+        .write_linger(Duration::from_secs(60))
+        .connect()
+        .unwrap();
+    client.publish("s", b"first").unwrap();
+    seen_rx.recv_timeout(STEP).unwrap();
+    // 100 KiB in 1 KiB messages, no flush: the first 64 KiB or more must arrive.
+    for _ in 0..100 {
+        client.publish("s", &[b'x'; 1024]).unwrap();
+    }
+    for i in 0..64 {
+        seen_rx
+            .recv_timeout(STEP)
+            .unwrap_or_else(|_| panic!("only {i} of the burst arrived"));
+    }
+    client.close().unwrap();
+    server.join().unwrap();
+}

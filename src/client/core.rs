@@ -40,6 +40,11 @@ pub(crate) struct State {
     pub(crate) out_msgs: u64,
     /// When `out` last went from empty to not empty (for `write_linger`).
     pub(crate) out_since: Option<Instant>,
+    /// While the writer sleeps until a time of its own within `write_linger` (it lingers,
+    /// or watches for more of a burst), that time: a message queued meanwhile needs no
+    /// wake-up call, which costs a system call (and on a virtual machine an interrupt
+    /// between processors) per message.
+    pub(crate) writer_looks_at: Option<Instant>,
     pub(crate) post: Vec<u8>,
     pub(crate) pongs_due: u32,
     pub(crate) pings_due: u32,
@@ -159,6 +164,7 @@ impl Shared {
                 out: Vec::with_capacity(64 * 1024),
                 out_msgs: 0,
                 out_since: None,
+                writer_looks_at: None,
                 post: Vec::new(),
                 pongs_due: 0,
                 pings_due: 0,
@@ -578,6 +584,8 @@ fn write_loop(
     loop {
         let mut st = shared.state();
         let (msgs, ticket) = loop {
+            // Awake: publishers wake us again until we sleep with a deadline of our own.
+            st.writer_looks_at = None;
             if let Some(reason) = st.conn_lost.take() {
                 return Outcome::Lost(reason);
             }
@@ -693,6 +701,17 @@ fn write_loop(
             if let Some(t) = linger_until {
                 wake = wake.min(t);
             }
+            // For a linger after the last write, look again then: messages of the same
+            // burst queued meanwhile need not wake us (see `writer_looks_at`).
+            let watch = last_write
+                .map(|w| w + opts.write_linger)
+                .filter(|t| !opts.write_linger.is_zero() && *t > now);
+            if let Some(t) = watch {
+                wake = wake.min(t);
+            }
+            if !opts.write_linger.is_zero() && wake <= now + opts.write_linger {
+                st.writer_looks_at = Some(wake);
+            }
             st = wait(&shared.work, st, wake.saturating_duration_since(now));
         };
         drop(st);
@@ -725,7 +744,7 @@ fn write_loop(
 }
 
 /// Batches at least this large are written without lingering.
-const LINGER_MAX_BATCH: usize = 64 * 1024;
+pub(crate) const LINGER_MAX_BATCH: usize = 64 * 1024;
 
 /// With `resend_unconfirmed`, the longest written messages wait for the PING that confirms
 /// them (unless they grow past a quarter of `pending_size`, which sends one at once).

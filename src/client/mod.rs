@@ -34,7 +34,7 @@ use std::time::{Duration, Instant};
 pub use options::{EventCallback, Options};
 pub use request::PendingReply;
 
-use self::core::{lock, wait, Phase, Shared, Sink, State, Sub};
+use self::core::{lock, wait, Phase, Shared, Sink, State, Sub, LINGER_MAX_BATCH};
 use crate::error::{Error, Result};
 use crate::headers::HeaderMap;
 use crate::proto::{encode_pub, ClientOp, ServerInfo};
@@ -318,10 +318,17 @@ impl Client {
             check_open(&st)?;
         }
         let was_empty = st.out.is_empty();
+        // With a linger, a writer that looks again within it needs no wake-up call.
+        let mut writer_looks = false;
         if was_empty && !opts.write_linger.is_zero() {
-            st.out_since = Some(Instant::now());
+            let now = Instant::now();
+            st.out_since = Some(now);
+            writer_looks = st
+                .writer_looks_at
+                .is_some_and(|t| t <= now + opts.write_linger);
         }
         let st = &mut *st;
+        let before = st.out.len();
         match headers {
             None => encode_pub(&mut st.out, subject, reply, None, payload),
             Some(h) => {
@@ -333,7 +340,11 @@ impl Client {
         st.out_msgs += 1;
         st.stats.out_msgs += 1;
         st.stats.out_bytes += payload.len() as u64;
-        if was_empty && st.phase == Phase::Connected {
+        // Wake the writer for a new batch, unless it looks anyway, and when a lingering
+        // batch becomes large enough to go at once.
+        let grown = before < LINGER_MAX_BATCH && st.out.len() >= LINGER_MAX_BATCH;
+        let wake = (was_empty && !writer_looks) || (grown && !opts.write_linger.is_zero());
+        if wake && st.phase == Phase::Connected {
             shared.work.notify_one();
         }
         Ok(())

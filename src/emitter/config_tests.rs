@@ -652,7 +652,7 @@ fn a_bad_jetstream_switch_is_reported_and_leaves_it_off() {
 fn write_linger_from_the_variable_or_the_options() {
     assert_eq!(
         config(&[], None).options.write_linger,
-        Duration::from_millis(1)
+        Duration::from_millis(50)
     );
     let c = config(&[("RUNNER_NATS_WRITE_LINGER", "0")], None);
     assert_eq!(c.options.write_linger, Duration::ZERO, "off");
@@ -665,6 +665,6 @@ fn write_linger_from_the_variable_or_the_options() {
     let (text, _, _) = only_issue(&[("RUNNER_NATS_WRITE_LINGER", "soon")], None);
     assert_eq!(
         text,
-        "RUNNER_NATS_WRITE_LINGER: \"soon\" is not a number of seconds (fractions allowed); using the default (0.001)"
+        "RUNNER_NATS_WRITE_LINGER: \"soon\" is not a number of seconds (fractions allowed); using the default (0.05)"
     );
 }
