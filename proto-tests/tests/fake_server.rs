@@ -520,20 +520,25 @@ fn confirmation_pings_are_coalesced_and_the_last_batch_is_still_confirmed() {
     server.join().unwrap();
 }
 
+/// Serves a client that only publishes: each PUB's payload goes to `tx` and PINGs are
+/// answered, until the client closes (or sends nothing for a long while).
+fn forward_payloads(conn: &mut FakeConn, tx: &mpsc::Sender<Vec<u8>>) {
+    while let Some(seen) = conn.try_next(STEP * 4) {
+        match seen {
+            Seen::Pub { payload, .. } => tx.send(payload).unwrap(),
+            Seen::Ping => conn.send(ServerOp::Pong),
+            other => panic!("unexpected {other:?}"),
+        }
+    }
+}
+
 #[test]
 fn write_linger_coalesces_bursts_and_leaves_a_lone_message_alone() {
     const LINGER: Duration = Duration::from_millis(800);
     let (seen_tx, seen_rx) = mpsc::channel();
     let (url, server) = fake_server(move |mut conn| {
         conn.handshake(basic_info());
-        loop {
-            match conn.try_next(STEP * 4) {
-                Some(Seen::Pub { payload, .. }) => seen_tx.send(payload).unwrap(),
-                Some(Seen::Ping) => conn.send(ServerOp::Pong),
-                Some(other) => panic!("unexpected {other:?}"),
-                None => break,
-            }
-        }
+        forward_payloads(&mut conn, &seen_tx);
     });
     let client = Options::new()
         .servers(&url)
@@ -573,13 +578,7 @@ fn a_lingering_batch_goes_at_once_when_it_reaches_64_kib() {
     let (seen_tx, seen_rx) = mpsc::channel();
     let (url, server) = fake_server(move |mut conn| {
         conn.handshake(basic_info());
-        while let Some(seen) = conn.try_next(STEP * 4) {
-            match seen {
-                Seen::Pub { .. } => seen_tx.send(()).unwrap(),
-                Seen::Ping => conn.send(ServerOp::Pong),
-                other => panic!("unexpected {other:?}"),
-            }
-        }
+        forward_payloads(&mut conn, &seen_tx);
     });
     // A linger far longer than the test: only the batch size can release the burst.
     let client = Options::new()

@@ -490,7 +490,7 @@ impl Ser<'_> {
 /// object instead of through a call into CPython. `None` for any other string.
 ///
 /// SAFETY: the GIL is held and `o` is a live `str`; the slice lives as long as `o`.
-#[cfg(not(any(feature = "abi3", Py_3_14)))]
+#[cfg(not(any(feature = "abi3", Py_3_14, PyPy, GraalPy)))]
 #[inline(always)]
 unsafe fn compact_ascii<'a>(o: *mut ffi::PyObject) -> Option<&'a [u8]> {
     if ffi::PyUnicode_IS_COMPACT_ASCII(o) == 0 {
@@ -504,9 +504,10 @@ unsafe fn compact_ascii<'a>(o: *mut ffi::PyObject) -> Option<&'a [u8]> {
     ))
 }
 
-/// The stable ABI (and CPython 3.14, where PyO3 no longer reads the string header) has no
+/// The stable ABI (and CPython 3.14, where PyO3 no longer reads the string header, and the
+/// other interpreters, whose strings are laid out differently) has no
 /// access to the string layout: every string goes through `PyUnicode_AsUTF8AndSize`.
-#[cfg(any(feature = "abi3", Py_3_14))]
+#[cfg(any(feature = "abi3", Py_3_14, PyPy, GraalPy))]
 #[inline(always)]
 unsafe fn compact_ascii<'a>(_: *mut ffi::PyObject) -> Option<&'a [u8]> {
     None
