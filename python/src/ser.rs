@@ -504,9 +504,9 @@ unsafe fn compact_ascii<'a>(o: *mut ffi::PyObject) -> Option<&'a [u8]> {
     ))
 }
 
-/// The stable ABI (and CPython 3.14, where PyO3 no longer reads the string header, and the
-/// other interpreters, whose strings are laid out differently) has no
-/// access to the string layout: every string goes through `PyUnicode_AsUTF8AndSize`.
+/// Without access to the string layout (the stable ABI; CPython 3.14, where PyO3 no longer
+/// reads the string header; other interpreters, whose strings are laid out differently),
+/// every string goes through `PyUnicode_AsUTF8AndSize`.
 #[cfg(any(feature = "abi3", Py_3_14, PyPy, GraalPy))]
 #[inline(always)]
 unsafe fn compact_ascii<'a>(_: *mut ffi::PyObject) -> Option<&'a [u8]> {
