@@ -8,7 +8,7 @@ use std::sync::mpsc;
 use std::thread;
 use std::time::{Duration, Instant};
 
-use ansible_runner_nats::client::{Event, Options};
+use ansible_runner_nats::client::{Client, Event, Options};
 use ansible_runner_nats::proto::{parse_client_op, ClientOp, ServerInfo, ServerOp, Status};
 use ansible_runner_nats::Error;
 use serde_json::{json, Value};
@@ -520,32 +520,33 @@ fn confirmation_pings_are_coalesced_and_the_last_batch_is_still_confirmed() {
     server.join().unwrap();
 }
 
-/// Serves a client that only publishes: each PUB's payload goes to `tx` and PINGs are
-/// answered, until the client closes (or sends nothing for a long while).
-fn forward_payloads(conn: &mut FakeConn, tx: &mpsc::Sender<Vec<u8>>) {
-    while let Some(seen) = conn.try_next(STEP * 4) {
-        match seen {
-            Seen::Pub { payload, .. } => tx.send(payload).unwrap(),
-            Seen::Ping => conn.send(ServerOp::Pong),
-            other => panic!("unexpected {other:?}"),
+/// A client with `linger` connected to a fake server that only takes publishes: each
+/// PUB's payload arrives on the receiver, PINGs are answered, until the client closes.
+fn lingering_client(linger: Duration) -> (Client, mpsc::Receiver<Vec<u8>>, thread::JoinHandle<()>) {
+    let (tx, rx) = mpsc::channel();
+    let (url, server) = fake_server(move |mut conn| {
+        conn.handshake(basic_info());
+        while let Some(seen) = conn.try_next(STEP * 4) {
+            match seen {
+                Seen::Pub { payload, .. } => tx.send(payload).unwrap(),
+                Seen::Ping => conn.send(ServerOp::Pong),
+                other => panic!("unexpected {other:?}"),
+            }
         }
-    }
+    });
+    let client = Options::new()
+        .servers(&url)
+        .unwrap()
+        .write_linger(linger)
+        .connect()
+        .unwrap();
+    (client, rx, server)
 }
 
 #[test]
 fn write_linger_coalesces_bursts_and_leaves_a_lone_message_alone() {
     const LINGER: Duration = Duration::from_millis(800);
-    let (seen_tx, seen_rx) = mpsc::channel();
-    let (url, server) = fake_server(move |mut conn| {
-        conn.handshake(basic_info());
-        forward_payloads(&mut conn, &seen_tx);
-    });
-    let client = Options::new()
-        .servers(&url)
-        .unwrap()
-        .write_linger(LINGER)
-        .connect()
-        .unwrap();
+    let (client, seen_rx, server) = lingering_client(LINGER);
     let arrives = |what: &[u8]| assert_eq!(seen_rx.recv_timeout(STEP).unwrap(), what);
     // The first message after a quiet spell is written at once, well before the linger.
     let start = Instant::now();
@@ -575,18 +576,8 @@ fn write_linger_coalesces_bursts_and_leaves_a_lone_message_alone() {
 
 #[test]
 fn a_lingering_batch_goes_at_once_when_it_reaches_64_kib() {
-    let (seen_tx, seen_rx) = mpsc::channel();
-    let (url, server) = fake_server(move |mut conn| {
-        conn.handshake(basic_info());
-        forward_payloads(&mut conn, &seen_tx);
-    });
     // A linger far longer than the test: only the batch size can release the burst.
-    let client = Options::new()
-        .servers(&url)
-        .unwrap()
-        .write_linger(Duration::from_secs(60))
-        .connect()
-        .unwrap();
+    let (client, seen_rx, server) = lingering_client(Duration::from_secs(60));
     client.publish("s", b"first").unwrap();
     seen_rx.recv_timeout(STEP).unwrap();
     // 100 KiB in 1 KiB messages, no flush: the first 64 KiB or more must arrive.
