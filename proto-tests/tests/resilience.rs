@@ -213,17 +213,32 @@ fn three_node_cluster_learned_from_info_survives_each_node_killed() {
     wait_until(WAIT, "connect_urls learned", || {
         client.server_info().connect_urls.len() >= 2
     });
-    let mut next = 0usize;
-    let mut publish = |client: &Client, n: usize| {
-        for _ in 0..n {
-            client.publish("tri", format!("{next}").as_bytes()).unwrap();
-            next += 1;
+    // Publishes 1,000 more messages numbered from `sent`, flushes, returns the new total.
+    let publish = |client: &Client, sent: usize| {
+        for i in sent..sent + 1000 {
+            client.publish("tri", format!("{i}").as_bytes()).unwrap();
         }
         client.flush(WAIT).unwrap();
+        sent + 1000
     };
-    publish(&client, 1000);
+    let mut sent = publish(&client, 0);
+    // A flush says the server has read the messages, not that it has passed them on: a
+    // node killed right after could take its outbound buffers with it. So before each
+    // kill, every message so far is seen at one subscriber at least.
+    let mut seen = HashSet::new();
+    let mut all_seen = |subs: &mut Vec<PySubscriber>, total: usize| {
+        wait_until(WAIT, "every message at one subscriber at least", || {
+            for s in subs.iter_mut() {
+                for m in s.received() {
+                    seen.insert(m.payload);
+                }
+            }
+            seen.len() >= total
+        });
+    };
     let mut killed = HashSet::new();
     for round in 0..3 {
+        all_seen(&mut subs, sent);
         // Kill the node the client is on now, unless it was killed before: then another.
         let port = client.server_info().port;
         let idx = nodes
@@ -233,7 +248,7 @@ fn three_node_cluster_learned_from_info_survives_each_node_killed() {
             .unwrap();
         killed.insert(nodes[idx].port());
         nodes[idx].kill();
-        publish(&client, 1000);
+        sent = publish(&client, sent);
         // The flush above waited for the client to move to a live node.
         assert!(events.count(is_reconnected) > round);
         nodes[idx].restart();
@@ -242,19 +257,10 @@ fn three_node_cluster_learned_from_info_survives_each_node_killed() {
         }
         subs.push(pinned(&urls[idx]));
     }
-    publish(&client, 1000);
+    sent = publish(&client, sent);
     client.close().unwrap();
     assert_eq!(killed.len(), 3, "every node was killed once");
-    let total = next;
-    let mut seen = HashSet::new();
-    wait_until(WAIT, "every message at one subscriber at least", || {
-        for s in subs.iter_mut() {
-            for m in s.received() {
-                seen.insert(m.payload);
-            }
-        }
-        seen.len() >= total
-    });
+    all_seen(&mut subs, sent);
 }
 
 #[test]
