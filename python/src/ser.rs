@@ -260,6 +260,34 @@ impl Ser<'_> {
         }
     }
 
+    /// A value borrowed from a dict or list. Strings, ints, floats, None and the booleans
+    /// (exact types) run no Python code, so the container cannot change while they are
+    /// written; anything else is held by a reference of its own: serializing it may run
+    /// Python code (a dict subclass's items()) that could mutate the container and drop it.
+    #[inline(always)]
+    unsafe fn item(&mut self, v: *mut ffi::PyObject) -> R {
+        let t = ffi::Py_TYPE(v);
+        if t == addr_of_mut!(ffi::PyUnicode_Type) {
+            self.str(v)
+        } else if t == addr_of_mut!(ffi::PyLong_Type) {
+            self.int(v, true)
+        } else if t == addr_of_mut!(ffi::PyFloat_Type) {
+            self.float(v)
+        } else if v == ffi::Py_None() {
+            self.buf.extend_from_slice(b"null");
+            Ok(())
+        } else if v == ffi::Py_True() {
+            self.buf.extend_from_slice(b"true");
+            Ok(())
+        } else if v == ffi::Py_False() {
+            self.buf.extend_from_slice(b"false");
+            Ok(())
+        } else {
+            let v = Owned::incref(v);
+            self.obj(v.0)
+        }
+    }
+
     /// Subclasses of the supported types, checked in `json.dumps`'s order.
     #[cold]
     unsafe fn subclass(&mut self, o: *mut ffi::PyObject) -> R {
@@ -342,10 +370,7 @@ impl Ser<'_> {
                 self.key(k.0)?;
             }
             self.buf.push(b':');
-            // Hold a reference: serializing the value may run Python code (a dict subclass's
-            // items()), which could mutate this dict and drop the borrowed one.
-            let v = Owned::incref(v);
-            self.obj(v.0)?;
+            self.item(v)?;
         }
         self.buf.push(b'}');
         self.leave();
@@ -391,8 +416,7 @@ impl Ser<'_> {
             if i > 0 {
                 self.buf.push(b',');
             }
-            let item = Owned::incref(list_item(o, i));
-            self.obj(item.0)?;
+            self.item(list_item(o, i))?;
             i += 1;
         }
         self.buf.push(b']');
@@ -415,11 +439,18 @@ impl Ser<'_> {
         Ok(())
     }
 
+    /// Most strings are compact ASCII: written inline; the others by [`Self::str_other`].
+    #[inline(always)]
     unsafe fn str(&mut self, o: *mut ffi::PyObject) -> R {
         if let Some(s) = compact_ascii(o) {
             write_str_utf8(self.buf, s);
             return Ok(());
         }
+        self.str_other(o)
+    }
+
+    #[inline(never)]
+    unsafe fn str_other(&mut self, o: *mut ffi::PyObject) -> R {
         if HAVE_AS_UTF8_AND_SIZE.load(Ordering::Relaxed) {
             let mut size: ffi::Py_ssize_t = 0;
             let p = PyUnicode_AsUTF8AndSize(o, &mut size);
@@ -653,14 +684,55 @@ fn write_escape(buf: &mut Vec<u8>, c: u8) {
 
 /// A JSON string from valid UTF-8.
 ///
-/// One pass, a word (8 bytes) at a time: each word is checked for bytes to escape and,
-/// when it has none, appended whole, so a typical key or value costs a couple of word
-/// stores rather than a byte loop and a `memcpy` call. The last, short word is padded
-/// with spaces and the padding cut off again.
+/// The common case, a string with nothing to escape, is copied a word (8 bytes) at a time
+/// straight into room reserved up front: each word is checked for bytes to escape and
+/// stored whole, the last, short one padded with spaces that the final length leaves out.
+/// From the first byte that needs escaping on, [`write_str_rest`] takes over.
 #[inline(always)]
 pub fn write_str_utf8(buf: &mut Vec<u8>, s: &[u8]) {
-    buf.reserve(s.len() + 2 + 8);
-    buf.push(b'"');
+    let n = s.len();
+    // The quotes, and a whole last word stored at most 8 bytes past the text's end.
+    buf.reserve(n + 2 + 8);
+    let start = buf.len();
+    let mut i = 0;
+    // SAFETY: `reserve` made room for `n + 10` bytes past `start`. The opening quote goes
+    // at `start`; a full word `s[i..i + 8]` (i + 8 <= n) at `start + 1 + i`, ending by
+    // `start + n + 1`; the padded last word at `start + 1 + i` with i <= n, ending by
+    // `start + n + 9`; the closing quote at `start + n + 1`. Every byte below each new
+    // length was written. Reads stay within `s`.
+    unsafe {
+        let out = buf.as_mut_ptr().add(start);
+        out.write(b'"');
+        while i + 8 <= n {
+            let w = u64::from_le_bytes(s.as_ptr().add(i).cast::<[u8; 8]>().read_unaligned());
+            if escape_mask(w) != 0 {
+                break;
+            }
+            out.add(1 + i)
+                .cast::<[u8; 8]>()
+                .write_unaligned(w.to_le_bytes());
+            i += 8;
+        }
+        if i + 8 > n {
+            let w = load_short(s.get(i..).unwrap_or_default());
+            if escape_mask(w) == 0 {
+                out.add(1 + i)
+                    .cast::<[u8; 8]>()
+                    .write_unaligned(w.to_le_bytes());
+                out.add(1 + n).write(b'"');
+                buf.set_len(start + n + 2);
+                return;
+            }
+        }
+        buf.set_len(start + 1 + i);
+    }
+    write_str_rest(buf, s.get(i..).unwrap_or_default());
+}
+
+/// The rest of a JSON string from the first word with a byte to escape: escapes, the
+/// runs between them, and the closing quote.
+#[cold]
+fn write_str_rest(buf: &mut Vec<u8>, s: &[u8]) {
     let mut i = 0;
     while i < s.len() {
         let left = s.len() - i;
