@@ -20,6 +20,7 @@ import subprocess
 import sys
 import tempfile
 import time
+import types
 from pathlib import Path
 
 from common import PEER_DEPS, ROOT, Counter, nats_server
@@ -42,22 +43,55 @@ def as_runner(which, argv):
         total, main_thread = r.ru_utime + r.ru_stime, m.ru_utime + m.ru_stime
         print(f"RUNNER_CPU {total:.6f} {total - main_thread:.6f}", file=sys.stderr)
 
+    # Time spent inside the plugin's handlers, on the thread that processes the events:
+    # what the plugin holds up of the run (the terminal status's flush included).
+    spent = [0, 0]
+
+    def timed(handler):
+        def call(runner_config, data):
+            t = time.perf_counter_ns()
+            try:
+                return handler(runner_config, data)
+            finally:
+                spent[0] += time.perf_counter_ns() - t
+                spent[1] += 1
+        return call
+
+    def report_handlers():
+        print(f"PLUGIN_TIME {spent[0] / 1e9:.6f} {spent[1]}", file=sys.stderr)
+
     atexit.register(report)
+    atexit.register(report_handlers)
     if which == "python":
         sys.path.insert(0, str(PEER_DEPS))
     import ansible_runner
     from ansible_runner.__main__ import main
 
     ansible_runner.plugins.clear()
+    plugin = None
     if which == "python":
-        import ansible_runner_nats
-
-        ansible_runner.plugins["nats"] = ansible_runner_nats
+        import ansible_runner_nats as plugin
     elif which == "ours":
-        import ansible_runner_nats_rs
-
-        ansible_runner.plugins["nats"] = ansible_runner_nats_rs
+        import ansible_runner_nats_rs as plugin
+    if plugin is not None:
+        ansible_runner.plugins["nats"] = types.SimpleNamespace(
+            status_handler=timed(plugin.status_handler), event_handler=timed(plugin.event_handler))
     return main(argv)
+
+
+def import_time(which, rounds=7):
+    """Median seconds to import the plugin in a fresh interpreter that already imported what
+    ansible-runner itself imports first (logging, json, socket, threading...). Ours is
+    installed in the virtualenv, so ansible-runner imports it in every configuration of the
+    runs above: its import cost is measured here instead."""
+    module = {"python": "ansible_runner_nats", "ours": "ansible_runner_nats_rs"}[which]
+    code = ("import sys, time, logging, json, socket, threading, os, signal, codecs\n"
+            f"sys.path.insert(0, {str(PEER_DEPS)!r})\n" if which == "python" else
+            "import sys, time, logging, json, socket, threading, os, signal, codecs\n")
+    code += f"t = time.perf_counter()\nimport {module}\nprint(time.perf_counter() - t)\n"
+    times = [float(subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                                  check=True).stdout) for _ in range(rounds)]
+    return statistics.median(times)
 
 
 def one_run(which, url, workdir):
@@ -84,9 +118,11 @@ def one_run(which, url, workdir):
             raise SystemExit(f"ansible-runner ({which}) failed: {proc.stderr[-2000:]}")
         cpu, threads = [tuple(map(float, line.split()[1:3])) for line in proc.stderr.splitlines()
                         if line.startswith("RUNNER_CPU ")][-1]
+        in_handlers = [float(line.split()[1]) for line in proc.stderr.splitlines()
+                       if line.startswith("PLUGIN_TIME ")][-1]
         events = len(list((data / "artifacts" / "run" / "job_events").glob("*.json")))
         got = 0 if which == "none" else counter.wait(events, timeout=30)[0]
-        return wall, cpu, threads, events, got
+        return wall, cpu, threads, in_handlers, events, got
     finally:
         counter.close()
 
@@ -97,12 +133,14 @@ def main():
     cpus = {c: [] for c in CONFIGS}
     threads = {c: [] for c in CONFIGS}
     delivered = {c: [] for c in CONFIGS}
+    handlers = {c: [] for c in CONFIGS}
     events = set()
     with nats_server() as url, tempfile.TemporaryDirectory() as workdir:
         one_run("none", url, workdir)  # warm the caches once, not measured
         for _ in range(runs):
             for which in CONFIGS:
-                wall, cpu, thread_cpu, n, got = one_run(which, url, workdir)
+                wall, cpu, thread_cpu, in_handlers, n, got = one_run(which, url, workdir)
+                handlers[which].append(in_handlers)
                 walls[which].append(wall)
                 cpus[which].append(cpu)
                 threads[which].append(thread_cpu)
@@ -141,6 +179,23 @@ def main():
               f"| {statistics.median(threads[which]) * 1000:.1f} | {got} |")
     spread = (max(walls["none"]) - min(walls["none"])) / med["none"] * 100
     print(f"\nRun-to-run spread without plugin: {spread:.1f} % of the median wall time.\n")
+
+    # What each plugin costs the run, measured directly rather than as a difference of two
+    # noisy wall times: the time the runner's event thread spends in its handlers, its
+    # import, and the CPU of its own threads (which compete for the machine's cores).
+    print(f"### What each plugin costs the run (ms per run, medians of {runs}; "
+          "share of the no-plugin median wall time)\n")
+    print("| plugin | in its handlers, on the runner's event thread | import | its own threads' CPU "
+          "| sum | sum / wall without plugin |")
+    print("| --- | --- | --- | --- | --- | --- |")
+    for which in ("python", "ours"):
+        h = statistics.median(handlers[which])
+        imp = import_time(which)
+        thr = statistics.median(threads[which])
+        total = h + imp + thr
+        print(f"| {names[which]} | {h * 1000:.1f} | {imp * 1000:.1f} | {thr * 1000:.1f} "
+              f"| {total * 1000:.1f} | {total / med['none'] * 100:.2f} % |")
+    print()
     print(json.dumps({"walls": walls, "cpus": cpus}), file=sys.stderr)
 
 
