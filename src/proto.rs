@@ -742,6 +742,22 @@ pub fn parse_client_op(
 
 /// Appends the decimal digits of `n`.
 fn push_num(out: &mut Vec<u8>, mut n: u64) {
+    // Sizes of up to four digits, most of them, as one fixed-size append.
+    let digit = |v: u64| b'0' + (v % 10) as u8;
+    match n {
+        0..=9 => return out.push(digit(n)),
+        10..=99 => return out.extend_from_slice(&[digit(n / 10), digit(n)]),
+        100..=999 => return out.extend_from_slice(&[digit(n / 100), digit(n / 10), digit(n)]),
+        1000..=9999 => {
+            return out.extend_from_slice(&[
+                digit(n / 1000),
+                digit(n / 100),
+                digit(n / 10),
+                digit(n),
+            ])
+        }
+        _ => {}
+    }
     let mut digits = [0u8; 20];
     let mut i = digits.len();
     loop {
@@ -1138,6 +1154,20 @@ mod tests {
             (ClientOp::Ping, b"PING\r\n"),
             (ClientOp::Pong, b"PONG\r\n"),
         ]
+    }
+
+    #[test]
+    fn numbers_are_written_in_decimal_at_every_length() {
+        let mut values = vec![0, u64::MAX];
+        for p in 1..20 {
+            let t = 10u64.pow(p);
+            values.extend([t - 1, t, t + 1]);
+        }
+        for v in values {
+            let mut out = b"x".to_vec();
+            push_num(&mut out, v);
+            assert_eq!(out, format!("x{v}").into_bytes());
+        }
     }
 
     #[test]
