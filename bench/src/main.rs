@@ -90,7 +90,7 @@ fn runs() -> usize {
     std::env::var("BENCH_RUNS")
         .ok()
         .and_then(|v| v.parse().ok())
-        .unwrap_or(5)
+        .unwrap_or(7)
 }
 
 fn main() {

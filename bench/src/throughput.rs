@@ -102,25 +102,39 @@ fn raw(port: u16, payload: &[u8], n: usize) -> Duration {
     t.elapsed()
 }
 
-/// The best time of each client over `runs` rounds, the clients taking turns within a
-/// round, so that a slow spell of a shared machine hits them all rather than one.
-fn best_interleaved<const K: usize>(
+/// Every client's time in each of `runs` rounds, the clients taking turns within a round,
+/// so that a slow spell of a shared machine hits them all rather than one.
+fn interleaved<const K: usize>(
     runs: usize,
     clients: [&dyn Fn() -> Duration; K],
-) -> [Duration; K] {
-    let mut best = [Duration::MAX; K];
-    for _ in 0..runs {
-        for (b, run) in best.iter_mut().zip(clients) {
-            *b = (*b).min(run());
-        }
-    }
-    best
+) -> Vec<[Duration; K]> {
+    (0..runs)
+        .map(|_| {
+            let mut round = [Duration::ZERO; K];
+            for (t, run) in round.iter_mut().zip(clients) {
+                *t = run();
+            }
+            round
+        })
+        .collect()
+}
+
+/// The quartiles of `v` (at least one value).
+fn quartiles(mut v: Vec<f64>) -> [f64; 3] {
+    v.sort_by(f64::total_cmp);
+    let at = |q: f64| {
+        let x = q * (v.len() - 1) as f64;
+        let (lo, hi) = (x.floor() as usize, x.ceil() as usize);
+        v[lo] + (v[hi] - v[lo]) * (x - lo as f64)
+    };
+    [at(0.25), at(0.5), at(0.75)]
 }
 
 pub fn section(server: &Server, runs: usize) {
     let url = server.url();
     println!(
-        "## Client publish throughput (messages/s, best of {runs} interleaved rounds; publish N then flush)\n"
+        "## Client publish throughput (messages/s, best of {runs} interleaved rounds; publish N then flush; \
+         ratios: of the bests [interquartile range of the per-round ratios])\n"
     );
     println!(
         "| payload | N | ours | legacy `nats` 0.26 | `async-nats` 0.51 | nats-py 2.16 | raw socket \
@@ -135,7 +149,7 @@ pub fn section(server: &Server, runs: usize) {
     ] {
         let payload = vec![b'x'; size];
         let rate = |d: Duration| n as f64 / d.as_secs_f64();
-        let [o, l, a, r] = best_interleaved(
+        let rounds = interleaved(
             runs,
             [
                 &|| ours(&url, &payload, n),
@@ -143,21 +157,28 @@ pub fn section(server: &Server, runs: usize) {
                 &|| async_nats(&url, &payload, n),
                 &|| raw(server.port, &payload, n),
             ],
-        )
-        .map(rate);
+        );
+        let best = |i: usize| rounds.iter().map(|r| rate(r[i])).fold(0.0, f64::max);
+        let [o, l, a, r] = [best(0), best(1), best(2), best(3)];
         let p = rate(nats_py(&url, size, n, runs));
+        // Ours against a peer: the ratio of the bests, and in brackets the interquartile
+        // range of the ratios within each round (neighbours in time share the machine's mood).
+        let vs = |i: usize, peer_best: f64| {
+            let [q1, _, q3] = quartiles(rounds.iter().map(|r| rate(r[0]) / rate(r[i])).collect());
+            format!("{:.2} [{q1:.2}–{q3:.2}]", o / peer_best)
+        };
         let k = |v: f64| format!("{:.0} k", v / 1000.0);
         println!(
-            "| {size} B | {n} | {} | {} | {} | {} | {} | {:.2} | {:.2} | {:.2} | {:.2} |",
+            "| {size} B | {n} | {} | {} | {} | {} | {} | {} | {} | {:.2} | {} |",
             k(o),
             k(l),
             k(a),
             k(p),
             k(r),
-            o / l,
-            o / a,
+            vs(1, l),
+            vs(2, a),
             o / p,
-            o / r
+            vs(3, r)
         );
     }
     println!();
