@@ -520,6 +520,86 @@ fn confirmation_pings_are_coalesced_and_the_last_batch_is_still_confirmed() {
     server.join().unwrap();
 }
 
+#[test]
+fn a_flush_waits_for_messages_held_back_by_the_reconnect_buffer_limit() {
+    // With `resend_unconfirmed`, written messages are kept until a PONG confirms them, and
+    // no more are written while more than `pending_size` is kept. A flush asked meanwhile
+    // must not send its PING ahead of the messages held back: its PONG would confirm them
+    // before the server had them.
+    let (seen_tx, seen_rx) = mpsc::channel();
+    let (release_tx, release_rx) = mpsc::channel::<()>();
+    let (url, server) = fake_server(move |mut conn| {
+        conn.handshake(basic_info());
+        let mut pubs = 0;
+        // For each PING: how many messages came before it.
+        let mut pings = Vec::new();
+        let mut held = 0;
+        let mut released = false;
+        while let Some(seen) = conn.try_next(STEP) {
+            match seen {
+                Seen::Pub { .. } => pubs += 1,
+                Seen::Ping => {
+                    pings.push(pubs);
+                    held += 1;
+                }
+                other => panic!("unexpected {other:?}"),
+            }
+            seen_tx.send((pubs, pings.len())).unwrap();
+            if !released && pings.len() == 1 {
+                // No PONG until the test has asked for the flush.
+                release_rx.recv_timeout(STEP).unwrap();
+                released = true;
+            }
+            if released {
+                for _ in 0..held {
+                    conn.send(ServerOp::Pong);
+                }
+                held = 0;
+            }
+        }
+        seen_tx.send((usize::MAX, 0)).unwrap();
+        for n in pings {
+            seen_tx.send((n, 0)).unwrap();
+        }
+    });
+    let client = Options::new()
+        .servers(&url)
+        .unwrap()
+        .resend_unconfirmed(true)
+        .pending_size(4096)
+        .connect()
+        .unwrap();
+    // Bigger than `pending_size`: written with a PING of its own, then kept unconfirmed.
+    client.publish("big", &[b'x'; 5000]).unwrap();
+    let first = seen_rx.recv_timeout(STEP).unwrap();
+    assert_eq!(first, (1, 0), "the big message comes first");
+    assert_eq!(seen_rx.recv_timeout(STEP).unwrap(), (1, 1), "then its PING");
+    // Held back until the big one is confirmed; then a flush.
+    client.publish("small", b"y").unwrap();
+    let flusher = {
+        let client = client.clone();
+        thread::spawn(move || client.flush(STEP))
+    };
+    // Give a writer that would send the flush's PING early the time to do it (correct code
+    // passes whatever the timing), then let the server answer.
+    thread::sleep(Duration::from_millis(200));
+    release_tx.send(()).unwrap();
+    flusher.join().unwrap().unwrap();
+    client.close().unwrap();
+    server.join().unwrap();
+    let before_each_ping: Vec<usize> = seen_rx
+        .try_iter()
+        .skip_while(|&(n, _)| n != usize::MAX)
+        .skip(1)
+        .map(|(n, _)| n)
+        .collect();
+    assert_eq!(before_each_ping[0], 1, "{before_each_ping:?}");
+    assert!(
+        before_each_ping[1..].iter().all(|&n| n == 2),
+        "a PING overtook the held-back message: messages before each PING {before_each_ping:?}"
+    );
+}
+
 /// A client with `linger` connected to a fake server that only takes publishes: each
 /// PUB's payload arrives on the receiver, PINGs are answered, until the client closes.
 fn lingering_client(linger: Duration) -> (Client, mpsc::Receiver<Vec<u8>>, thread::JoinHandle<()>) {

@@ -654,10 +654,16 @@ fn write_loop(
                 && linger_until.is_none()
                 && (draining_lame_duck.is_none() || last_round)
                 && !st.out.is_empty();
+            // A PING must not overtake messages queued before it: its PONG would confirm
+            // them (a flush would return) before they were written. While they are held
+            // back, so are the PINGs. No confirmation is lost meanwhile: a backlog only
+            // builds behind a batch big enough to have been followed by a PING of its own.
+            let hold_pings = !take_out && !st.out.is_empty();
+            let pings = if hold_pings { 0 } else { st.pings_due };
             if take_out
                 || !st.pre.is_empty()
                 || !st.post.is_empty()
-                || st.pings_due > 0
+                || pings > 0
                 || st.pongs_due > 0
             {
                 std::mem::swap(&mut st.pre, &mut pre);
@@ -688,10 +694,12 @@ fn write_loop(
                     }
                 }
                 std::mem::swap(&mut st.post, &mut post);
-                for _ in 0..st.pings_due {
-                    ClientOp::Ping.encode(&mut post);
+                if !hold_pings {
+                    for _ in 0..st.pings_due {
+                        ClientOp::Ping.encode(&mut post);
+                    }
+                    st.pings_due = 0;
                 }
-                st.pings_due = 0;
                 break (msgs, ticket);
             }
             if st.phase == Phase::Closing && !st.has_work() && awaiting.is_none() {
