@@ -741,23 +741,41 @@ pub fn parse_client_op(
 }
 
 /// Appends the decimal digits of `n`.
-fn push_num(out: &mut Vec<u8>, mut n: u64) {
-    // Sizes of up to four digits, most of them, as one fixed-size append.
-    let digit = |v: u64| b'0' + (v % 10) as u8;
+#[inline(always)]
+fn push_num(out: &mut Vec<u8>, n: u64) {
+    // Sizes of up to four digits, most of them, as one fixed-size append of digit pairs.
     match n {
-        0..=9 => return out.push(digit(n)),
-        10..=99 => return out.extend_from_slice(&[digit(n / 10), digit(n)]),
-        100..=999 => return out.extend_from_slice(&[digit(n / 100), digit(n / 10), digit(n)]),
-        1000..=9999 => {
-            return out.extend_from_slice(&[
-                digit(n / 1000),
-                digit(n / 100),
-                digit(n / 10),
-                digit(n),
-            ])
+        0..=9 => out.push(b'0' + n as u8),
+        10..=99 => out.extend_from_slice(&pair(n)),
+        100..=999 => {
+            let [a, b] = pair(n % 100);
+            out.extend_from_slice(&[b'0' + (n / 100) as u8, a, b]);
         }
-        _ => {}
+        1000..=9999 => {
+            let ([a, b], [c, d]) = (pair(n / 100), pair(n % 100));
+            out.extend_from_slice(&[a, b, c, d]);
+        }
+        _ => push_num_long(out, n),
     }
+}
+
+/// The two digits of `n` (below 100).
+#[inline]
+fn pair(n: u64) -> [u8; 2] {
+    let i = (n as usize % 100) * 2;
+    match DIGIT_PAIRS.get(i..i + 2) {
+        Some(&[a, b]) => [a, b],
+        _ => [b'0', b'0'],
+    }
+}
+
+const DIGIT_PAIRS: &[u8; 200] =
+    b"00010203040506070809101112131415161718192021222324252627282930313233343536373839\
+      40414243444546474849505152535455565758596061626364656667686970717273747576777879\
+      8081828384858687888990919293949596979899";
+
+#[cold]
+fn push_num_long(out: &mut Vec<u8>, mut n: u64) {
     let mut digits = [0u8; 20];
     let mut i = digits.len();
     loop {

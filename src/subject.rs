@@ -44,23 +44,27 @@ fn plain_ascii(subject: &[u8]) -> bool {
     }
     // Whether the byte before the current word was a dot, as a flag in its first byte.
     let mut dot_before = 0;
-    for chunk in subject.chunks(8) {
-        let w = match <[u8; 8]>::try_from(chunk) {
-            Ok(word) => u64::from_le_bytes(word),
-            Err(_) => short_word(chunk),
-        };
-        let dots = bytes_equal(w, b'.');
-        let refused = outside_printable_ascii(w)
-            | bytes_equal(w, b'*')
-            | bytes_equal(w, b'>')
-            // Two dots in a row: an empty token.
-            | (dots & ((dots << 8) | dot_before));
-        if refused != 0 {
+    let mut rest = subject;
+    while let Some((word, more)) = rest.split_first_chunk::<8>() {
+        if !plain_word(u64::from_le_bytes(*word), &mut dot_before) {
             return false;
         }
-        dot_before = dots >> 56;
+        rest = more;
     }
-    true
+    plain_word(short_word(rest), &mut dot_before)
+}
+
+/// One word of [`plain_ascii`]: printable ASCII, no wildcard, no two dots in a row.
+#[inline(always)]
+fn plain_word(w: u64, dot_before: &mut u64) -> bool {
+    let dots = bytes_equal(w, b'.');
+    let refused = outside_printable_ascii(w)
+        | bytes_equal(w, b'*')
+        | bytes_equal(w, b'>')
+        // Two dots in a row: an empty token.
+        | (dots & ((dots << 8) | *dot_before));
+    *dot_before = dots >> 56;
+    refused == 0
 }
 
 /// `s` (shorter than 8 bytes) as a little-endian word padded with a plain letter, from at
@@ -108,6 +112,7 @@ fn outside_printable_ascii(w: u64) -> u64 {
     (w | below | del) & HIGH_BITS
 }
 
+#[inline]
 fn check(subject: &str, wildcards: bool) -> Result<(), Error> {
     if plain_ascii(subject.as_bytes()) {
         return Ok(());
@@ -116,6 +121,8 @@ fn check(subject: &str, wildcards: bool) -> Result<(), Error> {
 }
 
 /// The full check, token by token, with the reason for a refusal.
+#[cold]
+#[inline(never)]
 fn check_tokens(subject: &str, wildcards: bool) -> Result<(), Error> {
     if subject.is_empty() {
         return Err(invalid(subject, "empty subject"));
