@@ -600,6 +600,37 @@ fn a_flush_waits_for_messages_held_back_by_the_reconnect_buffer_limit() {
     );
 }
 
+#[test]
+fn invalid_subjects_are_refused_before_and_after_a_valid_one() {
+    let (client, seen_rx, server) = lingering_client(Duration::ZERO);
+    let refused = |subject: &str| match client.publish(subject, b"no") {
+        Err(Error::InvalidSubject(_)) => {}
+        other => panic!("{subject:?}: expected InvalidSubject, got {other:?}"),
+    };
+    // The first publish has nothing to compare with; then each subject that differs from
+    // the last valid one is checked again, the empty one included.
+    for bad in ["", "a..b", "a b", "a.*"] {
+        refused(bad);
+    }
+    client.publish("a.b", b"1").unwrap();
+    client.publish("a.b", b"2").unwrap();
+    for bad in ["", "a.b.", ".a.b", "a.b.>", "a.b\r\n"] {
+        refused(bad);
+    }
+    client.publish("a.b", b"3").unwrap();
+    client.flush(STEP).unwrap();
+    let got: Vec<Vec<u8>> = (0..3)
+        .map(|_| seen_rx.recv_timeout(STEP).unwrap())
+        .collect();
+    assert_eq!(got, [b"1".to_vec(), b"2".to_vec(), b"3".to_vec()]);
+    client.close().unwrap();
+    server.join().unwrap();
+    assert!(
+        seen_rx.try_recv().is_err(),
+        "nothing refused reached the server"
+    );
+}
+
 /// A client with `linger` connected to a fake server that only takes publishes: each
 /// PUB's payload arrives on the receiver, PINGs are answered, until the client closes.
 fn lingering_client(linger: Duration) -> (Client, mpsc::Receiver<Vec<u8>>, thread::JoinHandle<()>) {

@@ -50,6 +50,8 @@ pub(crate) struct State {
     pub(crate) pings_due: u32,
     /// Reused to encode header blocks without allocating per message.
     pub(crate) scratch: Vec<u8>,
+    /// The last subject published to, known to be valid (see `Client::enqueue`).
+    pub(crate) valid_subject: Option<String>,
     pub(crate) info: ServerInfo,
     /// Changes with every new connection and every loss, so waiters can tell theirs ended.
     pub(crate) generation: u64,
@@ -169,6 +171,7 @@ impl Shared {
                 pongs_due: 0,
                 pings_due: 0,
                 scratch: Vec::new(),
+                valid_subject: None,
                 info: ServerInfo::default(),
                 generation: 0,
                 pings_requested: 0,

@@ -230,13 +230,11 @@ impl Client {
     /// full flusher queue makes it wait up to [`Options::publish_wait`] for room, then
     /// fail. Every refusal for lack of room is counted in [`Statistics::dropped`].
     pub fn publish(&self, subject: &str, payload: &[u8]) -> Result<()> {
-        subject::validate_publish(subject)?;
         self.enqueue(subject, None, None, payload)
     }
 
     /// Publishes with a reply subject, for request/reply.
     pub fn publish_with_reply(&self, subject: &str, reply: &str, payload: &[u8]) -> Result<()> {
-        subject::validate_publish(subject)?;
         subject::validate_publish(reply)?;
         self.enqueue(subject, Some(reply), None, payload)
     }
@@ -248,7 +246,6 @@ impl Client {
         headers: &HeaderMap,
         payload: &[u8],
     ) -> Result<()> {
-        subject::validate_publish(subject)?;
         self.enqueue(subject, None, Some(headers), payload)
     }
 
@@ -260,7 +257,6 @@ impl Client {
         headers: &HeaderMap,
         payload: &[u8],
     ) -> Result<()> {
-        subject::validate_publish(subject)?;
         subject::validate_publish(reply)?;
         self.enqueue(subject, Some(reply), Some(headers), payload)
     }
@@ -277,6 +273,13 @@ impl Client {
         let header_len = headers.map_or(0, HeaderMap::encoded_len);
         let size = payload.len() + header_len;
         let mut st = shared.state();
+        // Publishers mostly repeat one subject: it is checked again only when it changes.
+        if st.valid_subject.as_deref() != Some(subject) {
+            subject::validate_publish(subject)?;
+            let valid = st.valid_subject.get_or_insert_with(String::new);
+            valid.clear();
+            valid.push_str(subject);
+        }
         check_open(&st)?;
         // Until a server said otherwise, assume the server's default limit: a message over
         // it would make the server close the connection when it is finally written.
