@@ -2,8 +2,8 @@
 //!
 //! - `dumps(obj) -> bytes`: JSON of an event / status dict, straight from the Python objects
 //!   (see [`ser`]).
-//! - `handle(kind, runner_ident, settings, payload) -> None`: where the emitter will plug in;
-//!   for now it only counts.
+//! - `handle(kind, runner_config, data) -> [(level, line)]`: serializes `data` and publishes it
+//!   through the process-wide emitter (one connection per run); returns the lines to log.
 //! - `stats() -> dict`: counters (serializer stages, handled payloads).
 
 use std::collections::HashMap;
@@ -12,8 +12,9 @@ use std::sync::OnceLock;
 
 use ansible_runner_nats::emitter::{config, Emitter, Kind, Loaded, Report, TERMINAL_STATUSES};
 
+use pyo3::intern;
 use pyo3::prelude::*;
-use pyo3::types::{PyBytes, PyDict};
+use pyo3::types::{PyBytes, PyDict, PyString};
 
 pub mod ser;
 
@@ -101,9 +102,16 @@ fn load_config(py: Python<'_>, runner_config: &Bound<'_, PyAny>) -> Loaded {
     config::load(&env, settings.as_ref(), &host)
 }
 
-fn text_item(data: &Bound<'_, PyAny>, key: &str) -> Option<String> {
+/// `data[key]` as text (`str()` of a value that is not a str), if `data` is a dict that has
+/// it. Keys are interned by the callers (`intern!`): no new key object and hash per call.
+fn text_item(data: &Bound<'_, PyAny>, key: &Bound<'_, PyString>) -> Option<String> {
     let dict = data.cast::<PyDict>().ok()?;
     let value = dict.get_item(key).ok()??;
+    if value.is_exact_instance_of::<PyString>() {
+        if let Ok(s) = value.cast::<PyString>() {
+            return Some(s.to_string_lossy().into_owned());
+        }
+    }
     value.str().ok().map(|s| s.to_string())
 }
 
@@ -123,14 +131,14 @@ fn handle(
     };
     counter.fetch_add(1, Ordering::Relaxed);
     let status = if kind == "status" {
-        text_item(data, "status")
+        text_item(data, intern!(py, "status"))
     } else {
         None
     };
-    let Some(ident) = text_item(data, "runner_ident") else {
+    let Some(ident) = text_item(data, intern!(py, "runner_ident")) else {
         // `ansible-runner process` reports a broken worker stream as a status without a
         // runner_ident. Nothing more will come for the runs open in this process.
-        let explanation = text_item(data, "job_explanation").unwrap_or_default();
+        let explanation = text_item(data, intern!(py, "job_explanation")).unwrap_or_default();
         let open = emitter().open_runs();
         let mut out = lines(py.detach(|| emitter().close_all()));
         out.insert(
@@ -191,7 +199,7 @@ fn handle_payload(
     HANDLED_BYTES.fetch_add(payload.len() as u64, Ordering::Relaxed);
     // The event's uuid: its de-duplication id with JetStream.
     let uuid = match kind {
-        Kind::Event => text_item(data, "uuid"),
+        Kind::Event => text_item(data, intern!(py, "uuid")),
         Kind::Status(_) => None,
     };
     // The network work (and the bounded flush at the end of a run) without the GIL.
