@@ -234,25 +234,13 @@ impl Ser<'_> {
     /// SAFETY (all methods): the GIL is held and `o` is a live object.
     unsafe fn obj(&mut self, o: *mut ffi::PyObject) -> R {
         let t = ffi::Py_TYPE(o);
-        if t == addr_of_mut!(ffi::PyUnicode_Type) {
-            self.str(o)
-        } else if t == addr_of_mut!(ffi::PyDict_Type) {
+        // Containers first: a container's items come through `item`, which tries leaves first.
+        if t == addr_of_mut!(ffi::PyDict_Type) {
             self.dict(o)
-        } else if t == addr_of_mut!(ffi::PyLong_Type) {
-            self.int(o, true)
         } else if t == addr_of_mut!(ffi::PyList_Type) {
             self.list(o)
-        } else if o == ffi::Py_None() {
-            self.buf.extend_from_slice(b"null");
-            Ok(())
-        } else if o == ffi::Py_True() {
-            self.buf.extend_from_slice(b"true");
-            Ok(())
-        } else if o == ffi::Py_False() {
-            self.buf.extend_from_slice(b"false");
-            Ok(())
-        } else if t == addr_of_mut!(ffi::PyFloat_Type) {
-            self.float(o)
+        } else if let Some(done) = self.leaf(o, t) {
+            done
         } else if t == addr_of_mut!(ffi::PyTuple_Type) {
             self.tuple(o)
         } else {
@@ -260,32 +248,42 @@ impl Ser<'_> {
         }
     }
 
-    /// A value borrowed from a dict or list. Strings, ints, floats, None and the booleans
-    /// (exact types) run no Python code, so the container cannot change while they are
-    /// written; anything else is held by a reference of its own: serializing it may run
-    /// Python code (a dict subclass's items()) that could mutate the container and drop it.
+    /// `o` (of type `t`) if it is a str, int, float (exact types), None or a boolean; `None`
+    /// for anything else. These run no Python code while they are written.
+    #[inline(always)]
+    unsafe fn leaf(&mut self, o: *mut ffi::PyObject, t: *mut ffi::PyTypeObject) -> Option<R> {
+        // Each literal as a fixed-size append (a slice chosen at run time would be a memcpy call).
+        if t == addr_of_mut!(ffi::PyUnicode_Type) {
+            Some(self.str(o))
+        } else if t == addr_of_mut!(ffi::PyLong_Type) {
+            Some(self.int(o, true))
+        } else if t == addr_of_mut!(ffi::PyFloat_Type) {
+            Some(self.float(o))
+        } else if o == ffi::Py_None() {
+            self.buf.extend_from_slice(b"null");
+            Some(Ok(()))
+        } else if o == ffi::Py_True() {
+            self.buf.extend_from_slice(b"true");
+            Some(Ok(()))
+        } else if o == ffi::Py_False() {
+            self.buf.extend_from_slice(b"false");
+            Some(Ok(()))
+        } else {
+            None
+        }
+    }
+
+    /// A value borrowed from a dict or list. Leaves are written as they are: the container
+    /// cannot change meanwhile. Anything else is held by a reference of its own: serializing
+    /// it may run Python code (a dict subclass's items()) that could mutate the container
+    /// and drop it.
     #[inline(always)]
     unsafe fn item(&mut self, v: *mut ffi::PyObject) -> R {
-        let t = ffi::Py_TYPE(v);
-        if t == addr_of_mut!(ffi::PyUnicode_Type) {
-            self.str(v)
-        } else if t == addr_of_mut!(ffi::PyLong_Type) {
-            self.int(v, true)
-        } else if t == addr_of_mut!(ffi::PyFloat_Type) {
-            self.float(v)
-        } else if v == ffi::Py_None() {
-            self.buf.extend_from_slice(b"null");
-            Ok(())
-        } else if v == ffi::Py_True() {
-            self.buf.extend_from_slice(b"true");
-            Ok(())
-        } else if v == ffi::Py_False() {
-            self.buf.extend_from_slice(b"false");
-            Ok(())
-        } else {
-            let v = Owned::incref(v);
-            self.obj(v.0)
+        if let Some(done) = self.leaf(v, ffi::Py_TYPE(v)) {
+            return done;
         }
+        let v = Owned::incref(v);
+        self.obj(v.0)
     }
 
     /// Subclasses of the supported types, checked in `json.dumps`'s order.
