@@ -32,9 +32,10 @@ fn check_token_chars(token: &str) -> Option<&'static str> {
 }
 
 /// True for a subject of printable ASCII without wildcard characters and without an empty
-/// token: valid for publish and subscribe alike. This runs for every message published, so
-/// it looks at 8 bytes at a time (a word, each byte tested in parallel with carry-free
-/// arithmetic); anything else takes the full check, which says what is wrong.
+/// token: valid for publish and subscribe alike. It runs whenever a publisher's subject
+/// changes and for every reply subject, so it looks at 8 bytes at a time (a word, each
+/// byte tested in parallel with carry-free arithmetic); anything else takes the full check,
+/// which says what is wrong.
 fn plain_ascii(subject: &[u8]) -> bool {
     let (Some(&first), Some(&last)) = (subject.first(), subject.last()) else {
         return false;
