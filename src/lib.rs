@@ -80,5 +80,7 @@ pub mod raw;
 pub mod subject;
 pub mod tls;
 pub mod url;
+#[doc(hidden)]
+pub mod words;
 
 pub use error::{Error, ProtoError, Result};

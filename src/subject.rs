@@ -7,6 +7,7 @@
 //! accepts but which breaks consumers that subscribe with wildcards.
 
 use crate::error::{Error, Invalid};
+use crate::words::short_word;
 
 fn invalid(value: &str, reason: &'static str) -> Error {
     Error::InvalidSubject(Invalid {
@@ -52,7 +53,8 @@ fn plain_ascii(subject: &[u8]) -> bool {
         }
         rest = more;
     }
-    plain_word(short_word(rest), &mut dot_before)
+    // The last, short word padded with a plain letter.
+    plain_word(short_word(rest, b'a'), &mut dot_before)
 }
 
 /// One word of [`plain_ascii`]: printable ASCII, no wildcard, no two dots in a row.
@@ -66,29 +68,6 @@ fn plain_word(w: u64, dot_before: &mut u64) -> bool {
         | (dots & ((dots << 8) | *dot_before));
     *dot_before = dots >> 56;
     refused == 0
-}
-
-/// `s` (shorter than 8 bytes) as a little-endian word padded with a plain letter, from at
-/// most two overlapping loads rather than a byte loop.
-#[inline]
-fn short_word(s: &[u8]) -> u64 {
-    let n = s.len();
-    let w = match s {
-        [] => 0,
-        [a] => u64::from(*a),
-        [a, b] | [a, b, _] => {
-            let lo = u64::from(u16::from_le_bytes([*a, *b]));
-            let hi = u64::from(u16::from_le_bytes([s[n - 2], s[n - 1]]));
-            lo | hi << (8 * (n - 2))
-        }
-        [a, b, c, d, ..] => {
-            let lo = u64::from(u32::from_le_bytes([*a, *b, *c, *d]));
-            let hi = u64::from(u32::from_le_bytes([s[n - 4], s[n - 3], s[n - 2], s[n - 1]]));
-            lo | hi << (8 * (n - 4))
-        }
-    };
-    // Overlapping bytes are equal, so OR-ing them is harmless; the bytes past `n` are 0.
-    w | (ONES * u64::from(b'a')) & u64::MAX.checked_shl(8 * n as u32).unwrap_or(0)
 }
 
 const LOW_BITS: u64 = 0x7f7f_7f7f_7f7f_7f7f;

@@ -19,6 +19,7 @@ use std::io::Write as _;
 use std::ptr::addr_of_mut;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 
+use ansible_runner_nats::words::short_word;
 use pyo3::exceptions::PyException;
 use pyo3::ffi;
 use pyo3::prelude::*;
@@ -643,26 +644,10 @@ fn load8(s: &[u8], i: usize) -> u64 {
 /// Eight spaces: a byte that never needs escaping, to pad short words with.
 const SPACES: u64 = 0x2020_2020_2020_2020;
 
-/// `s` (shorter than 8 bytes) as a little-endian word padded with spaces, built from at
-/// most two overlapping loads instead of a byte loop.
+/// `s` (shorter than 8 bytes) as a little-endian word padded with spaces.
 #[inline(always)]
 fn load_short(s: &[u8]) -> u64 {
-    let n = s.len();
-    let w = if n >= 4 {
-        let lo = u64::from(u32::from_le_bytes([s[0], s[1], s[2], s[3]]));
-        let hi = u64::from(u32::from_le_bytes([s[n - 4], s[n - 3], s[n - 2], s[n - 1]]));
-        lo | hi << (8 * (n - 4))
-    } else if n >= 2 {
-        let lo = u64::from(u16::from_le_bytes([s[0], s[1]]));
-        let hi = u64::from(u16::from_le_bytes([s[n - 2], s[n - 1]]));
-        lo | hi << (8 * (n - 2))
-    } else if n == 1 {
-        u64::from(s[0])
-    } else {
-        0
-    };
-    // Overlapping bytes are equal, so OR-ing them is harmless; the bytes past `n` are 0.
-    w | (SPACES & (u64::MAX.checked_shl(8 * n as u32).unwrap_or(0)))
+    short_word(s, b' ')
 }
 
 #[inline(always)]
