@@ -85,9 +85,9 @@ def import_time(which, rounds=7):
     installed in the virtualenv, so ansible-runner imports it in every configuration of the
     runs above: its import cost is measured here instead."""
     module = {"python": "ansible_runner_nats", "ours": "ansible_runner_nats_rs"}[which]
-    code = ("import sys, time, logging, json, socket, threading, os, signal, codecs\n"
-            f"sys.path.insert(0, {str(PEER_DEPS)!r})\n" if which == "python" else
-            "import sys, time, logging, json, socket, threading, os, signal, codecs\n")
+    code = "import sys, time, logging, json, socket, threading, os, signal, codecs\n"
+    if which == "python":
+        code += f"sys.path.insert(0, {str(PEER_DEPS)!r})\n"
     code += f"t = time.perf_counter()\nimport {module}\nprint(time.perf_counter() - t)\n"
     times = [float(subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
                                   check=True).stdout) for _ in range(rounds)]
