@@ -7,14 +7,21 @@ Every measurement runs in a fresh process of its own (`plugin_cost.py --one ...`
 untimed warm-up round: in one shared process, a plugin's leftover background thread (the
 Python plugin's asyncio loop still delivering or reconnecting) took the GIL from the other
 plugin's calls, and whichever ran first paid for the cold start.
+
+A second table gives, from the same run, what the machine and the event allow any plugin:
+the same messages pre-serialized and written straight to a socket (the server and the
+counting subscriber's share of the time until the last arrived), and serializing the events
+alone (the least a plugin that serializes in the call can take per call).
 """
 
 import json
 import os
+import socket
 import subprocess
 import sys
 import time
 import uuid
+from urllib.parse import urlsplit
 
 from common import PEER_DEPS, ROOT, Counter, nats_server
 
@@ -35,10 +42,7 @@ def run(plugin, url, event, n, label):
     os.environ["RUNNER_NATS_SERVERS"] = url
     counter = Counter(url, f"pub.ansible.runner.{label}.{ident}.>")
     config = Config(ident)
-    events = []
-    for i in range(n):
-        e = dict(event, uuid=str(uuid.uuid4()), counter=i + 1, runner_ident=ident)
-        events.append(e)
+    events = events_of(event, n, ident)
     counter.start()
     plugin.status_handler(config, {"status": "starting", "runner_ident": ident})
     t0 = time.perf_counter()
@@ -56,15 +60,68 @@ def run(plugin, url, event, n, label):
 FIXTURES_BY_NAME = {"1.4 KB": "event_item.json", "38 KB": "event_loop60.json"}
 
 
+def events_of(event, n, ident):
+    return [dict(event, uuid=str(uuid.uuid4()), counter=i + 1, runner_ident=ident)
+            for i in range(n)]
+
+
+def floor(url, event, n):
+    """The same N events, serialized beforehand and written in 1 MiB batches of PUB frames
+    straight to a socket: the time until the counter holds the last one is what the server
+    and the subscriber take on this machine, with no plugin and no serializing."""
+    ident = f"floor-{uuid.uuid4().hex[:8]}"
+    subject = f"pub.ansible.runner.floor.{ident}.event"
+    batches, batch = [], bytearray()
+    for e in events_of(event, n, ident):
+        payload = json.dumps(e).encode()
+        batch += b"PUB %s %d\r\n%s\r\n" % (subject.encode(), len(payload), payload)
+        if len(batch) >= 1 << 20:
+            batches.append(bytes(batch))
+            batch.clear()
+    batches.append(bytes(batch))
+    address = urlsplit(url)
+    counter = Counter(url, f"pub.ansible.runner.floor.{ident}.>")
+    with socket.create_connection((address.hostname, address.port)) as sock:
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        sock.recv(4096)  # INFO
+        sock.sendall(b'CONNECT {"verbose":false,"pedantic":false}\r\n')
+        counter.start()
+        for b in batches:
+            sock.sendall(b)
+        got, total = counter.wait(n, timeout=90)
+    counter.close()
+    if got != n:
+        raise SystemExit(f"floor: {got} of {n} pre-encoded messages arrived")
+    return total / n * 1e6
+
+
+def serializing(event, n):
+    """µs per event of serializing the same N events with our serializer, nothing else."""
+    from ansible_runner_nats_rs import dumps
+
+    events = events_of(event, n, "serialize")
+    t0 = time.perf_counter()
+    for e in events:
+        dumps(e)
+    return (time.perf_counter() - t0) / n * 1e6
+
+
 def one(which, name, n, url):
     """In a child process: warm up, then measure one plugin on one event size; prints JSON."""
+    event = json.loads((FIXTURES / FIXTURES_BY_NAME[name]).read_text())
+    if which == "floor":
+        print(json.dumps(floor(url, event, n)), flush=True)
+        os._exit(0)
+    if which == "serializing":
+        serializing(event, 200)
+        print(json.dumps(serializing(event, n)), flush=True)
+        os._exit(0)
     if which == "python":
         sys.path.insert(0, str(PEER_DEPS))
         import ansible_runner_nats as plugin
     else:
         import ansible_runner_nats_rs as plugin
     label = "py" if which == "python" else "rs"
-    event = json.loads((FIXTURES / FIXTURES_BY_NAME[name]).read_text())
     run(plugin, url, json.loads((FIXTURES / "event_item.json").read_text()), 200, label)
     print(json.dumps(run(plugin, url, event, n, label)), flush=True)
     # The Python plugin's loop thread may still be busy: leave without waiting for it.
@@ -83,6 +140,7 @@ def main():
     print("| event | N | ours: per call | Python: per call | ratio | ours: until the last arrived "
           "| Python: until the last arrived | ratio | delivered ours | delivered Python |")
     print("| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |")
+    limits = []
     with nats_server() as url:
         for name in FIXTURES_BY_NAME:
             for n in (1000, 10000):
@@ -94,10 +152,23 @@ def main():
                 print(f"| {name} | {n} | {o_call:.1f} | {p_call:.1f} | {p_call / o_call:.1f}x "
                       f"| {o_total:.1f} | {p_until} | {ratio} "
                       f"| {o_got} of {n + 2} | {p_got} of {n + 2} |", flush=True)
+                limits.append((name, n, p_call, p_total if p_got else None,
+                               measure("serializing", name, n, url), measure("floor", name, n, url)))
     print()
+    print("### What the event and the machine allow any plugin (same run, same server and counter)\n")
+    print("| event | N | serializing alone (µs per event) | Python per call / that | pre-encoded frames "
+          "straight to a socket: until the last arrived (µs per event) | Python until the last "
+          "arrived / that |")
+    print("| --- | --- | --- | --- | --- | --- |")
+    for name, n, p_call, p_total, ser, flo in limits:
+        most = f"{p_total / flo:.1f}x" if p_total else "—"
+        print(f"| {name} | {n} | {ser:.1f} | {p_call / ser:.1f}x | {flo:.1f} | {most} |")
+    print()
+    print("A plugin that serializes in the call cannot show a larger per-call ratio than the "
+          "fourth column, nor any publisher a larger ratio until the last arrived than the last.\n")
 
 
 if __name__ == "__main__":
     if len(sys.argv) > 1 and sys.argv[1] == "--one":
-        one(sys.argv[2], sys.argv[3], int(sys.argv[4]), sys.argv[5])
+        sys.exit(one(sys.argv[2], sys.argv[3], int(sys.argv[4]), sys.argv[5]))
     sys.exit(main())

@@ -7,7 +7,7 @@ leave ansible-runner with whichever it finds last. Each run therefore goes throu
 and sets its plugin table to exactly the plugin being measured before calling its real
 `main()`: the same ansible-runner, the same playbook, only the plugin differs.
 Run by `make bench`; BENCH_WHOLE_RUNS sets the rounds (default 25; each runs the three
-configurations back to back). Reported: wall time, and the CPU time of the ansible-runner
+configurations back to back, each round starting with the next one). Reported: wall time, and the CPU time of the ansible-runner
 process itself (where a plugin runs; far steadier than wall time on a shared machine).
 """
 
@@ -137,8 +137,13 @@ def main():
     events = set()
     with nats_server() as url, tempfile.TemporaryDirectory() as workdir:
         one_run("none", url, workdir)  # warm the caches once, not measured
-        for _ in range(runs):
-            for which in CONFIGS:
+        for r in range(runs):
+            # Each round starts with the next configuration: with a fixed order, a machine
+            # that slows down (or speeds up) over the rounds charges its drift to whichever
+            # comes last (seen here: the no-plugin run's CPU rose from 0.19 to 0.32 s over
+            # 30 runs, which a fixed order would have added to ours, the last, as ~9 ms).
+            k = r % len(CONFIGS)
+            for which in CONFIGS[k:] + CONFIGS[:k]:
                 wall, cpu, thread_cpu, in_handlers, n, got = one_run(which, url, workdir)
                 handlers[which].append(in_handlers)
                 walls[which].append(wall)
@@ -152,13 +157,14 @@ def main():
 
     def paired(which, series):
         # Each round runs the three configurations back to back: comparing within a round
-        # cancels the machine's slower drifts. Median and interquartile range of the rounds.
+        # cancels the machine's slower drifts, and rotating the order cancels what is left
+        # of them between neighbours. Median and interquartile range of the rounds.
         diffs = [(x / base - 1) * 100 for x, base in zip(series[which], series["none"])]
         q1, q2, q3 = statistics.quantiles(diffs, n=4)
         return f"{q2:+.1f} % ({q1:+.1f} to {q3:+.1f})"
 
     print(f"## Whole run: `ansible-runner run` of a {n}-event playbook (median of {runs} rounds; "
-          "each round runs the three back to back)\n")
+          "each round runs the three back to back, in an order rotated from round to round)\n")
     print("| plugin | wall (s) | min | max | added wall: medians | added wall: paired (IQR) | "
           "CPU of the ansible-runner process (s) | added CPU: paired (IQR) | CPU of threads besides "
           "the main one (ms) | events delivered (all runs) |")

@@ -102,17 +102,36 @@ fn raw(port: u16, payload: &[u8], n: usize) -> Duration {
     t.elapsed()
 }
 
-/// Every client's time in each of `runs` rounds, the clients taking turns within a round,
+/// One client's run: its time, and the server's CPU time over the same span.
+#[derive(Clone, Copy, Default)]
+struct Run {
+    took: Duration,
+    server_cpu: Duration,
+}
+
+impl Run {
+    /// The server's CPU per wall second (1.0: one core busy throughout).
+    fn server_busy(&self) -> f64 {
+        self.server_cpu.as_secs_f64() / self.took.as_secs_f64()
+    }
+}
+
+/// Every client's run in each of `runs` rounds, the clients taking turns within a round,
 /// so that a slow spell of a shared machine hits them all rather than one.
 fn interleaved<const K: usize>(
+    server: &Server,
     runs: usize,
     clients: [&dyn Fn() -> Duration; K],
-) -> Vec<[Duration; K]> {
+) -> Vec<[Run; K]> {
     (0..runs)
         .map(|_| {
-            let mut round = [Duration::ZERO; K];
-            for (t, run) in round.iter_mut().zip(clients) {
-                *t = run();
+            let mut round = [Run::default(); K];
+            for (r, run) in round.iter_mut().zip(clients) {
+                let before = server.cpu();
+                let took = run();
+                // The span includes connecting and closing, which cost the server little.
+                let server_cpu = server.cpu().saturating_sub(before);
+                *r = Run { took, server_cpu };
             }
             round
         })
@@ -138,9 +157,10 @@ pub fn section(server: &Server, runs: usize) {
     );
     println!(
         "| payload | N | ours | legacy `nats` 0.26 | `async-nats` 0.51 | nats-py 2.16 | raw socket \
-         | ours / legacy | ours / async | ours / nats-py | ours / raw |"
+         | ours / legacy | ours / async | ours / nats-py | ours / raw \
+         | nats-server busy: ours, legacy, async, raw |"
     );
-    println!("| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |");
+    println!("| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |");
     for (size, n) in [
         (16usize, 1_000_000usize),
         (128, 1_000_000),
@@ -148,8 +168,9 @@ pub fn section(server: &Server, runs: usize) {
         (16 * 1024, 100_000),
     ] {
         let payload = vec![b'x'; size];
-        let rate = |d: Duration| n as f64 / d.as_secs_f64();
+        let rate = |r: &Run| n as f64 / r.took.as_secs_f64();
         let rounds = interleaved(
+            server,
             runs,
             [
                 &|| ours(&url, &payload, n),
@@ -158,18 +179,27 @@ pub fn section(server: &Server, runs: usize) {
                 &|| raw(server.port, &payload, n),
             ],
         );
-        let best = |i: usize| rounds.iter().map(|r| rate(r[i])).fold(0.0, f64::max);
+        let best = |i: usize| rounds.iter().map(|r| rate(&r[i])).fold(0.0, f64::max);
         let [o, l, a, r] = [best(0), best(1), best(2), best(3)];
-        let p = rate(nats_py(&url, size, n, runs));
+        let p = n as f64 / nats_py(&url, size, n, runs).as_secs_f64();
         // Ours against a peer: the ratio of the bests, and in brackets the interquartile
         // range of the ratios within each round (neighbours in time share the machine's mood).
         let vs = |i: usize, peer_best: f64| {
-            let [q1, _, q3] = quartiles(rounds.iter().map(|r| rate(r[0]) / rate(r[i])).collect());
+            let [q1, _, q3] = quartiles(rounds.iter().map(|r| rate(&r[0]) / rate(&r[i])).collect());
             format!("{:.2} [{q1:.2}–{q3:.2}]", o / peer_best)
         };
         let k = |v: f64| format!("{:.0} k", v / 1000.0);
+        // How busy the server was (median over the rounds): near 1.0 for every client, its
+        // one reading goroutine is the limit they all meet.
+        let busy = (0..4)
+            .map(|i| {
+                let [_, median, _] = quartiles(rounds.iter().map(|r| r[i].server_busy()).collect());
+                format!("{median:.2}")
+            })
+            .collect::<Vec<_>>()
+            .join(", ");
         println!(
-            "| {size} B | {n} | {} | {} | {} | {} | {} | {} | {} | {:.2} | {} |",
+            "| {size} B | {n} | {} | {} | {} | {} | {} | {} | {} | {:.2} | {} | {busy} |",
             k(o),
             k(l),
             k(a),
