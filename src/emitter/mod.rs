@@ -101,8 +101,10 @@ struct Run {
     acked: Option<acked::Acked>,
     /// JetStream mode: the `Nats-Msg-Id` of the message being sent.
     msg_id: String,
-    event_subject: String,
-    status_subject: String,
+    /// Shared rather than owned strings: a message borrows its subject while the run is
+    /// borrowed mutably to send it, for the price of a reference count, not a copy.
+    event_subject: Arc<str>,
+    status_subject: Arc<str>,
     counters: RunCounters,
     /// Failure kinds already reported for this run, so a dead server gives one line,
     /// not one per event.
@@ -144,19 +146,27 @@ impl Emitter {
     /// new (its issues go into `report`). Returns whether the run publishes; a caller can
     /// skip serializing events of runs that do not.
     pub fn open(&self, ident: &str, load: impl FnOnce() -> Loaded, report: &mut Report) -> bool {
-        let entry = {
-            let mut runs = self.lock_runs();
-            match runs.get(ident) {
-                Some(e) => Arc::clone(e),
-                None => {
-                    let entry = Arc::new(Mutex::new(start_run(ident, load(), report)));
-                    runs.insert(ident.to_owned(), Arc::clone(&entry));
-                    entry
-                }
-            }
-        };
+        let entry = self.entry(ident, load, report);
         let guard = entry.lock().unwrap_or_else(|p| p.into_inner());
         matches!(&*guard, Entry::Active(_))
+    }
+
+    /// The run `ident`, started (with the configuration `load` gives) if it is new.
+    fn entry(
+        &self,
+        ident: &str,
+        load: impl FnOnce() -> Loaded,
+        report: &mut Report,
+    ) -> Arc<Mutex<Entry>> {
+        let mut runs = self.lock_runs();
+        match runs.get(ident) {
+            Some(e) => Arc::clone(e),
+            None => {
+                let entry = Arc::new(Mutex::new(start_run(ident, load(), report)));
+                runs.insert(ident.to_owned(), Arc::clone(&entry));
+                entry
+            }
+        }
     }
 
     /// Publishes one message of the run `ident`. On the run's first message `load` is
@@ -185,10 +195,7 @@ impl Emitter {
     ) -> Report {
         let mut report = Report::default();
         let terminal = matches!(kind, Kind::Status(s) if TERMINAL_STATUSES.contains(&s));
-        self.open(ident, load, &mut report);
-        let Some(entry) = self.lock_runs().get(ident).cloned() else {
-            return report;
-        };
+        let entry = self.entry(ident, load, &mut report);
         let mut guard = entry.lock().unwrap_or_else(|p| p.into_inner());
         if let Entry::Active(run) = &mut *guard {
             run.send(ident, kind, uuid, payload, &mut report);
@@ -276,8 +283,8 @@ fn start_run(ident: &str, loaded: Loaded, report: &mut Report) -> Entry {
     let base = format!("pub.ansible.runner.{}.{ident}", config.subject_id);
     match config.options.clone().connect() {
         Ok(client) => Entry::Active(Box::new(Run {
-            event_subject: format!("{base}.event"),
-            status_subject: format!("{base}.status"),
+            event_subject: format!("{base}.event").into(),
+            status_subject: format!("{base}.status").into(),
             acked: config
                 .jetstream
                 .as_ref()
@@ -325,10 +332,10 @@ impl Run {
                 },
             };
         }
-        let subject = match kind {
-            Kind::Event => self.event_subject.as_str(),
-            Kind::Status(_) => self.status_subject.as_str(),
-        };
+        let subject = Arc::clone(match kind {
+            Kind::Event => &self.event_subject,
+            Kind::Status(_) => &self.status_subject,
+        });
         let redacted;
         let payload = match kind {
             Kind::Status(_) if self.config.redact_env => match redact_env(payload) {
@@ -340,7 +347,6 @@ impl Run {
             },
             _ => payload,
         };
-        let subject = subject.to_owned();
         match self.publish(&subject, None, payload) {
             Ok(()) => {}
             Err(Error::MaxPayload { size, max }) => {
