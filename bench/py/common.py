@@ -45,7 +45,9 @@ class Counter:
     """An independent subscriber in its own process (`arn-bench count`, on the legacy Rust
     `nats` crate), so that it takes no time from what is measured and keeps up with any
     publisher: a slow counter would put a floor under every figure. It counts silently
-    and answers once, when asked by `wait`."""
+    and answers once, when asked by `wait`, with the system-clock time of the last arrival;
+    the start is read from the same clock here, so how late the counter would have read a
+    start mark is not part of the time."""
 
     def __init__(self, url, subject):
         if not COUNTER.exists():
@@ -54,19 +56,24 @@ class Counter:
                                      stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
         if self.proc.stdout.readline().strip() != "ready":
             raise RuntimeError("the counting subscriber did not start")
+        self.started = time.time()
 
     def start(self):
-        """Marks the start of the measured work (the counter timestamps the line)."""
-        self.proc.stdin.write("start\n")
-        self.proc.stdin.flush()
+        """Marks the start of the measured work."""
+        self.started = time.time()
 
     def wait(self, n, timeout):
         """Waits until `n` messages arrived or `timeout` passed. Returns the count and the
-        seconds from `start` until the last message arrived."""
+        seconds from `start` until the last message arrived (0 if none did). Fails if the
+        counter's own connection had a problem: its count would not be the publisher's."""
         self.proc.stdin.write(f"wait {n} {timeout}\n")
         self.proc.stdin.flush()
-        count, took = self.proc.stdout.readline().split()
-        return int(count), float(took)
+        count, last, problems = self.proc.stdout.readline().split()
+        if int(problems):
+            raise RuntimeError(f"the counting subscriber's connection had {problems} problems "
+                               "(disconnects, slow consumer): its count is not a measure")
+        took = max(float(last) - self.started, 0.0) if int(count) else 0.0
+        return int(count), took
 
     def close(self):
         self.proc.kill()

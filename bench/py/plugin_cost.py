@@ -128,9 +128,17 @@ def one(which, name, n, url):
     os._exit(0)
 
 
+# What the plugins logged during the measurements (ours logs every loss it knows of).
+LOGGED = []
+
+
 def measure(which, name, n, url):
     out = subprocess.run([sys.executable, __file__, "--one", which, name, str(n), url],
-                         capture_output=True, text=True, check=True, timeout=600)
+                         capture_output=True, text=True, timeout=600)
+    if out.returncode != 0:
+        raise SystemExit(f"measuring {which} {name} N = {n} failed: {out.stderr[-2000:]}")
+    LOGGED.extend(f"{which}, {name}, N = {n}: {line}" for line in out.stderr.splitlines()
+                  if line.startswith("ansible-runner.nats"))
     return json.loads(out.stdout.strip().splitlines()[-1])
 
 
@@ -166,6 +174,10 @@ def main():
     print()
     print("A plugin that serializes in the call cannot show a larger per-call ratio than the "
           "fourth column, nor any publisher a larger ratio until the last arrived than the last.\n")
+    if LOGGED:
+        print("Logged by the plugins while measured:\n")
+        print("\n".join(f"- {line}" for line in LOGGED))
+        print()
 
 
 if __name__ == "__main__":
