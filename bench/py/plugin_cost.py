@@ -70,11 +70,11 @@ def floor(url, event, n):
     straight to a socket: the time until the counter holds the last one is what the server
     and the subscriber take on this machine, with no plugin and no serializing."""
     ident = f"floor-{uuid.uuid4().hex[:8]}"
-    subject = f"pub.ansible.runner.floor.{ident}.event"
+    subject = f"pub.ansible.runner.floor.{ident}.event".encode()
     batches, batch = [], bytearray()
     for e in events_of(event, n, ident):
         payload = json.dumps(e).encode()
-        batch += b"PUB %s %d\r\n%s\r\n" % (subject.encode(), len(payload), payload)
+        batch += b"PUB %s %d\r\n%s\r\n" % (subject, len(payload), payload)
         if len(batch) >= 1 << 20:
             batches.append(bytes(batch))
             batch.clear()
@@ -107,23 +107,24 @@ def serializing(event, n):
 
 
 def one(which, name, n, url):
-    """In a child process: warm up, then measure one plugin on one event size; prints JSON."""
+    """In a child process: warm up, then measure one plugin (or the floor, or serializing
+    alone) on one event size; prints JSON."""
     event = json.loads((FIXTURES / FIXTURES_BY_NAME[name]).read_text())
     if which == "floor":
-        print(json.dumps(floor(url, event, n)), flush=True)
-        os._exit(0)
-    if which == "serializing":
+        result = floor(url, event, n)
+    elif which == "serializing":
         serializing(event, 200)
-        print(json.dumps(serializing(event, n)), flush=True)
-        os._exit(0)
-    if which == "python":
-        sys.path.insert(0, str(PEER_DEPS))
-        import ansible_runner_nats as plugin
+        result = serializing(event, n)
     else:
-        import ansible_runner_nats_rs as plugin
-    label = "py" if which == "python" else "rs"
-    run(plugin, url, json.loads((FIXTURES / "event_item.json").read_text()), 200, label)
-    print(json.dumps(run(plugin, url, event, n, label)), flush=True)
+        if which == "python":
+            sys.path.insert(0, str(PEER_DEPS))
+            import ansible_runner_nats as plugin
+        else:
+            import ansible_runner_nats_rs as plugin
+        label = "py" if which == "python" else "rs"
+        run(plugin, url, json.loads((FIXTURES / "event_item.json").read_text()), 200, label)
+        result = run(plugin, url, event, n, label)
+    print(json.dumps(result), flush=True)
     # The Python plugin's loop thread may still be busy: leave without waiting for it.
     os._exit(0)
 
@@ -182,5 +183,5 @@ def main():
 
 if __name__ == "__main__":
     if len(sys.argv) > 1 and sys.argv[1] == "--one":
-        sys.exit(one(sys.argv[2], sys.argv[3], int(sys.argv[4]), sys.argv[5]))
+        one(sys.argv[2], sys.argv[3], int(sys.argv[4]), sys.argv[5])
     sys.exit(main())

@@ -7,8 +7,9 @@ leave ansible-runner with whichever it finds last. Each run therefore goes throu
 and sets its plugin table to exactly the plugin being measured before calling its real
 `main()`: the same ansible-runner, the same playbook, only the plugin differs.
 Run by `make bench`; BENCH_WHOLE_RUNS sets the rounds (default 25; each runs the three
-configurations back to back, each round starting with the next one). Reported: wall time, and the CPU time of the ansible-runner
-process itself (where a plugin runs; far steadier than wall time on a shared machine).
+configurations back to back, each round starting with the next one). Reported: wall time,
+and the CPU time of the ansible-runner process itself (where a plugin runs; far steadier
+than wall time on a shared machine).
 """
 
 import json
