@@ -92,6 +92,34 @@ def test_python_api_run(tmp_path, server):
         sub.close()
 
 
+def test_an_event_is_published_as_it_was_when_the_handler_returned(server):
+    # The Python plugin serializes later, in its asyncio thread, so there a change made to
+    # the dict after the call is what gets published; ours serializes in the call.
+    sub = Subscriber(server.url, "pub.ansible.runner.>")
+    try:
+        code = (
+            "import types, ansible_runner_nats_rs as p\n"
+            "c = types.SimpleNamespace(ident='snap', settings={})\n"
+            "p.status_handler(c, {'status': 'starting', 'runner_ident': 'snap'})\n"
+            "e = {'runner_ident': 'snap', 'event': 'runner_on_ok', 'stdout': 'as called', 'res': {'n': 1}}\n"
+            "p.event_handler(c, e)\n"
+            "e['stdout'] = 'changed after the call'\n"
+            "e['res']['n'] = 2\n"
+            "e['added'] = True\n"
+            "p.status_handler(c, {'status': 'successful', 'runner_ident': 'snap'})\n"
+        )
+        proc = subprocess.run([sys.executable, "-c", code], env=plugin_env(server.url), capture_output=True,
+                              text=True, timeout=60)
+        assert proc.returncode == 0, proc.stderr
+        events, statuses = by_kind(sub.wait_for(3), "snap")
+        assert [json.loads(m.data)["status"] for m in statuses] == ["starting", "successful"]
+        assert [json.loads(m.data) for m in events] == [
+            {"runner_ident": "snap", "event": "runner_on_ok", "stdout": "as called", "res": {"n": 1}}
+        ]
+    finally:
+        sub.close()
+
+
 def test_worker_process_publishes_from_the_process_side_only(tmp_path, server):
     sub = Subscriber(server.url, "pub.ansible.runner.>")
     try:
