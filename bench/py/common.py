@@ -62,11 +62,13 @@ class Counter:
         """Marks the start of the measured work."""
         self.started = time.time()
 
-    def wait(self, n, timeout):
-        """Waits until `n` messages arrived or `timeout` passed. Returns the count and the
-        seconds from `start` until the last message arrived (0 if none did). Fails if the
-        counter's own connection had a problem: its count would not be the publisher's."""
-        self.proc.stdin.write(f"wait {n} {timeout}\n")
+    def wait(self, n, timeout, quiet=None):
+        """Waits until `n` messages arrived, `timeout` passed or, if given, `quiet` seconds
+        went by without a message. Returns the count and the seconds from `start` until the
+        last message arrived (0 if none did). Fails if the counter's own connection had a
+        problem: its count would not be the publisher's."""
+        quiet = "" if quiet is None else f" {quiet}"
+        self.proc.stdin.write(f"wait {n} {timeout}{quiet}\n")
         self.proc.stdin.flush()
         count, last, problems = self.proc.stdout.readline().split()
         if int(problems):

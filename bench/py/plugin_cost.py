@@ -8,6 +8,9 @@ untimed warm-up round: in one shared process, a plugin's leftover background thr
 Python plugin's asyncio loop still delivering or reconnecting) took the GIL from the other
 plugin's calls, and whichever ran first paid for the cold start.
 
+Each row gives medians of ROUNDS rounds, the two plugins interleaved: single measurements
+of the Python plugin moved by several times from one run to the next.
+
 A second table gives, from the same run, what the machine and the event allow any plugin:
 the same messages pre-serialized and written straight to a socket (the server and the
 counting subscriber's share of the time until the last arrived), and serializing the events
@@ -22,6 +25,7 @@ import json
 import os
 import queue
 import socket
+import statistics
 import subprocess
 import sys
 import threading
@@ -58,9 +62,10 @@ def run(plugin, url, event, n, label):
     calls = time.perf_counter() - t0
     backlog = plugin.backlog() if isinstance(plugin, Deferred) else 0
     plugin.status_handler(config, {"status": "successful", "runner_ident": ident})
-    # The Python plugin may lose messages: wait for all, but not forever. The time is until
-    # the last message arrived, so losses are not charged the timeout.
-    got, total = counter.wait(n + 2, timeout=30 if n < 5000 else 90)
+    # The Python plugin may lose messages: wait for all, but not forever, and not past 5 s
+    # without a message (a plugin still delivering is never that quiet). The time is until
+    # the last message arrived, so losses are not charged the wait.
+    got, total = counter.wait(n + 2, timeout=90, quiet=5)
     counter.close()
     return calls / n * 1e6, total / n * 1e6, got, backlog
 
@@ -188,6 +193,10 @@ def one(which, name, n, url):
 # The bounded queue of the deferral measurement: 256 events.
 DEPTH = 256
 
+# Each plugin, the serializer alone and the pre-encoded floor are measured this many times
+# per row; the tables give medians.
+ROUNDS = 3
+
 # What the plugins logged during the measurements (ours logs every loss it knows of).
 LOGGED = []
 
@@ -202,28 +211,55 @@ def measure(which, name, n, url):
     return json.loads(out.stdout.strip().splitlines()[-1])
 
 
+def rounds(name, n, url, *which):
+    """Each of `which` measured ROUNDS times, interleaved, the order reversed every other
+    round so that none is always first on a machine that drifts."""
+    results = {w: [] for w in which}
+    for r in range(ROUNDS):
+        for w in which if r % 2 == 0 else which[::-1]:
+            results[w].append(measure(w, name, n, url))
+    return [results[w] for w in which]
+
+
+class Plugin:
+    """A plugin's rounds of one row: median per call, median until the last arrived over the
+    rounds in which anything did (None if nothing ever did), and each round's count."""
+
+    def __init__(self, measured, total):
+        self.call = statistics.median(m[0] for m in measured)
+        arrived = [m[1] for m in measured if m[2]]
+        self.until = statistics.median(arrived) if arrived else None
+        counts = [m[2] for m in measured]
+        shown = str(counts[0]) if len(set(counts)) == 1 else ", ".join(map(str, counts))
+        self.delivered = f"{shown} of {total}"
+
+
 def main():
-    print("## Plugin cost per event (µs; each measurement in a process of its own after a warm-up; "
-          "one server; a subscriber process counting)\n")
+    print(f"## Plugin cost per event (µs, medians of {ROUNDS} rounds, the plugins interleaved; "
+          "each measurement in a process of its own after a warm-up; one server; a subscriber "
+          "process counting)\n")
     print("| event | N | ours: per call | Python: per call | ratio | ours: until the last arrived "
-          "| Python: until the last arrived | ratio | delivered ours | delivered Python |")
+          "| Python: until the last arrived | ratio | delivered ours (each round) "
+          "| delivered Python (each round) |")
     print("| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |")
     limits, deferred = [], []
     with nats_server() as url:
         for name in FIXTURES_BY_NAME:
             size = measure("parsed-size", name, 0, url)
             for n in (1000, 10000):
-                o_call, o_total, o_got, _ = measure("ours", name, n, url)
-                p_call, p_total, p_got, _ = measure("python", name, n, url)
+                o, p = (Plugin(m, n + 2) for m in rounds(name, n, url, "ours", "python"))
+                if o.until is None:
+                    raise SystemExit(f"ours, {name}, N = {n}: nothing arrived")
                 # Nothing arrived: there is no time until the last arrival to compare.
-                p_until = f"{p_total:.1f}" if p_got else "nothing arrived"
-                ratio = f"{p_total / o_total:.1f}x" if p_got and o_got else "—"
-                print(f"| {name} | {n} | {o_call:.1f} | {p_call:.1f} | {p_call / o_call:.1f}x "
-                      f"| {o_total:.1f} | {p_until} | {ratio} "
-                      f"| {o_got} of {n + 2} | {p_got} of {n + 2} |", flush=True)
-                limits.append((name, n, p_call, p_total if p_got else None,
-                               measure("serializing", name, n, url), measure("floor", name, n, url)))
-                deferred.append((name, n, p_call, o_call, o_total,
+                p_until = "nothing arrived" if p.until is None else f"{p.until:.1f}"
+                ratio = "—" if p.until is None else f"{p.until / o.until:.1f}x"
+                print(f"| {name} | {n} | {o.call:.1f} | {p.call:.1f} | {p.call / o.call:.1f}x "
+                      f"| {o.until:.1f} | {p_until} | {ratio} "
+                      f"| {o.delivered} | {p.delivered} |", flush=True)
+                ser, flo = (statistics.median(m)
+                            for m in rounds(name, n, url, "serializing", "floor"))
+                limits.append((name, n, p.call, p.until, ser, flo))
+                deferred.append((name, n, p.call, o.call, o.until,
                                  measure(f"deferred-{DEPTH}", name, n, url),
                                  measure("deferred-0", name, n, url), size))
     print()

@@ -5,7 +5,10 @@
 //! handlers it measures. It is driven over stdin:
 //!
 //! - it prints `ready` once subscribed;
-//! - `wait <n> <seconds>` waits until `n` messages arrived or the seconds passed, and prints
+//! - `wait <n> <seconds> [<quiet>]` waits until `n` messages arrived, the seconds passed or,
+//!   if given, `quiet` seconds went by without a message (counted from the later of the
+//!   request and the last arrival: a publisher still delivering is never that quiet, one that
+//!   lost the rest would otherwise cost the whole timeout), and prints
 //!   `<count> <when the last message arrived> <problems>`: the time in seconds since the
 //!   Unix epoch (0 if none did); the problems are the disconnects and errors (a slow
 //!   consumer, say) its connection had since it subscribed. Messages missed meanwhile are
@@ -22,15 +25,27 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{mpsc, Arc};
 use std::time::{Duration, Instant, SystemTime};
 
-/// `wait <n> <seconds>`.
-fn parse(line: &str) -> Option<(usize, Duration)> {
+/// What a `wait` line asks for.
+struct Wait {
+    n: usize,
+    within: Duration,
+    quiet: Option<Duration>,
+}
+
+/// `wait <n> <seconds> [<quiet>]`.
+fn parse(line: &str) -> Option<Wait> {
     let mut words = line.split_whitespace();
     if words.next()? != "wait" {
         return None;
     }
     let n = words.next()?.parse().ok()?;
-    let secs: f64 = words.next()?.parse().ok()?;
-    Some((n, Duration::from_secs_f64(secs)))
+    let seconds = |w: &str| w.parse().ok().map(Duration::from_secs_f64);
+    let within = seconds(words.next()?)?;
+    let quiet = match words.next() {
+        Some(w) => Some(seconds(w)?),
+        None => None,
+    };
+    Some(Wait { n, within, quiet })
 }
 
 #[allow(
@@ -67,17 +82,21 @@ pub fn child(args: &[String]) {
         }
     });
     let mut count = 0usize;
-    let mut last = None;
-    let mut waiting: Option<(usize, Instant)> = None;
+    // The last arrival on the system clock (what is reported) and on the monotonic one.
+    let mut last: Option<(SystemTime, Instant)> = None;
+    let mut waiting: Option<(Wait, Instant)> = None;
     loop {
         match rx.try_recv() {
-            Ok((n, within)) => waiting = Some((n, Instant::now() + within)),
+            Ok(wait) => waiting = Some((wait, Instant::now())),
             Err(mpsc::TryRecvError::Empty) => {}
             Err(mpsc::TryRecvError::Disconnected) => return,
         }
-        if let Some((n, deadline)) = waiting {
-            if count >= n || Instant::now() >= deadline {
-                let at = last.map_or(0.0, |t: SystemTime| {
+        if let Some((wait, asked)) = &waiting {
+            let now = Instant::now();
+            let heard = last.map_or(*asked, |(_, at)| at.max(*asked));
+            let quiet = wait.quiet.is_some_and(|q| now >= heard + q);
+            if count >= wait.n || now >= *asked + wait.within || quiet {
+                let at = last.map_or(0.0, |(t, _)| {
                     t.duration_since(SystemTime::UNIX_EPOCH)
                         .map_or(0.0, |d| d.as_secs_f64())
                 });
@@ -87,7 +106,7 @@ pub fn child(args: &[String]) {
         }
         if sub.next_timeout(Duration::from_millis(2)).is_ok() {
             count += 1;
-            last = Some(SystemTime::now());
+            last = Some((SystemTime::now(), Instant::now()));
         }
     }
 }
