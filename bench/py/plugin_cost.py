@@ -258,9 +258,8 @@ def main():
                       f"| {o.delivered} | {p.delivered} |", flush=True)
                 ser, flo = (statistics.median(m)
                             for m in rounds(name, n, url, "serializing", "floor"))
-                limits.append((name, n, p.call, p.until, ser, flo))
-                deferred.append((name, n, p.call, o.call, o.until,
-                                 measure(f"deferred-{DEPTH}", name, n, url),
+                limits.append((name, n, p, ser, flo))
+                deferred.append((name, n, p, o, measure(f"deferred-{DEPTH}", name, n, url),
                                  measure("deferred-0", name, n, url), size))
     print()
     print("### What the event and the machine allow any plugin (same run, same server and counter)\n")
@@ -268,9 +267,9 @@ def main():
           "straight to a socket: until the last arrived (µs per event) | Python until the last "
           "arrived / that |")
     print("| --- | --- | --- | --- | --- | --- |")
-    for name, n, p_call, p_total, ser, flo in limits:
-        most = f"{p_total / flo:.1f}x" if p_total else "—"
-        print(f"| {name} | {n} | {ser:.1f} | {p_call / ser:.1f}x | {flo:.1f} | {most} |")
+    for name, n, p, ser, flo in limits:
+        most = "—" if p.until is None else f"{p.until / flo:.1f}x"
+        print(f"| {name} | {n} | {ser:.1f} | {p.call / ser:.1f}x | {flo:.1f} | {most} |")
     print()
     print("A plugin that serializes in the call cannot show a larger per-call ratio than the "
           "fourth column, nor any publisher a larger ratio until the last arrived than the last.\n")
@@ -281,13 +280,13 @@ def main():
           "| unbounded queue: per call | until the last arrived | Python per call / that "
           "| events still queued when the calls ended | what they hold (MB of parsed events) |")
     print("| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |")
-    for name, n, p_call, o_call, o_total, bounded, unbounded, size in deferred:
+    for name, n, p, o, bounded, unbounded, size in deferred:
         for got in (bounded[2], unbounded[2]):
             if got != n + 2:
                 raise SystemExit(f"deferred, {name}, N = {n}: {got} of {n + 2} delivered")
-        print(f"| {name} | {n} | {o_call:.1f} | {o_total:.1f} "
-              f"| {bounded[0]:.1f} | {bounded[1]:.1f} | {p_call / bounded[0]:.1f}x "
-              f"| {unbounded[0]:.1f} | {unbounded[1]:.1f} | {p_call / unbounded[0]:.1f}x "
+        print(f"| {name} | {n} | {o.call:.1f} | {o.until:.1f} "
+              f"| {bounded[0]:.1f} | {bounded[1]:.1f} | {p.call / bounded[0]:.1f}x "
+              f"| {unbounded[0]:.1f} | {unbounded[1]:.1f} | {p.call / unbounded[0]:.1f}x "
               f"| {unbounded[3]} | {unbounded[3] * size / 1e6:.0f} |")
     print()
     print("Only a queue as deep as the burst makes the calls cheap, and it holds the events' "
