@@ -42,12 +42,13 @@ COUNTER = ROOT / "bench" / "target" / "release" / "arn-bench"
 
 
 class Counter:
-    """An independent subscriber in its own process (`arn-bench count`, on the legacy Rust
-    `nats` crate), so that it takes no time from what is measured and keeps up with any
-    publisher: a slow counter would put a floor under every figure. It counts silently
-    and answers once, when asked by `wait`, with the system-clock time of the last arrival;
-    the start is read from the same clock here, so how late the counter would have read a
-    start mark is not part of the time."""
+    """An independent subscriber in its own process (`arn-bench count`: the protocol over a
+    plain socket, none of our library's code), so that it takes no GIL from what is
+    measured and as little CPU as a subscriber can from the cores it shares with the
+    publisher and the server: a slow counter would put a floor under every figure. It
+    counts silently and answers once, when asked by `wait`, with the system-clock time of
+    the last arrival; the start is read from the same clock here, so how late the counter
+    would have read a start mark is not part of the time."""
 
     def __init__(self, url, subject):
         if not COUNTER.exists():
