@@ -6,7 +6,7 @@
 //! Whatever CPU the counter takes is taken from the two cores that the publisher and
 //! nats-server share with it, so it should take as little as a subscriber can: the legacy
 //! `nats` crate, the counter before this one, allocated, zeroed and queued every payload
-//! and took 13–15 µs of CPU per 38 KB message, a third of nats-server's own share.
+//! and took 12–22 µs of CPU per 38 KB message where this one takes 5–6 (BENCHMARKS.md).
 //!
 //! It runs in its own process and takes no GIL from the handlers it measures. It is driven
 //! over stdin:
