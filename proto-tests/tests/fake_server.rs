@@ -4,7 +4,7 @@
 
 use std::io::{Read, Write};
 use std::net::{TcpListener, TcpStream};
-use std::sync::mpsc;
+use std::sync::{mpsc, Arc, Mutex, OnceLock};
 use std::thread;
 use std::time::{Duration, Instant};
 
@@ -472,6 +472,95 @@ fn subscriptions_receive_msg_and_hmsg() {
     assert_eq!(headers.get_all("A").collect::<Vec<_>>(), ["1", "2"]);
     assert!(second.payload.is_empty());
     drop(client);
+    server.join().unwrap();
+}
+
+#[test]
+fn an_event_callback_may_subscribe_while_a_message_is_being_delivered() {
+    let (url, server) = fake_server(|mut conn| {
+        conn.handshake(basic_info());
+        let Seen::Sub(_, sid) = conn.next() else {
+            panic!("expected SUB")
+        };
+        // Once the test holds the client where the callback finds it.
+        loop {
+            match conn.next() {
+                Seen::Pub { subject, .. } if subject == "ready" => break,
+                Seen::Ping => conn.send(ServerOp::Pong),
+                _ => {}
+            }
+        }
+        // A header block without its NATS/1.0 line: delivered without headers, reported.
+        let mut out = Vec::new();
+        ServerOp::Msg(ansible_runner_nats::proto::Msg {
+            subject: "events.one",
+            sid,
+            reply: None,
+            header: Some(b"bad\r\n\r\n"),
+            payload: b"x",
+        })
+        .encode(&mut out);
+        conn.stream.write_all(&out).unwrap();
+        // Then the callback's SUB, and the test's PUB and flush, among whatever else.
+        let mut seen = Vec::new();
+        while let Some(op) = conn.try_next(STEP) {
+            if op == Seen::Ping {
+                conn.send(ServerOp::Pong);
+            }
+            seen.push(op);
+        }
+        assert!(
+            seen.contains(&Seen::Sub("from.callback".into(), sid + 1)),
+            "{seen:?}"
+        );
+        assert!(
+            seen.iter()
+                .any(|op| matches!(op, Seen::Pub { subject, .. } if subject == "after")),
+            "{seen:?}"
+        );
+    });
+    let client: Arc<OnceLock<Client>> = Arc::new(OnceLock::new());
+    let (tx, rx) = mpsc::channel();
+    let in_callback = Arc::clone(&client);
+    let tx = Mutex::new(tx);
+    let c = Options::new()
+        .servers(&url)
+        .unwrap()
+        .event_callback(move |e| {
+            if let Event::ServerError(text) = e {
+                if let Some(c) = in_callback.get() {
+                    let sub = c.subscribe("from.callback");
+                    let _ = tx.lock().unwrap().send((text, sub.is_ok()));
+                }
+            }
+        })
+        .connect()
+        .unwrap();
+    // Dropped by hand at the end: dropping it on a failed assertion would wait on the
+    // stuck client too, and hang the test instead of failing it.
+    let sub = std::mem::ManuallyDrop::new(c.subscribe("events.>").unwrap());
+    assert!(client.set(c).is_ok());
+    client.get().unwrap().publish("ready", b"").unwrap();
+    let message = sub.next_timeout(STEP).expect("the message");
+    assert!(message.headers.is_none());
+    let (text, subscribed) = rx.recv_timeout(STEP).expect("the callback ran to its end");
+    assert!(text.contains("malformed header block"), "{text}");
+    assert!(subscribed);
+    // In a thread of its own: a client locked up by the callback must fail the test, not
+    // hang it.
+    let (done_tx, done_rx) = mpsc::channel();
+    let after = Arc::clone(&client);
+    thread::spawn(move || {
+        let c = after.get().unwrap();
+        let _ = done_tx.send(c.publish("after", b"y").and_then(|()| c.flush(STEP)));
+    });
+    let done = done_rx.recv_timeout(STEP * 2);
+    assert!(
+        matches!(done, Ok(Ok(()))),
+        "the client is stuck or failed after the callback: {done:?}"
+    );
+    drop(std::mem::ManuallyDrop::into_inner(sub));
+    client.get().unwrap().close().unwrap();
     server.join().unwrap();
 }
 

@@ -867,15 +867,25 @@ fn deliver(shared: &Shared, msg: Msg<'_>) {
     shared
         .in_bytes
         .fetch_add(msg.payload.len() as u64, Ordering::Relaxed);
+    // Reported once `subs` is released: the event callback may subscribe or unsubscribe,
+    // which takes it again.
+    for event in route(shared, msg).into_iter().flatten() {
+        shared.emit(event);
+    }
+}
+
+/// Hands `msg` to its subscription; returns what to report.
+fn route(shared: &Shared, msg: Msg<'_>) -> [Option<Event>; 2] {
     let mut subs = lock(&shared.subs);
     let Some(sub) = subs.get_mut(&msg.sid) else {
-        return;
+        return [None, None];
     };
+    let mut malformed = None;
     let headers = match msg.header.map(HeaderMap::parse) {
         None => None,
         Some(Ok(h)) => Some(h),
         Some(Err(e)) => {
-            shared.emit(Event::ServerError(format!(
+            malformed = Some(Event::ServerError(format!(
                 "message on {} has a malformed header block ({e}); delivered without headers",
                 msg.subject
             )));
@@ -897,7 +907,7 @@ fn deliver(shared: &Shared, msg: Msg<'_>) {
             if let Some(waiting) = lock(&shared.replies).remove(token) {
                 let _ = waiting.try_send(message);
             }
-            return;
+            return [malformed, None];
         }
     };
     match tx.try_send(message) {
@@ -905,14 +915,11 @@ fn deliver(shared: &Shared, msg: Msg<'_>) {
         Err(TrySendError::Full(_)) => {
             sub.dropped.fetch_add(1, Ordering::Relaxed);
             shared.slow_consumer_drops.fetch_add(1, Ordering::Relaxed);
-            let sid = msg.sid;
-            drop(subs);
-            shared.emit(Event::SlowConsumer { sid });
-            return;
+            return [malformed, Some(Event::SlowConsumer { sid: msg.sid })];
         }
         Err(TrySendError::Disconnected(_)) => {
             subs.remove(&msg.sid);
-            return;
+            return [malformed, None];
         }
     }
     if let Some(left) = sub.remaining.as_mut() {
@@ -921,4 +928,5 @@ fn deliver(shared: &Shared, msg: Msg<'_>) {
             subs.remove(&msg.sid);
         }
     }
+    [malformed, None]
 }
