@@ -25,7 +25,7 @@
 use std::io::{self, Read, Write};
 use std::time::{Duration, Instant};
 
-use crate::client::transport::{connect_tcp, set_deadline, Stream};
+use crate::client::transport::{connect_tcp, later, set_deadline, Stream};
 use crate::error::{Error, Result};
 use crate::headers::HeaderMap;
 use crate::proto::{parse_server_op, ClientOp, ServerInfo, ServerOp, Status};
@@ -168,7 +168,7 @@ impl RawConnection {
     /// used: send your own CONNECT). Nothing is read or sent yet.
     pub fn connect(url: &str, timeout: Duration) -> Result<RawConnection> {
         let addr: ServerAddr = url.parse()?;
-        let tcp = connect_tcp(&addr, Instant::now() + timeout)?;
+        let tcp = connect_tcp(&addr, later(Instant::now(), timeout))?;
         Ok(RawConnection {
             stream: Some(Stream::Plain(tcp)),
             addr,
@@ -192,7 +192,7 @@ impl RawConnection {
         let config = crate::tls::client_config(tls)?;
         let host = tls.server_name.clone().unwrap_or(self.addr.host.clone());
         let stream = self.stream.take().ok_or(Error::Closed)?;
-        self.stream = Some(stream.upgrade(config, &host, Instant::now() + timeout)?);
+        self.stream = Some(stream.upgrade(config, &host, later(Instant::now(), timeout))?);
         Ok(())
     }
 
@@ -232,7 +232,7 @@ impl RawConnection {
     /// connection (after everything it sent was read), [`Error::Protocol`] when the bytes
     /// do not parse (the connection is then unusable).
     pub fn next_op(&mut self, timeout: Duration) -> Result<RawOp> {
-        let deadline = Instant::now() + timeout;
+        let deadline = later(Instant::now(), timeout);
         loop {
             match parse_server_op(&self.buf, self.max_control_line) {
                 Ok(Status::Complete((op, used))) => {
@@ -259,7 +259,7 @@ impl RawConnection {
     /// Waits up to `timeout` for the server to close the connection, skipping what it
     /// sends meanwhile (returned, e.g. a final `-ERR`). `Ok(ops)` when it closed.
     pub fn expect_close(&mut self, timeout: Duration) -> Result<Vec<RawOp>> {
-        let deadline = Instant::now() + timeout;
+        let deadline = later(Instant::now(), timeout);
         let mut seen = Vec::new();
         loop {
             let left = deadline.saturating_duration_since(Instant::now());

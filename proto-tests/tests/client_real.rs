@@ -66,6 +66,42 @@ fn publish_subscribe_round_trip() {
 }
 
 #[test]
+fn durations_too_long_for_the_clock_mean_never() {
+    let server = ServerConfig::new().start();
+    let mut py = PySubscriber::start(&server.url(), "forever.>");
+    let client = Options::new()
+        .servers(&server.url())
+        .unwrap()
+        .connect_timeout(Duration::MAX)
+        .reconnect_time_wait(Duration::MAX)
+        .reconnect_jitter(Duration::MAX)
+        .ping_interval(Duration::MAX)
+        .publish_wait(Duration::MAX)
+        .write_linger(Duration::MAX)
+        .flush_timeout(Duration::MAX)
+        .connect()
+        .unwrap();
+    client.publish("forever.one", b"proof").unwrap();
+    client.flush(Duration::MAX).unwrap();
+    assert_eq!(py.wait_for(1, WAIT).len(), 1);
+    client.close().unwrap();
+    // Zero turns the keep-alive PINGs off rather than making the connection stale at once.
+    let quiet = Options::new()
+        .servers(&server.url())
+        .unwrap()
+        .ping_interval(Duration::ZERO)
+        .max_outstanding_pings(0)
+        .connect()
+        .unwrap();
+    let started = quiet.statistics().reconnects;
+    quiet.publish("forever.two", b"proof").unwrap();
+    quiet.flush(WAIT).unwrap();
+    assert_eq!(py.wait_for(1, WAIT).len(), 1);
+    assert!(quiet.is_connected());
+    assert_eq!(quiet.statistics().reconnects, started);
+}
+
+#[test]
 fn headers_round_trip() {
     let server = ServerConfig::new().start();
     let mut py = PySubscriber::start(&server.url(), "hdr");

@@ -142,6 +142,30 @@ fn a_burst_of_large_events_before_the_final_status_all_arrive() {
 }
 
 #[test]
+fn timeouts_too_long_for_the_clock_mean_never_and_panic_nowhere() {
+    let server = ServerConfig::new().start();
+    let mut sub = PySubscriber::start(&server.url(), "pub.ansible.runner.forever.>");
+    let vars = env(&[
+        ("RUNNER_NATS_SUBJECT_ID", "forever"),
+        ("RUNNER_NATS_SERVERS", &server.url()),
+        ("RUNNER_NATS_CONNECT_TIMEOUT", "1e19"),
+        ("RUNNER_NATS_RECONNECT_TIME_WAIT", "1e19"),
+        ("RUNNER_NATS_PING_INTERVAL", "1e19"),
+        ("RUNNER_NATS_FLUSH_TIMEOUT", "1e19"),
+        ("RUNNER_NATS_WRITE_LINGER", "1e19"),
+    ]);
+    let emitter = Emitter::new();
+    let ident = "forever1";
+    let r = send_status(&emitter, &vars, ident, "starting");
+    assert!(r.errors.is_empty(), "{:?}", r.errors);
+    send(&emitter, &vars, ident, Kind::Event, &event(ident, 1, 100));
+    let report = send_status(&emitter, &vars, ident, "successful");
+    assert!(report.errors.is_empty(), "{:?}", report.errors);
+    assert_eq!(report.summary.expect("a summary").counters.published, 3);
+    assert_eq!(sub.wait_for(3, WAIT).len(), 3);
+}
+
+#[test]
 fn server_down_at_start_then_up_delivers_everything() {
     let port = proto_tests::free_port();
     let proxy = Proxy::start(port, Mode::Refuse);

@@ -16,7 +16,7 @@ use std::time::{Duration, Instant};
 
 use super::handshake::{establish, server_error, Established};
 use super::pool::{jitter, Entry, Pool};
-use super::transport::{remaining, ReadHalf, WriteHalf};
+use super::transport::{later, remaining, ReadHalf, WriteHalf};
 use super::{Event, Message, Options, Statistics};
 use crate::error::{Error, Result};
 use crate::headers::HeaderMap;
@@ -529,7 +529,11 @@ fn reconnect(shared: &Shared) -> Option<(Established, Entry)> {
             return None;
         };
         if let Some(last) = entry.last_attempt {
-            let until = last + opts.reconnect_time_wait + jitter(opts.reconnect_jitter);
+            let until = later(
+                last,
+                opts.reconnect_time_wait
+                    .saturating_add(jitter(opts.reconnect_jitter)),
+            );
             while st.phase == Phase::Reconnecting {
                 let left = remaining(until);
                 if left.is_zero() {
@@ -571,8 +575,12 @@ fn write_loop(
 ) -> Outcome {
     let opts = &shared.opts;
     let resend = opts.resend_unconfirmed;
-    let interval = opts.ping_interval;
-    let mut next_ping = Instant::now() + interval;
+    // A zero interval turns the keep-alive PINGs off: the next one is never due.
+    let interval = match opts.ping_interval {
+        Duration::ZERO => Duration::MAX,
+        every => every,
+    };
+    let mut next_ping = later(Instant::now(), interval);
     let mut pre = Vec::new();
     let mut data: Vec<u8> = Vec::with_capacity(64 * 1024);
     let mut post = Vec::new();
@@ -620,7 +628,7 @@ fn write_loop(
                 }
                 st.pings_outstanding += 1;
                 shared.request_ping(&mut st);
-                next_ping = now + interval;
+                next_ping = later(now, interval);
             }
             if let Some((ticket, due)) = awaiting {
                 if st.pings_requested >= ticket {
@@ -648,7 +656,7 @@ fn write_loop(
                         && st.pre.is_empty()
                         && st.post.is_empty() =>
                 {
-                    Some(since + opts.write_linger).filter(|t| *t > now)
+                    Some(later(since, opts.write_linger)).filter(|t| *t > now)
                 }
                 _ => None,
             };
@@ -715,12 +723,12 @@ fn write_loop(
             // For a linger after the last write, look again then: messages of the same
             // burst queued meanwhile need not wake us (see `writer_looks_at`).
             let watch = last_write
-                .map(|w| w + opts.write_linger)
+                .map(|w| later(w, opts.write_linger))
                 .filter(|t| !opts.write_linger.is_zero() && *t > now);
             if let Some(t) = watch {
                 wake = wake.min(t);
             }
-            if !opts.write_linger.is_zero() && wake <= now + opts.write_linger {
+            if !opts.write_linger.is_zero() && wake <= later(now, opts.write_linger) {
                 st.writer_looks_at = Some(wake);
             }
             st = wait(&shared.work, st, wake.saturating_duration_since(now));

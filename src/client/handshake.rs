@@ -9,7 +9,7 @@ use std::time::Instant;
 
 use crate::auth::{Auth, ConnectFields};
 use crate::client::options::Options;
-use crate::client::transport::{connect_tcp, set_deadline, ReadHalf, Stream, WriteHalf};
+use crate::client::transport::{connect_tcp, later, set_deadline, ReadHalf, Stream, WriteHalf};
 use crate::error::{Error, ProtoError, Result};
 use crate::proto::{parse_server_op, ClientOp, ConnectInfo, ServerInfo, ServerOp, Status};
 use crate::url::ServerAddr;
@@ -36,7 +36,7 @@ enum Seen {
 /// Connects to `addr` and completes the NATS handshake before the connect timeout.
 /// `tls_name` is the name the server's certificate must carry.
 pub(crate) fn establish(opts: &Options, addr: &ServerAddr, tls_name: &str) -> Result<Established> {
-    let deadline = Instant::now() + opts.connect_timeout;
+    let deadline = later(Instant::now(), opts.connect_timeout);
     let timeout_error = || Error::ConnectTimeout {
         server: addr.to_string(),
         timeout: opts.connect_timeout,

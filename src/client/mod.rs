@@ -41,7 +41,7 @@ use crate::proto::{encode_pub, ClientOp, ServerInfo};
 use crate::subject;
 use handshake::establish;
 use pool::Pool;
-use transport::remaining;
+use transport::{later, remaining};
 
 /// The `max_payload` assumed before any server has told its own: nats-server's default.
 pub const DEFAULT_MAX_PAYLOAD: usize = 1024 * 1024;
@@ -305,7 +305,7 @@ impl Client {
                 });
             }
         } else if !st.out.is_empty() && st.out.len() + size > opts.flusher_queue_size {
-            let deadline = Instant::now() + opts.publish_wait;
+            let deadline = later(Instant::now(), opts.publish_wait);
             while !st.out.is_empty() && st.out.len() + size > opts.flusher_queue_size {
                 check_open(&st)?;
                 let left = remaining(deadline);
@@ -328,7 +328,7 @@ impl Client {
             st.out_since = Some(now);
             writer_looks = st
                 .writer_looks_at
-                .is_some_and(|t| t <= now + opts.write_linger);
+                .is_some_and(|t| t <= later(now, opts.write_linger));
         }
         let st = &mut *st;
         let before = st.out.len();
@@ -470,7 +470,7 @@ fn check_open(st: &State) -> Result<()> {
 }
 
 fn flush(shared: &Shared, timeout: Duration) -> Result<()> {
-    let deadline = Instant::now() + timeout;
+    let deadline = later(Instant::now(), timeout);
     let timed_out = || Error::Timeout {
         what: "flush",
         after: timeout,

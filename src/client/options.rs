@@ -300,16 +300,18 @@ impl Options {
         self
     }
 
-    /// How often the client PINGs the server to detect a dead connection. Default: 2 min.
+    /// How often the client PINGs the server to detect a dead connection; zero turns
+    /// these PINGs, and with them the detection of a stale connection, off.
+    /// Default: 2 min.
     pub fn ping_interval(mut self, interval: Duration) -> Options {
         self.ping_interval = interval;
         self
     }
 
-    /// How many PINGs may go unanswered before the connection counts as stale.
-    /// Default: 2.
+    /// How many PINGs may go unanswered before the connection counts as stale (at
+    /// least 1). Default: 2.
     pub fn max_outstanding_pings(mut self, pings: u32) -> Options {
-        self.max_outstanding_pings = pings;
+        self.max_outstanding_pings = pings.max(1);
         self
     }
 

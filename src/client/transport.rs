@@ -47,6 +47,14 @@ pub(crate) fn connect_tcp(addr: &ServerAddr, deadline: Instant) -> Result<TcpStr
     }))
 }
 
+/// `t + d`; when `d` is too long for the clock (`Duration::MAX`, or a configured
+/// 1e19 seconds), a time about 34 years ahead instead: in effect never, and no panic.
+pub(crate) fn later(t: Instant, d: Duration) -> Instant {
+    t.checked_add(d)
+        .or_else(|| t.checked_add(Duration::from_secs(1 << 30)))
+        .unwrap_or(t)
+}
+
 /// Time left until `deadline`, never negative.
 pub(crate) fn remaining(deadline: Instant) -> Duration {
     deadline.saturating_duration_since(Instant::now())

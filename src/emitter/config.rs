@@ -226,6 +226,11 @@ impl Sources<'_> {
         })
     }
 
+    /// Where `key` was set: the variable's name, or the setting's path.
+    fn source_of(&self, key: &str) -> String {
+        self.get(key).map(|r| r.source).unwrap_or_default()
+    }
+
     fn issue(&mut self, source: &str, problem: String, disables: bool) {
         self.issues.push(ConfigIssue {
             source: source.to_owned(),
@@ -700,19 +705,32 @@ fn build_options(src: &mut Sources<'_>) -> Option<(Options, Duration)> {
         opts = opts.reconnect_time_wait(d);
     }
     if let Some(d) = src.seconds("ping_interval", "120 s") {
-        opts = opts.ping_interval(d);
+        if d.is_zero() {
+            // nats-py would PING without pause; the library would never PING.
+            let source = src.source_of("ping_interval");
+            src.issue(
+                &source,
+                "0 is not an interval; using the default (120 s)".into(),
+                false,
+            );
+        } else {
+            opts = opts.ping_interval(d);
+        }
     }
     if let Some(n) = src.integer("max_reconnect_attempts", "forever") {
         opts = opts.max_reconnect_attempts(n);
     }
     if let Some(n) = src.integer("max_outstanding_pings", "2") {
         match u32::try_from(n) {
-            Ok(n) => opts = opts.max_outstanding_pings(n),
-            Err(_) => src.issue(
-                "max_outstanding_pings",
-                format!("{n} is out of range; using the default (2)"),
-                false,
-            ),
+            Ok(n) if n > 0 => opts = opts.max_outstanding_pings(n),
+            _ => {
+                let source = src.source_of("max_outstanding_pings");
+                src.issue(
+                    &source,
+                    format!("{n} is out of range (1 or more); using the default (2)"),
+                    false,
+                );
+            }
         }
     }
     if let Some(n) = src.size("flusher_queue_size", "8 MiB") {

@@ -334,6 +334,9 @@ fn unparsable_numbers_keep_the_default_and_say_so() {
         ("RUNNER_NATS_FLUSHER_QUEUE_SIZE", "big", "RUNNER_NATS_FLUSHER_QUEUE_SIZE: \"big\" is not a whole number; using the default (8 MiB)"),
         ("RUNNER_NATS_PENDING_SIZE", "0", "RUNNER_NATS_PENDING_SIZE: 0 is not a positive size; using the default (8 MiB)"),
         ("RUNNER_NATS_PENDING_SIZE", "-5", "RUNNER_NATS_PENDING_SIZE: -5 is not a positive size; using the default (8 MiB)"),
+        ("RUNNER_NATS_PING_INTERVAL", "0", "RUNNER_NATS_PING_INTERVAL: 0 is not an interval; using the default (120 s)"),
+        ("RUNNER_NATS_MAX_OUTSTANDING_PINGS", "0", "RUNNER_NATS_MAX_OUTSTANDING_PINGS: 0 is out of range (1 or more); using the default (2)"),
+        ("RUNNER_MAX_OUTSTANDING_PINGS", "-1", "RUNNER_MAX_OUTSTANDING_PINGS: -1 is out of range (1 or more); using the default (2)"),
     ];
     let defaults = config(&[], None);
     for (var, value, want) in table {

@@ -440,7 +440,10 @@ impl Run {
 
     fn finish(&mut self, ident: &str, report: &mut Report) -> RunSummary {
         if let Some(acked) = &mut self.acked {
-            acked.drain(std::time::Instant::now() + self.config.flush_timeout);
+            acked.drain(crate::client::transport::later(
+                std::time::Instant::now(),
+                self.config.flush_timeout,
+            ));
             let missing = acked.unacknowledged();
             let why = acked.last_failure.clone();
             self.counters.jetstream = Some(acked.counters);
