@@ -483,6 +483,45 @@ fn close_during_an_outage_is_bounded_and_counts() {
 }
 
 #[test]
+fn messages_buffered_under_a_larger_limit_are_dropped_on_a_server_with_a_smaller_one() {
+    let roomy = ServerConfig::new().max_payload(8 << 20).start();
+    let tight = ServerConfig::new().max_payload(2 << 20).start();
+    let mut sub = PySubscriber::start(&tight.url(), "moved.>");
+    let proxy = Proxy::start(roomy.port(), Mode::Forward);
+    let events = Events::default();
+    let client = events
+        .options(fast_reconnect(Options::new()))
+        .servers(&proxy.url())
+        .unwrap()
+        .connect()
+        .unwrap();
+    assert_eq!(client.max_payload(), 8 << 20);
+    proxy.set_mode(Mode::Refuse);
+    proxy.cut_all();
+    wait_until(WAIT, "the connection lost", || !client.is_connected());
+    // Accepted against the last server's limit, while no server is there to ask.
+    client.publish("moved.a", &[b'a'; 100]).unwrap();
+    client.publish("moved.big", &vec![b'b'; 4 << 20]).unwrap();
+    client.publish("moved.c", &[b'c'; 100]).unwrap();
+    proxy.set_target(tight.port());
+    proxy.set_mode(Mode::Forward);
+    client.flush(WAIT).unwrap();
+    let got = sub.wait_for(2, WAIT);
+    assert_eq!(got[0].subject, "moved.a");
+    assert_eq!(got[1].subject, "moved.c");
+    assert_eq!(client.max_payload(), 2 << 20);
+    let stats = client.statistics();
+    assert_eq!((stats.oversized, stats.dropped), (1, 1));
+    assert_eq!(
+        events.count(|e| matches!(e, Event::Dropped { messages: 1, .. })),
+        1
+    );
+    // The new server never saw it, so it kept the connection.
+    assert_eq!(events.count(is_disconnected), 1);
+    client.close().unwrap();
+}
+
+#[test]
 fn oversized_messages_buffered_before_the_limit_was_known_are_dropped_on_connect() {
     let server = ServerConfig::new().max_payload(1024).start();
     let mut sub = PySubscriber::start(&server.url(), "late.>");

@@ -17,7 +17,7 @@ use std::time::{Duration, Instant};
 use super::handshake::{establish, server_error, Established};
 use super::pool::{jitter, Entry, Pool};
 use super::transport::{later, remaining, ReadHalf, WriteHalf};
-use super::{Event, Message, Options, Statistics};
+use super::{Event, Message, Options, Statistics, DEFAULT_MAX_PAYLOAD};
 use crate::error::{Error, Result};
 use crate::headers::HeaderMap;
 use crate::proto::{parse_client_op, parse_server_op, ClientOp, Msg, ServerInfo, ServerOp, Status};
@@ -53,6 +53,10 @@ pub(crate) struct State {
     /// The last subject published to, known to be valid (see `Client::enqueue`).
     pub(crate) valid_subject: Option<String>,
     pub(crate) info: ServerInfo,
+    /// No message queued or kept for a resend is larger than this: the highest
+    /// `max_payload` in force since the last connection checked them (see
+    /// `drop_oversized`).
+    pub(crate) accepted_max: usize,
     /// Changes with every new connection and every loss, so waiters can tell theirs ended.
     pub(crate) generation: u64,
     /// PINGs requested on this connection (flushes, keep-alives, confirmations), in order.
@@ -133,6 +137,16 @@ pub(crate) fn wait<'a, T>(
 }
 
 impl State {
+    /// The largest message (payload and headers) the server accepts: its `max_payload`,
+    /// or nats-server's default before any server has told its own (a message over the
+    /// server's limit would make it close the connection when finally written).
+    pub(crate) fn max_payload(&self) -> usize {
+        match self.info.max_payload {
+            0 => DEFAULT_MAX_PAYLOAD,
+            known => known,
+        }
+    }
+
     fn has_work(&self) -> bool {
         !self.pre.is_empty()
             || !self.out.is_empty()
@@ -173,6 +187,7 @@ impl Shared {
                 scratch: Vec::new(),
                 valid_subject: None,
                 info: ServerInfo::default(),
+                accepted_max: DEFAULT_MAX_PAYLOAD,
                 generation: 0,
                 pings_requested: 0,
                 pongs_received: 0,
@@ -454,9 +469,10 @@ fn begin_connection(
 
 /// Removes buffered messages larger than the server's `max_payload`; returns how many.
 fn drop_oversized(st: &mut State) -> u64 {
-    let max = st.info.max_payload;
-    if max == 0 || max >= crate::client::DEFAULT_MAX_PAYLOAD {
-        // Nothing larger than the assumed default was accepted while it was unknown.
+    let max = st.max_payload();
+    let before = std::mem::replace(&mut st.accepted_max, max);
+    if max >= before {
+        // Each message was accepted against a limit no higher than this one.
         return 0;
     }
     let mut kept = Vec::with_capacity(st.out.len());
@@ -856,6 +872,7 @@ fn handle_op(shared: &Shared, op: ServerOp<'_>, generation: u64) {
             let ldm = info.ldm && !st.lame_duck;
             st.lame_duck |= info.ldm;
             st.info = *info;
+            st.accepted_max = st.accepted_max.max(st.max_payload());
             drop(st);
             if ldm {
                 shared.work.notify_one();

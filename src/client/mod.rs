@@ -281,12 +281,7 @@ impl Client {
             valid.push_str(subject);
         }
         check_open(&st)?;
-        // Until a server said otherwise, assume the server's default limit: a message over
-        // it would make the server close the connection when it is finally written.
-        let max = match st.info.max_payload {
-            0 => DEFAULT_MAX_PAYLOAD,
-            known => known,
-        };
+        let max = st.max_payload();
         if size > max {
             return Err(Error::MaxPayload { size, max });
         }
@@ -419,10 +414,7 @@ impl Client {
     /// The largest message (payload and headers) the server accepts: its `max_payload`,
     /// or nats-server's default of 1 MiB before any server has told its own.
     pub fn max_payload(&self) -> usize {
-        match self.shared().state().info.max_payload {
-            0 => DEFAULT_MAX_PAYLOAD,
-            known => known,
-        }
+        self.shared().state().max_payload()
     }
 
     /// The counters so far.
