@@ -426,6 +426,44 @@ fn a_flush_pending_when_the_connection_dies_fails() {
     let err = client.flush(STEP).unwrap_err();
     assert!(matches!(err, Error::Disconnected), "{err:?}");
     server.join().unwrap();
+    // Nor may close call it delivered.
+    let err = client.close().unwrap_err();
+    assert!(
+        matches!(err, Error::NotDelivered { messages: 1, .. }),
+        "{err:?}"
+    );
+}
+
+#[test]
+fn close_counts_messages_a_server_never_confirmed() {
+    let (url, server) = fake_server(|mut conn| {
+        conn.handshake(basic_info());
+        // Takes everything, answers no PING.
+        let mut pubs = 0;
+        while let Some(op) = conn.try_next(STEP) {
+            pubs += usize::from(matches!(op, Seen::Pub { .. }));
+        }
+        assert_eq!(pubs, 3);
+    });
+    let client = Options::new()
+        .servers(&url)
+        .unwrap()
+        .flush_timeout(Duration::from_millis(300))
+        .connect()
+        .unwrap();
+    for _ in 0..3 {
+        client.publish("a", b"unconfirmed").unwrap();
+    }
+    assert!(matches!(
+        client.flush(Duration::from_millis(300)),
+        Err(Error::Timeout { .. })
+    ));
+    let err = client.close().unwrap_err();
+    assert!(
+        matches!(err, Error::NotDelivered { messages: 3, .. }),
+        "{err:?}"
+    );
+    server.join().unwrap();
 }
 
 #[test]

@@ -74,8 +74,9 @@ pub(crate) struct State {
     pub(crate) stats: Statistics,
     pub(crate) pool: Pool,
     pub(crate) current: Option<Entry>,
-    /// Messages written but not yet confirmed (only tracked with `resend_unconfirmed`).
-    pub(crate) unconfirmed_msgs: u64,
+    /// Without `resend_unconfirmed`: messages written to connections that were lost
+    /// before a PONG confirmed them, and not written again. They may have arrived.
+    pub(crate) unconfirmed_lost: u64,
     /// Messages that were never confirmed delivered when the client closed.
     pub(crate) undelivered: u64,
 }
@@ -199,7 +200,7 @@ impl Shared {
                 stats: Statistics::default(),
                 pool,
                 current: None,
-                unconfirmed_msgs: 0,
+                unconfirmed_lost: 0,
                 undelivered: 0,
             }),
             opts,
@@ -286,7 +287,8 @@ pub(crate) fn start(shared: &Arc<Shared>, first: Option<(Established, Entry)>) -
     Ok(())
 }
 
-/// Messages written to a connection and kept until a PONG confirms them.
+/// Messages written to a connection and not yet confirmed by a PONG: kept for a resend
+/// with `resend_unconfirmed`, otherwise only counted.
 #[derive(Default)]
 struct Unconfirmed {
     batches: VecDeque<(u64, Vec<u8>, u64)>,
@@ -296,8 +298,20 @@ struct Unconfirmed {
 
 impl Unconfirmed {
     fn push(&mut self, ticket: u64, data: Vec<u8>, msgs: u64) {
+        if msgs == 0 {
+            return;
+        }
         self.bytes += data.len();
         self.msgs += msgs;
+        // Counted only: one entry per PING they wait for, however many writes.
+        if data.is_empty() {
+            if let Some((last, kept, n)) = self.batches.back_mut() {
+                if *last == ticket && kept.is_empty() {
+                    *n += msgs;
+                    return;
+                }
+            }
+        }
         self.batches.push_back((ticket, data, msgs));
     }
 
@@ -381,7 +395,7 @@ fn supervise(shared: &Arc<Shared>, first: Option<(u64, Running)>, mut unconfirme
         }
     }
     let mut st = shared.state();
-    st.undelivered = st.out_msgs + unconfirmed.msgs;
+    st.undelivered = st.out_msgs + unconfirmed.msgs + st.unconfirmed_lost;
     st.phase = Phase::Closed;
     st.out.clear();
     st.out_msgs = 0;
@@ -415,7 +429,6 @@ fn begin_connection(
     st.reset_connection();
     let replayed = unconfirmed.drain_before(&mut st.out);
     st.out_msgs += replayed;
-    st.unconfirmed_msgs = 0;
     let urls = info.connect_urls.clone();
     let server = entry.addr.to_string();
     if reconnected {
@@ -510,9 +523,10 @@ fn lose_connection(shared: &Shared, unconfirmed: &mut Unconfirmed, reason: Strin
     st.reset_connection();
     st.last_error = Some(reason.clone());
     if !shared.opts.resend_unconfirmed {
+        // Not to be written again: what was in flight counts as not confirmed delivered.
+        st.unconfirmed_lost += unconfirmed.msgs;
         *unconfirmed = Unconfirmed::default();
     }
-    st.unconfirmed_msgs = unconfirmed.msgs;
     if st.phase == Phase::Connected {
         st.phase = if shared.opts.allow_reconnect {
             Phase::Reconnecting
@@ -619,10 +633,7 @@ fn write_loop(
             if st.generation != generation {
                 return Outcome::Lost("connection replaced".into());
             }
-            if resend {
-                unconfirmed.confirm(st.pongs_received);
-                st.unconfirmed_msgs = unconfirmed.msgs;
-            }
+            unconfirmed.confirm(st.pongs_received);
             // Lame duck: one last round writes what is queued with a PING; once its PONG
             // confirms everything, move on. Flushes wait for the next server meanwhile.
             let mut last_round = false;
@@ -718,6 +729,9 @@ fn write_loop(
                             ticket = st.pings_requested + 1;
                             awaiting = Some((ticket, due));
                         }
+                    } else if st.pings_due == 0 {
+                        // Confirmed by the next PING: a flush's, a keep-alive's, close's.
+                        ticket = st.pings_requested + 1;
                     }
                 }
                 std::mem::swap(&mut st.post, &mut post);
@@ -762,6 +776,8 @@ fn write_loop(
             let kept = std::mem::replace(&mut data, Vec::with_capacity(64 * 1024));
             unconfirmed.push(ticket, kept, msgs);
         } else {
+            // Counted until confirmed, but not kept: they will not be written again.
+            unconfirmed.push(ticket, Vec::new(), msgs);
             data.clear();
             if data.capacity() > KEEP_BATCH_CAPACITY {
                 data = Vec::with_capacity(64 * 1024);

@@ -448,7 +448,9 @@ impl Client {
     /// the flush timeout), then closes the connection and joins the client's threads.
     /// If not everything was confirmed (the server was unreachable, or did not answer in
     /// time) it fails with [`Error::NotDelivered`] and the count; the client is closed
-    /// either way. Closing twice is fine.
+    /// either way. Closing twice is fine. Without [`Options::resend_unconfirmed`], the
+    /// count includes what was written to a connection that was lost before the server
+    /// confirmed it: such messages may have arrived, or not, and are not written again.
     pub fn close(&self) -> Result<()> {
         close(self.shared())
     }
