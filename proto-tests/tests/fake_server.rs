@@ -435,6 +435,89 @@ fn a_flush_pending_when_the_connection_dies_fails() {
 }
 
 #[test]
+fn lame_duck_behind_a_resend_backlog_still_drains_and_moves_on() {
+    let (seen_tx, seen_rx) = mpsc::channel();
+    let (go_tx, go_rx) = mpsc::channel::<()>();
+    let (url, server) = fake_server(move |mut conn| {
+        conn.handshake(basic_info());
+        // Two messages, in one write or two, each write followed by its confirmation
+        // PING; none answered: 6 KB unconfirmed against a pending_size of 4 KiB.
+        let (mut pubs, mut pings, mut last) = (0, 0, None);
+        while pubs < 2 || last != Some(Seen::Ping) {
+            let op = conn.next();
+            match &op {
+                Seen::Pub { .. } => pubs += 1,
+                Seen::Ping => pings += 1,
+                other => panic!("unexpected {other:?}"),
+            }
+            last = Some(op);
+        }
+        seen_tx.send(()).unwrap();
+        go_rx.recv().unwrap();
+        conn.info(ServerInfo {
+            ldm: true,
+            ..basic_info()
+        });
+        // The confirmations only once the client has taken in the lame duck notice.
+        go_rx.recv().unwrap();
+        for _ in 0..pings {
+            conn.send(ServerOp::Pong);
+        }
+        // The third message, queued behind the backlog, goes out with a PING of its own.
+        let mut rest = Vec::new();
+        while let Some(op) = conn.try_next(STEP) {
+            let ping = op == Seen::Ping;
+            rest.push(op);
+            if ping {
+                conn.send(ServerOp::Pong);
+            }
+        }
+        assert!(
+            matches!(&rest[..], [Seen::Pub { payload, .. }, Seen::Ping, ..] if payload == b"third"),
+            "{rest:?}"
+        );
+    });
+    let client = Options::new()
+        .servers(&url)
+        .unwrap()
+        .resend_unconfirmed(true)
+        .pending_size(4096)
+        .allow_reconnect(false)
+        .flush_timeout(Duration::from_millis(500))
+        .connect()
+        .unwrap();
+    for _ in 0..2 {
+        client.publish("a", &[b'x'; 3000]).unwrap();
+    }
+    seen_rx.recv_timeout(STEP).expect("the server saw the two");
+    client.publish("a", b"third").unwrap();
+    go_tx.send(()).unwrap();
+    let deadline = Instant::now() + STEP;
+    while !client.server_info().ldm {
+        assert!(Instant::now() < deadline, "no lame duck notice");
+        thread::sleep(Duration::from_millis(1));
+    }
+    // Time for the writer's round on the notice (the outcome is the same without it;
+    // with it, the round meets the backlog, as it did when this failed).
+    thread::sleep(Duration::from_millis(50));
+    go_tx.send(()).unwrap();
+    // Confirmed by the lame duck's last PING, then the client leaves that server.
+    wait_until_closed(&client);
+    server.join().unwrap();
+}
+
+fn wait_until_closed(client: &Client) {
+    let deadline = Instant::now() + STEP;
+    while !client.is_closed() {
+        assert!(
+            Instant::now() < deadline,
+            "the client never left the server"
+        );
+        thread::sleep(Duration::from_millis(5));
+    }
+}
+
+#[test]
 fn close_counts_messages_a_server_never_confirmed() {
     let (url, server) = fake_server(|mut conn| {
         conn.handshake(basic_info());

@@ -634,14 +634,18 @@ fn write_loop(
                 return Outcome::Lost("connection replaced".into());
             }
             unconfirmed.confirm(st.pongs_received);
+            let backlogged = resend && unconfirmed.bytes > opts.pending_size;
             // Lame duck: one last round writes what is queued with a PING; once its PONG
             // confirms everything, move on. Flushes wait for the next server meanwhile.
+            // Behind a backlog the round waits: it could write neither the queue nor,
+            // before the queue, its PING (the confirmations the backlog waits for are
+            // already on their way).
             let mut last_round = false;
             if let Some(ticket) = draining_lame_duck {
                 if st.pongs_received >= ticket {
                     return Outcome::LameDuck;
                 }
-            } else if st.lame_duck {
+            } else if st.lame_duck && !backlogged {
                 draining_lame_duck = Some(shared.request_ping(&mut st));
                 last_round = true;
             }
@@ -667,7 +671,6 @@ fn write_loop(
                     awaiting = None;
                 }
             }
-            let backlogged = resend && unconfirmed.bytes > opts.pending_size;
             // In a burst (this batch began within `write_linger` of the last write) a small
             // batch lingers for more messages to join it, unless something else is being
             // written anyway or the client is closing. After a quiet spell it goes at once.
