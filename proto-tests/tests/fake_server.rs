@@ -518,6 +518,61 @@ fn wait_until_closed(client: &Client) {
 }
 
 #[test]
+fn flush_and_close_called_from_the_event_callback_do_not_wait_for_themselves() {
+    let (url, server) = fake_server(|mut conn| {
+        conn.handshake(basic_info());
+        assert!(matches!(conn.next(), Seen::Pub { .. }));
+        // Answered on the reader's thread, where the callback calls flush.
+        conn.send(ServerOp::Err("Permissions Violation for Publish to \"a\""));
+        assert_eq!(conn.next(), Seen::Ping);
+        conn.send(ServerOp::Pong);
+        // Then the connection ends: on Disconnected the callback closes the client.
+        drop(conn);
+    });
+    let client: Arc<OnceLock<Client>> = Arc::new(OnceLock::new());
+    let (tx, rx) = mpsc::channel();
+    let tx = Mutex::new(tx);
+    let in_callback = Arc::clone(&client);
+    let c = Options::new()
+        .servers(&url)
+        .unwrap()
+        .event_callback(move |e| {
+            let Some(c) = in_callback.get() else { return };
+            let outcome = match e {
+                Event::ServerError(_) => format!("flush: {:?}", c.flush(STEP)),
+                Event::Disconnected { .. } => format!("close: {:?}", c.close()),
+                _ => return,
+            };
+            let _ = tx.lock().unwrap().send(outcome);
+        })
+        .connect()
+        .unwrap();
+    assert!(client.set(c).is_ok());
+    let c = client.get().unwrap();
+    c.publish("a", b"x").unwrap();
+    let flushed = rx
+        .recv_timeout(STEP)
+        .expect("the callback's flush returned");
+    assert!(flushed.starts_with("flush: Err(Timeout"), "{flushed}");
+    // A flush from this thread still works meanwhile.
+    c.flush(STEP).unwrap();
+    let closed = rx
+        .recv_timeout(STEP)
+        .expect("the callback's close returned");
+    assert_eq!(closed, "close: Ok(())");
+    let deadline = Instant::now() + STEP;
+    while !c.is_closed() {
+        assert!(
+            Instant::now() < deadline,
+            "the close the callback started never ended"
+        );
+        thread::sleep(Duration::from_millis(5));
+    }
+    c.close().unwrap();
+    server.join().unwrap();
+}
+
+#[test]
 fn close_counts_messages_a_server_never_confirmed() {
     let (url, server) = fake_server(|mut conn| {
         conn.handshake(basic_info());

@@ -11,7 +11,7 @@ use std::collections::{HashMap, VecDeque};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::mpsc::{SyncSender, TrySendError};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard};
-use std::thread::{self, JoinHandle};
+use std::thread::{self, JoinHandle, ThreadId};
 use std::time::{Duration, Instant};
 
 use super::handshake::{establish, server_error, Established};
@@ -118,6 +118,19 @@ pub(crate) struct Shared {
     pub(crate) in_bytes: AtomicU64,
     pub(crate) slow_consumer_drops: AtomicU64,
     pub(crate) supervisor: Mutex<Option<JoinHandle<()>>>,
+    /// The client's own threads (the supervisor, the current reader). The event callback
+    /// runs on them, so a `flush` or `close` it calls must not wait for them.
+    own_threads: Mutex<Vec<ThreadId>>,
+}
+
+/// Marks the current thread as one of the client's own while it lives.
+struct OwnThread<'a>(&'a Shared);
+
+impl Drop for OwnThread<'_> {
+    fn drop(&mut self) {
+        let me = thread::current().id();
+        lock(&self.0.own_threads).retain(|t| *t != me);
+    }
 }
 
 pub(crate) fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -214,7 +227,18 @@ impl Shared {
             in_bytes: AtomicU64::new(0),
             slow_consumer_drops: AtomicU64::new(0),
             supervisor: Mutex::new(None),
+            own_threads: Mutex::new(Vec::new()),
         }
+    }
+
+    /// True on the supervisor's and the reader's threads (an event callback's).
+    pub(crate) fn on_own_thread(&self) -> bool {
+        lock(&self.own_threads).contains(&thread::current().id())
+    }
+
+    fn own_thread(&self) -> OwnThread<'_> {
+        lock(&self.own_threads).push(thread::current().id());
+        OwnThread(self)
     }
 
     pub(crate) fn state(&self) -> MutexGuard<'_, State> {
@@ -351,6 +375,7 @@ enum Outcome {
 }
 
 fn supervise(shared: &Arc<Shared>, first: Option<(u64, Running)>, mut unconfirmed: Unconfirmed) {
+    let _own = shared.own_thread();
     let mut connected_before = first.is_some();
     let mut current = first;
     loop {
@@ -520,6 +545,8 @@ fn drop_oversized(st: &mut State) -> u64 {
 /// Bookkeeping after a connection ended: fail its waiters, keep what must be replayed.
 fn lose_connection(shared: &Shared, unconfirmed: &mut Unconfirmed, reason: String) {
     let mut st = shared.state();
+    // The reader has ended: every PONG this connection got is counted.
+    unconfirmed.confirm(st.pongs_received);
     st.reset_connection();
     st.last_error = Some(reason.clone());
     if !shared.opts.resend_unconfirmed {
@@ -627,13 +654,14 @@ fn write_loop(
         let (msgs, ticket) = loop {
             // Awake: publishers wake us again until we sleep with a deadline of our own.
             st.writer_looks_at = None;
+            // First: a PONG that came before the connection ended still confirms.
+            unconfirmed.confirm(st.pongs_received);
             if let Some(reason) = st.conn_lost.take() {
                 return Outcome::Lost(reason);
             }
             if st.generation != generation {
                 return Outcome::Lost("connection replaced".into());
             }
-            unconfirmed.confirm(st.pongs_received);
             let backlogged = resend && unconfirmed.bytes > opts.pending_size;
             // Lame duck: one last round writes what is queued with a PING; once its PONG
             // confirms everything, move on. Flushes wait for the next server meanwhile.
@@ -820,6 +848,7 @@ fn write_parts(w: &mut WriteHalf, pre: &[u8], data: &[u8], post: &[u8]) -> std::
 const MAX_READ_BUFFER: usize = 128 * 1024 * 1024;
 
 fn reader_loop(shared: &Shared, mut r: ReadHalf, mut buf: Vec<u8>, generation: u64) {
+    let _own = shared.own_thread();
     let mut raw = vec![0u8; 64 * 1024];
     let limit = shared.opts.max_control_line;
     let reason = 'read: loop {

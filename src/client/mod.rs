@@ -451,6 +451,9 @@ impl Client {
     /// either way. Closing twice is fine. Without [`Options::resend_unconfirmed`], the
     /// count includes what was written to a connection that was lost before the server
     /// confirmed it: such messages may have arrived, or not, and are not written again.
+    /// Called from the event callback, which runs on the client's own threads, it only
+    /// starts the close and returns `Ok`; a `close` from another thread then waits for
+    /// the end and reports it.
     pub fn close(&self) -> Result<()> {
         close(self.shared())
     }
@@ -464,6 +467,13 @@ fn check_open(st: &State) -> Result<()> {
 }
 
 fn flush(shared: &Shared, timeout: Duration) -> Result<()> {
+    if shared.on_own_thread() {
+        // The PONG waited for would be read, or the PING written, by this very thread.
+        return Err(Error::Timeout {
+            what: "flush from an event callback (the client's own thread)",
+            after: Duration::ZERO,
+        });
+    }
     let deadline = later(Instant::now(), timeout);
     let timed_out = || Error::Timeout {
         what: "flush",
@@ -514,6 +524,19 @@ fn flush(shared: &Shared, timeout: Duration) -> Result<()> {
 }
 
 fn close(shared: &Shared) -> Result<()> {
+    if shared.on_own_thread() {
+        // From an event callback: the threads to wait for include this one. Start the
+        // close (what is queued is still written); a `close` from another thread waits
+        // for it and reports.
+        let mut st = shared.state();
+        if st.phase != Phase::Closed {
+            st.phase = Phase::Closing;
+        }
+        drop(st);
+        shared.work.notify_all();
+        shared.progress.notify_all();
+        return Ok(());
+    }
     let open = check_open(&shared.state()).is_ok();
     if open {
         // Its outcome shows in the undelivered count below.

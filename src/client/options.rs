@@ -12,7 +12,9 @@ use crate::proto::DEFAULT_MAX_CONTROL_LINE;
 use crate::tls::TlsOptions;
 use crate::url::{parse_server_list, ServerAddr};
 
-/// A callback for connection [`Event`]s. It runs on the client's own threads: keep it short.
+/// A callback for connection [`Event`]s. It runs on the client's own threads: keep it
+/// short. A [`crate::client::Client::flush`] called from it fails at once (it would wait
+/// for the thread it runs on); [`crate::client::Client::close`] only starts the close.
 pub type EventCallback = Arc<dyn Fn(Event) + Send + Sync>;
 
 /// How to connect, authenticate and behave. Build it with the setters, then call
