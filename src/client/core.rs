@@ -171,7 +171,6 @@ impl State {
 
     /// Forgets everything tied to the connection that ended.
     fn reset_connection(&mut self) {
-        self.ended = Some((self.generation, self.pongs_received));
         self.generation += 1;
         self.pre.clear();
         self.post.clear();
@@ -547,6 +546,8 @@ fn lose_connection(shared: &Shared, unconfirmed: &mut Unconfirmed, reason: Strin
     let mut st = shared.state();
     // The reader has ended: every PONG this connection got is counted.
     unconfirmed.confirm(st.pongs_received);
+    // Kept through the next connection's own reset: a flush may wake only after it.
+    st.ended = Some((st.generation, st.pongs_received));
     st.reset_connection();
     st.last_error = Some(reason.clone());
     if !shared.opts.resend_unconfirmed {
