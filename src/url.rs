@@ -217,16 +217,39 @@ impl FromStr for ServerAddr {
 
 /// Parses a comma-separated list; blank items are skipped, an empty list is an error.
 pub fn parse_server_list(list: &str) -> Result<Vec<ServerAddr>, Error> {
-    let servers = list
-        .split(',')
-        .map(str::trim)
-        .filter(|s| !s.is_empty())
-        .map(str::parse)
+    let servers = split_server_list(list)
+        .map(|(n, item)| parse_list_item(item, n, list))
         .collect::<Result<Vec<ServerAddr>, Error>>()?;
     if servers.is_empty() {
         return Err(invalid(list, "no server in the list"));
     }
     Ok(servers)
+}
+
+/// The items of a comma-separated list, numbered from 1, blank ones skipped.
+pub(crate) fn split_server_list(list: &str) -> impl Iterator<Item = (usize, &str)> {
+    list.split(',')
+        .map(str::trim)
+        .filter(|s| !s.is_empty())
+        .enumerate()
+        .map(|(i, s)| (i + 1, s))
+}
+
+/// Item `n` of the comma-separated `list`. A list that holds credentials may have been
+/// split inside a password (`nats://me:a,b@host`), where what looks like a host is part
+/// of it: such an item's error names its place in the list instead of showing it.
+pub(crate) fn parse_list_item(item: &str, n: usize, list: &str) -> Result<ServerAddr, Error> {
+    item.parse().map_err(|e| match e {
+        Error::InvalidUrl(Invalid { reason, .. }) if list.contains('@') => {
+            Error::InvalidUrl(Invalid {
+                value: format!(
+                    "server {n} of the list (not shown, as the list holds credentials; a ',' in one is written %2C)"
+                ),
+                reason,
+            })
+        }
+        other => other,
+    })
 }
 
 #[cfg(test)]
@@ -291,6 +314,20 @@ mod tests {
             let e = url.parse::<ServerAddr>().unwrap_err();
             assert_eq!(e.to_string(), want, "{url}");
         }
+    }
+
+    #[test]
+    fn a_password_split_at_a_comma_is_not_shown() {
+        let e = parse_server_list("nats://alice:pa,ss:wd@host").unwrap_err();
+        let text = e.to_string();
+        assert!(!text.contains("pa") && !text.contains("alice"), "{text}");
+        assert!(text.contains("server 1 of the list"), "{text}");
+        // Without credentials in the list, the item is shown as it is.
+        let e = parse_server_list("nats://a:1,nats://b:x").unwrap_err();
+        assert_eq!(e.to_string(), "url: \"nats://b:x\": invalid port");
+        // Written %2C, the comma is part of the password.
+        let l = parse_server_list("nats://alice:pa%2Css@host").unwrap();
+        assert_eq!(l.len(), 1);
     }
 
     #[test]

@@ -311,6 +311,10 @@ fn secrets_in_the_starting_env_are_redacted() {
                 "SSH_PRIVATE_KEY": "k",
                 "VAULT_SEED": "s",
                 "DB_CREDENTIALS": "c",
+                "DB_PASSWD": "pw",
+                "SMTP_PASS": "pw",
+                "RUNNER_NATS_SERVERS": "nats://alice:s3cr3t@127.0.0.1:1,nats://127.0.0.1:2",
+                "DATABASE_URL": "postgres://app:d4tabase@db/app",
                 "PATH": "/usr/bin",
                 "HOME": "/root",
             },
@@ -345,6 +349,8 @@ fn secrets_in_the_starting_env_are_redacted() {
             "SSH_PRIVATE_KEY",
             "VAULT_SEED",
             "DB_CREDENTIALS",
+            "DB_PASSWD",
+            "SMTP_PASS",
         ];
         for name in secret_names {
             if redact.is_none() {
@@ -356,7 +362,18 @@ fn secrets_in_the_starting_env_are_redacted() {
         assert_eq!(env["PATH"], "/usr/bin");
         assert_eq!(env["HOME"], "/root");
         if redact.is_none() {
-            assert!(!String::from_utf8_lossy(&got[0].payload).contains("hunter2"));
+            let text = String::from_utf8_lossy(&got[0].payload);
+            for secret in ["hunter2", "s3cr3t", "d4tabase"] {
+                assert!(!text.contains(secret), "{secret} in {text}");
+            }
+            // URLs keep what is not a credential.
+            assert_eq!(
+                env["RUNNER_NATS_SERVERS"],
+                "nats://alice:********@127.0.0.1:1,nats://127.0.0.1:2"
+            );
+            assert_eq!(env["DATABASE_URL"], "postgres://app:********@db/app");
+        } else {
+            assert_eq!(env["DATABASE_URL"], "postgres://app:d4tabase@db/app");
         }
     }
 }

@@ -16,10 +16,11 @@ use serde_json::Value;
 
 use crate::auth::{load_creds_file, load_seed, user_key_pair, Auth};
 use crate::client::Options;
+use crate::error::Error;
 use crate::headers::HeaderMap;
 use crate::subject::validate_token;
 use crate::tls::TlsOptions;
-use crate::url::ServerAddr;
+use crate::url::{parse_list_item, split_server_list, ServerAddr};
 
 /// What happens to an event larger than the server's `max_payload`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -667,10 +668,10 @@ fn build_options(src: &mut Sources<'_>) -> Option<(Options, Duration)> {
         .write_linger(EMITTER_WRITE_LINGER)
         .max_reconnect_attempts(-1);
 
-    if let Some((source, list)) = servers_list(src) {
+    if let Some((source, parsed)) = servers_list(src) {
         let mut good: Vec<ServerAddr> = Vec::new();
-        for item in list.split(',').map(str::trim).filter(|s| !s.is_empty()) {
-            match item.parse::<ServerAddr>() {
+        for item in parsed {
+            match item {
                 Ok(addr) => good.push(addr),
                 Err(e) => src.issue(
                     &source,
@@ -757,15 +758,21 @@ fn build_options(src: &mut Sources<'_>) -> Option<(Options, Duration)> {
 
 /// The server list: a comma-separated string, or (as nats-py accepts in `nats_options`)
 /// a list of strings.
-fn servers_list(src: &mut Sources<'_>) -> Option<(String, String)> {
+fn servers_list(src: &mut Sources<'_>) -> Option<(String, Vec<Result<ServerAddr, Error>>)> {
     let raw = src.get("servers")?;
     match raw.value {
-        Value::String(s) => Some((raw.source, s)),
+        Value::String(s) => {
+            let parsed = split_server_list(&s)
+                .map(|(n, item)| parse_list_item(item, n, &s))
+                .collect();
+            Some((raw.source, parsed))
+        }
         Value::Array(items) => {
-            let mut list = Vec::new();
+            // Each item whole: a ',' in a password is no separator here.
+            let mut parsed = Vec::new();
             for item in &items {
                 match item.as_str() {
-                    Some(s) => list.push(s),
+                    Some(s) => parsed.push(s.parse::<ServerAddr>()),
                     None => src.issue(
                         &raw.source,
                         format!("{item} is not a URL string; that server skipped"),
@@ -773,7 +780,7 @@ fn servers_list(src: &mut Sources<'_>) -> Option<(String, String)> {
                     ),
                 }
             }
-            Some((raw.source, list.join(",")))
+            Some((raw.source, parsed))
         }
         other => {
             src.issue(

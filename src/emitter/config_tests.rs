@@ -443,6 +443,21 @@ fn servers_bad_items_are_skipped_and_none_usable_disables() {
     // Credentials in a bad URL never reach the issue.
     let loaded = load_with(&[("RUNNER_NATS_SERVERS", "nats://u:hunter2@h:x")], None);
     assert!(!format!("{:?}", loaded.issues).contains("hunter2"));
+    // Nor a password that the list's commas split: its first part looks like a host.
+    let loaded = load_with(
+        &[("RUNNER_NATS_SERVERS", "nats://alice:hun,ter2@h:1")],
+        None,
+    );
+    let text = format!("{:?}", loaded.issues);
+    assert!(!text.contains("hun") && !text.contains("alice"), "{text}");
+    assert!(text.contains("server 1 of the list"), "{text}");
+    // In a settings list each URL is whole, commas and all.
+    let loaded = load_with(
+        &[],
+        Some(json!({"nats_options": {"servers": ["nats://alice:hun,ter2@h:1"]}})),
+    );
+    assert!(loaded.issues.is_empty(), "{:?}", loaded.issues);
+    assert_eq!(loaded.config.unwrap().options.servers.len(), 1);
 }
 
 #[test]

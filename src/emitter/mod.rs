@@ -535,10 +535,65 @@ const OWN_SECRETS: &[&str] = &[
 pub fn looks_secret(name: &str) -> bool {
     let upper = name.to_ascii_uppercase();
     OWN_SECRETS.contains(&upper.as_str())
-        || ["PASSWORD", "SECRET", "TOKEN", "SEED", "CREDENTIAL"]
-            .iter()
-            .any(|w| upper.contains(w))
+        || [
+            "PASSWORD",
+            "PASSWD",
+            "SECRET",
+            "TOKEN",
+            "SEED",
+            "CREDENTIAL",
+            "APIKEY",
+        ]
+        .iter()
+        .any(|w| upper.contains(w))
         || upper.ends_with("_KEY")
+        || upper.ends_with("_PASS")
+}
+
+/// `value` with the credentials of the URLs in it redacted (`nats://me:pw@host` becomes
+/// `nats://me:********@host`; a bare `nats://` or `tls://` userinfo is a token and goes
+/// whole), or `None` when it holds none.
+pub fn redact_url_credentials(value: &str) -> Option<String> {
+    let mut out = String::with_capacity(value.len());
+    let mut rest = value;
+    let mut changed = false;
+    while let Some(at) = rest.find("://") {
+        let (before, after) = rest.split_at(at + 3);
+        out.push_str(before);
+        let scheme = before[..at]
+            .rsplit(|c: char| !c.is_ascii_alphanumeric() && !"+-.".contains(c))
+            .next()
+            .unwrap_or_default()
+            .to_ascii_lowercase();
+        // The authority ends where a path, query, fragment or the next list item begins.
+        let end = after
+            .find(|c: char| "/?#,; \t\n".contains(c))
+            .unwrap_or(after.len());
+        let authority = &after[..end];
+        match authority.rfind('@') {
+            Some(i) => {
+                let userinfo = &authority[..i];
+                match userinfo.split_once(':') {
+                    Some((user, _)) => {
+                        out.push_str(user);
+                        out.push(':');
+                        out.push_str(REDACTED);
+                        changed = true;
+                    }
+                    None if matches!(scheme.as_str(), "nats" | "tls") => {
+                        out.push_str(REDACTED);
+                        changed = true;
+                    }
+                    None => out.push_str(userinfo),
+                }
+                out.push_str(&authority[i..]);
+            }
+            None => out.push_str(authority),
+        }
+        rest = &after[end..];
+    }
+    out.push_str(rest);
+    changed.then_some(out)
 }
 
 /// The status payload with secret-looking `env` values replaced, or `None` when there
@@ -552,8 +607,13 @@ pub fn redact_env(payload: &[u8]) -> Option<Vec<u8>> {
     let env = value.get_mut("env")?.as_object_mut()?;
     let mut changed = false;
     for (name, v) in env.iter_mut() {
-        if looks_secret(name) && v.as_str() != Some(REDACTED) {
-            *v = Value::String(REDACTED.into());
+        if looks_secret(name) {
+            if v.as_str() != Some(REDACTED) {
+                *v = Value::String(REDACTED.into());
+                changed = true;
+            }
+        } else if let Some(redacted) = v.as_str().and_then(redact_url_credentials) {
+            *v = Value::String(redacted);
             changed = true;
         }
     }
@@ -589,4 +649,60 @@ pub fn truncate_event(payload: &[u8]) -> Option<Vec<u8>> {
         }
     }
     serde_json::to_vec(&value).ok()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::{looks_secret, redact_url_credentials};
+
+    #[test]
+    fn url_credentials_are_redacted_and_the_rest_kept() {
+        let table = [
+            (
+                "nats://alice:s3cr3t@host:4222",
+                Some("nats://alice:********@host:4222"),
+            ),
+            ("nats://t0ken@host", Some("nats://********@host")),
+            ("tls://t0ken@host", Some("tls://********@host")),
+            (
+                "nats://a:p1@h1:1, nats://h2:2,nats://b:p2@h3",
+                Some("nats://a:********@h1:1, nats://h2:2,nats://b:********@h3"),
+            ),
+            (
+                "postgres://u:pw@db/app?x=1",
+                Some("postgres://u:********@db/app?x=1"),
+            ),
+            ("ssh://git@github.com/x", None),
+            ("nats://host:4222", None),
+            ("/usr/bin:/bin", None),
+            ("mail me@example.com", None),
+            ("://@", None),
+            ("x://é:ü@ñ", Some("x://é:********@ñ")),
+        ];
+        for (value, want) in table {
+            assert_eq!(redact_url_credentials(value).as_deref(), want, "{value}");
+        }
+    }
+
+    #[test]
+    fn secret_names() {
+        for name in [
+            "DB_PASSWD",
+            "SMTP_PASS",
+            "STRIPE_APIKEY",
+            "MY_API_KEY",
+            "GH_TOKEN",
+        ] {
+            assert!(looks_secret(name), "{name}");
+        }
+        for name in [
+            "PATH",
+            "HOME",
+            "PASSENGER_COUNT",
+            "GIT_AUTHOR_NAME",
+            "KEYBOARD",
+        ] {
+            assert!(!looks_secret(name), "{name}");
+        }
+    }
 }
