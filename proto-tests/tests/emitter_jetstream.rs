@@ -286,6 +286,70 @@ fn bad_jetstream_settings_are_reported_not_fatal() {
 }
 
 #[test]
+fn a_stream_that_cannot_be_made_and_a_refused_message_are_each_reported() {
+    // Another stream already captures the subjects, with a small message limit: ours
+    // cannot be created (overlap), and JetStream refuses a larger event.
+    let server = ServerConfig::new().jetstream().start();
+    let nc = client::connect(&server.url()).unwrap();
+    let other = json!({"name": "OTHER", "subjects": ["pub.ansible.runner.>"], "max_msg_size": 300});
+    let reply = nc
+        .request(
+            "$JS.API.STREAM.CREATE.OTHER",
+            other.to_string().as_bytes(),
+            WAIT,
+        )
+        .unwrap();
+    assert!(!String::from_utf8_lossy(&reply.payload).contains("\"error\""));
+    nc.close().unwrap();
+    let v = vars(&server.url(), &[("RUNNER_NATS_FLUSH_TIMEOUT", "5")]);
+    let emitter = Emitter::new();
+    let ident = "refused";
+    let mut errors = Vec::new();
+    errors.extend(
+        send(
+            &emitter,
+            &v,
+            ident,
+            Kind::Status("starting"),
+            &status(ident, "starting"),
+        )
+        .errors,
+    );
+    let mut big: serde_json::Value = serde_json::from_slice(&event(ident, 1)).unwrap();
+    big["stdout"] = json!("x".repeat(600));
+    errors.extend(
+        send(
+            &emitter,
+            &v,
+            ident,
+            Kind::Event,
+            &serde_json::to_vec(&big).unwrap(),
+        )
+        .errors,
+    );
+    errors.extend(send(&emitter, &v, ident, Kind::Event, &event(ident, 2)).errors);
+    let end = send(
+        &emitter,
+        &v,
+        ident,
+        Kind::Status("successful"),
+        &status(ident, "successful"),
+    );
+    errors.extend(end.errors);
+    let js = end.summary.unwrap().counters.jetstream.unwrap();
+    assert_eq!((js.acknowledged, js.refused), (3, 1), "{errors:?}");
+    assert_eq!(errors.len(), 2, "{errors:?}");
+    assert!(
+        errors[0].contains("cannot create the JetStream stream \"RUNS\""),
+        "{errors:?}"
+    );
+    assert!(
+        errors[1].contains("JetStream refused a message on"),
+        "{errors:?}"
+    );
+}
+
+#[test]
 fn without_a_stream_the_run_ends_in_time_and_says_why() {
     // JetStream is on in the server, but no stream captures the subjects and none is
     // configured to be created.

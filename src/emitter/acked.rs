@@ -21,6 +21,12 @@ pub const STREAM_SUBJECTS: &str = "pub.ansible.runner.>";
 /// long before publishing that message again.
 const RETRY_BACKOFF: Duration = Duration::from_millis(250);
 
+/// The kinds of lines reported, each once per run: a stream that could not be made,
+/// messages JetStream refused, messages over the server's limit.
+const STREAM: &str = "jetstream stream";
+const REFUSED: &str = "jetstream refused";
+const OVERSIZED: &str = "jetstream oversized";
+
 struct Creating {
     config: StreamConfig,
     pending: Option<(PendingStream, Instant)>,
@@ -60,7 +66,8 @@ pub(crate) struct Acked {
     in_flight: usize,
     queued_bytes: usize,
     max_bytes: usize,
-    lines: Vec<String>,
+    /// Lines to report, each with its kind (reported once per run and kind).
+    lines: Vec<(&'static str, String)>,
     /// Why the last publish went without an ack, for the end-of-run report.
     pub(crate) last_failure: Option<String>,
     pub(crate) counters: AckCounters,
@@ -164,7 +171,7 @@ impl Acked {
                 }
             };
             let (removed, line) = self.settle(i, outcome, now);
-            refused.extend(line);
+            refused.extend(line.map(|l| (REFUSED, l)));
             if !removed {
                 i += 1;
             }
@@ -186,9 +193,12 @@ impl Acked {
                 Err(Error::MaxPayload { size, max }) => {
                     // The limit of the server reached now is lower than when it was queued.
                     self.counters.refused += 1;
-                    refused.push(format!(
-                        "a message on {} is {size} bytes, over the server's max_payload of {max}: not sent",
-                        p.subject
+                    refused.push((
+                        OVERSIZED,
+                        format!(
+                            "a message on {} is {size} bytes, over the server's max_payload of {max}: not sent",
+                            p.subject
+                        ),
                     ));
                     self.forget(i);
                 }
@@ -199,14 +209,15 @@ impl Acked {
         self.lines.append(&mut refused);
     }
 
-    /// Lines to report (messages refused for good, a stream that could not be created).
-    pub(crate) fn take_lines(&mut self) -> Vec<String> {
+    /// Lines to report (messages refused for good, a stream that could not be created),
+    /// each with its kind.
+    pub(crate) fn take_lines(&mut self) -> Vec<(&'static str, String)> {
         std::mem::take(&mut self.lines)
     }
 
     /// Creates the configured stream before anything is published. Returns whether
     /// messages may go.
-    fn stream_ready(&mut self, now: Instant, lines: &mut Vec<String>) -> bool {
+    fn stream_ready(&mut self, now: Instant, lines: &mut Vec<(&'static str, String)>) -> bool {
         let ack_timeout = self.config.ack_timeout;
         let Some(c) = &mut self.creating else {
             return true;
@@ -243,9 +254,12 @@ impl Acked {
                 false
             }
             Err(e) => {
-                lines.push(format!(
-                    "cannot create the JetStream stream {:?} (capturing {STREAM_SUBJECTS}): {e}; publishing to whatever stream captures the subjects",
-                    c.config.name
+                lines.push((
+                    STREAM,
+                    format!(
+                        "cannot create the JetStream stream {:?} (capturing {STREAM_SUBJECTS}): {e}; publishing to whatever stream captures the subjects",
+                        c.config.name
+                    ),
                 ));
                 self.creating = None;
                 true
@@ -332,7 +346,7 @@ impl Acked {
                         Err(Error::Timeout { .. }) => {}
                         r => {
                             let (_, line) = self.settle(i, r, Instant::now());
-                            self.lines.extend(line);
+                            self.lines.extend(line.map(|l| (REFUSED, l)));
                         }
                     }
                 }

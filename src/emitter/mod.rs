@@ -433,8 +433,8 @@ impl Run {
             .as_mut()
             .map(acked::Acked::take_lines)
             .unwrap_or_default();
-        for line in lines {
-            self.report_once("jetstream", format!("run {ident}: {line}"), report);
+        for (kind, line) in lines {
+            self.report_once(kind, format!("run {ident}: {line}"), report);
         }
     }
 
