@@ -166,6 +166,68 @@ fn timeouts_too_long_for_the_clock_mean_never_and_panic_nowhere() {
 }
 
 #[test]
+fn a_message_after_the_terminal_status_is_reported_and_a_new_start_is_a_new_run() {
+    let server = ServerConfig::new().start();
+    let mut sub = PySubscriber::start(&server.url(), "pub.ansible.runner.late.>");
+    let vars = env(&[
+        ("RUNNER_NATS_SUBJECT_ID", "late"),
+        ("RUNNER_NATS_SERVERS", &server.url()),
+    ]);
+    let emitter = Emitter::new();
+    let ident = "late1";
+    send_status(&emitter, &vars, ident, "starting");
+    send(&emitter, &vars, ident, Kind::Event, &event(ident, 1, 10));
+    send_status(&emitter, &vars, ident, "successful");
+    // Late: reported once, counted each time, and no run is opened for them.
+    let first = send(&emitter, &vars, ident, Kind::Event, &event(ident, 2, 10));
+    assert_eq!(
+        first.errors,
+        ["run late1: an event came after the run ended: not published, nor any later one (counted as late)"]
+    );
+    let second = send_status(&emitter, &vars, ident, "running");
+    assert!(second.errors.is_empty(), "{:?}", second.errors);
+    assert_eq!(emitter.late_messages(), 2);
+    assert_eq!(emitter.open_runs(), 0);
+    // The handler's path: open, then publish without a loader. The run ending between
+    // the two must not leave the message unaccounted for.
+    let mut opened = Report::default();
+    assert!(!emitter.open(
+        ident,
+        Kind::Event,
+        || config::load(&vars, None, "h"),
+        &mut opened
+    ));
+    let report = emitter.publish(
+        ident,
+        Kind::Event,
+        &event(ident, 3, 10),
+        config::Loaded::none,
+    );
+    assert!(report.errors.is_empty() && report.summary.is_none());
+    assert_eq!(emitter.late_messages(), 4);
+    assert_eq!(emitter.open_runs(), 0);
+    // The same ident starting again is a run of its own.
+    send_status(&emitter, &vars, ident, "starting");
+    send(&emitter, &vars, ident, Kind::Event, &event(ident, 1, 10));
+    let end = send_status(&emitter, &vars, ident, "successful");
+    assert_eq!(end.summary.unwrap().counters.published, 3);
+    let got = sub.wait_for(6, WAIT);
+    let statuses: Vec<Value> = got.iter().map(|m| json_of(m)["status"].clone()).collect();
+    assert_eq!(
+        statuses,
+        [
+            json!("starting"),
+            Value::Null,
+            json!("successful"),
+            json!("starting"),
+            Value::Null,
+            json!("successful")
+        ]
+    );
+    assert!(sub.received().is_empty());
+}
+
+#[test]
 fn server_down_at_start_then_up_delivers_everything() {
     let port = proto_tests::free_port();
     let proxy = Proxy::start(port, Mode::Refuse);

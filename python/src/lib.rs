@@ -154,7 +154,13 @@ fn handle(
         return Ok(out);
     };
     let mut report = Report::default();
-    if !emitter().open(&ident, || load_config(py, runner_config), &mut report) {
+    let opened = emitter().open(
+        &ident,
+        kind_status(&status),
+        || load_config(py, runner_config),
+        &mut report,
+    );
+    if !opened {
         if status
             .as_deref()
             .is_some_and(|s| TERMINAL_STATUSES.contains(&s))
@@ -222,6 +228,7 @@ fn stats(py: Python<'_>) -> PyResult<Bound<'_, PyDict>> {
     d.set_item("handled_status", get(&HANDLED_STATUS))?;
     d.set_item("handled_other", get(&HANDLED_OTHER))?;
     d.set_item("handled_bytes", get(&HANDLED_BYTES))?;
+    d.set_item("late", emitter().late_messages())?;
     Ok(d)
 }
 

@@ -33,8 +33,9 @@
 mod acked;
 pub mod config;
 
-use std::collections::HashMap;
-use std::sync::{Arc, Mutex};
+use std::collections::{HashMap, VecDeque};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
 
 use serde_json::Value;
 
@@ -51,6 +52,25 @@ pub enum Kind<'a> {
     Event,
     /// A status change (`status_handler`), with the status.
     Status(&'a str),
+}
+
+impl Kind<'_> {
+    fn describe(self) -> String {
+        match self {
+            Kind::Event => "an event".into(),
+            Kind::Status(s) => format!("the status {s:?}"),
+        }
+    }
+}
+
+/// What a message for a run that ended gets.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Late {
+    /// The run published: the first late message is reported, each one counted.
+    Unreported,
+    Reported,
+    /// The run did not publish (off or misconfigured): nothing to say.
+    Quiet,
 }
 
 /// The statuses after which ansible-runner sends nothing more for a run.
@@ -122,7 +142,16 @@ enum Entry {
 #[derive(Default)]
 pub struct Emitter {
     runs: Mutex<HashMap<String, Arc<Mutex<Entry>>>>,
+    /// The runs that ended, newest last (at most [`ENDED_KEPT`]), and whether a late
+    /// message for each was reported: a message after a run's terminal status must not
+    /// open a new run (which nothing would close) nor vanish. Locked after `runs`.
+    ended: Mutex<VecDeque<(String, Late)>>,
+    /// Messages not published because their run had ended.
+    late: AtomicU64,
 }
+
+/// How many ended runs the emitter remembers.
+const ENDED_KEPT: usize = 256;
 
 impl std::fmt::Debug for Emitter {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -138,35 +167,100 @@ impl Emitter {
         Emitter::default()
     }
 
-    fn lock_runs(&self) -> std::sync::MutexGuard<'_, HashMap<String, Arc<Mutex<Entry>>>> {
+    fn lock_runs(&self) -> MutexGuard<'_, HashMap<String, Arc<Mutex<Entry>>>> {
         self.runs.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn lock_ended(&self) -> MutexGuard<'_, VecDeque<(String, Late)>> {
+        self.ended.lock().unwrap_or_else(|p| p.into_inner())
     }
 
     /// Makes sure the run `ident` exists, calling `load` for its configuration if it is
     /// new (its issues go into `report`). Returns whether the run publishes; a caller can
-    /// skip serializing events of runs that do not.
-    pub fn open(&self, ident: &str, load: impl FnOnce() -> Loaded, report: &mut Report) -> bool {
-        let entry = self.entry(ident, load, report);
+    /// skip serializing events of runs that do not. `kind` is the message to come: only
+    /// a `starting` status begins a run anew under the ident of one that ended.
+    pub fn open(
+        &self,
+        ident: &str,
+        kind: Kind<'_>,
+        load: impl FnOnce() -> Loaded,
+        report: &mut Report,
+    ) -> bool {
+        let Some(entry) = self.entry(ident, kind, load, report) else {
+            return false;
+        };
         let guard = entry.lock().unwrap_or_else(|p| p.into_inner());
         matches!(&*guard, Entry::Active(_))
     }
 
-    /// The run `ident`, started (with the configuration `load` gives) if it is new.
+    /// The run `ident`, started (with the configuration `load` gives) if it is new;
+    /// `None` for a message that came after the run ended (reported, and counted in
+    /// [`Emitter::late_messages`]).
     fn entry(
         &self,
         ident: &str,
+        kind: Kind<'_>,
         load: impl FnOnce() -> Loaded,
         report: &mut Report,
-    ) -> Arc<Mutex<Entry>> {
+    ) -> Option<Arc<Mutex<Entry>>> {
         let mut runs = self.lock_runs();
-        match runs.get(ident) {
-            Some(e) => Arc::clone(e),
-            None => {
-                let entry = Arc::new(Mutex::new(start_run(ident, load(), report)));
-                runs.insert(ident.to_owned(), Arc::clone(&entry));
-                entry
+        if let Some(e) = runs.get(ident) {
+            return Some(Arc::clone(e));
+        }
+        {
+            let mut ended = self.lock_ended();
+            if let Some(i) = ended.iter().position(|(e, _)| e == ident) {
+                if kind != Kind::Status("starting") {
+                    if let Some((_, late)) = ended.get_mut(i) {
+                        if *late != Late::Quiet {
+                            self.late.fetch_add(1, Ordering::Relaxed);
+                        }
+                        if *late == Late::Unreported {
+                            *late = Late::Reported;
+                            report.errors.push(format!(
+                                "run {ident}: {} came after the run ended: not published, nor any later one (counted as late)",
+                                kind.describe()
+                            ));
+                        }
+                    }
+                    return None;
+                }
+                // The same ident again, for a new run.
+                ended.remove(i);
             }
         }
+        let entry = Arc::new(Mutex::new(start_run(ident, load(), report)));
+        runs.insert(ident.to_owned(), Arc::clone(&entry));
+        Some(entry)
+    }
+
+    /// Forgets the open run `ident` if `entry` is still it, and remembers that it ended.
+    fn ended(&self, ident: &str, entry: &Arc<Mutex<Entry>>, published: bool) {
+        let mut runs = self.lock_runs();
+        if runs.get(ident).is_some_and(|e| Arc::ptr_eq(e, entry)) {
+            runs.remove(ident);
+        }
+        self.remember_ended(ident, published);
+    }
+
+    fn remember_ended(&self, ident: &str, published: bool) {
+        let mut ended = self.lock_ended();
+        ended.retain(|(e, _)| e != ident);
+        if ended.len() == ENDED_KEPT {
+            ended.pop_front();
+        }
+        let late = if published {
+            Late::Unreported
+        } else {
+            Late::Quiet
+        };
+        ended.push_back((ident.to_owned(), late));
+    }
+
+    /// Messages not published because their run had already ended (each run's first one
+    /// is reported).
+    pub fn late_messages(&self) -> u64 {
+        self.late.load(Ordering::Relaxed)
     }
 
     /// Publishes one message of the run `ident`. On the run's first message `load` is
@@ -195,8 +289,11 @@ impl Emitter {
     ) -> Report {
         let mut report = Report::default();
         let terminal = matches!(kind, Kind::Status(s) if TERMINAL_STATUSES.contains(&s));
-        let entry = self.entry(ident, load, &mut report);
+        let Some(entry) = self.entry(ident, kind, load, &mut report) else {
+            return report;
+        };
         let mut guard = entry.lock().unwrap_or_else(|p| p.into_inner());
+        let published = matches!(&*guard, Entry::Active(_));
         if let Entry::Active(run) = &mut *guard {
             run.send(ident, kind, uuid, payload, &mut report);
             if terminal {
@@ -205,7 +302,7 @@ impl Emitter {
         }
         drop(guard);
         if terminal {
-            self.lock_runs().remove(ident);
+            self.ended(ident, &entry, published);
         }
         report
     }
@@ -217,6 +314,7 @@ impl Emitter {
         let mut report = Report::default();
         for (ident, entry) in entries {
             let mut guard = entry.lock().unwrap_or_else(|p| p.into_inner());
+            self.remember_ended(&ident, matches!(&*guard, Entry::Active(_)));
             if let Entry::Active(run) = &mut *guard {
                 let summary = run.finish(&ident, &mut report);
                 report.errors.push(format!(
@@ -255,6 +353,7 @@ impl Emitter {
         };
         let mut report = Report::default();
         let mut guard = entry.lock().unwrap_or_else(|p| p.into_inner());
+        self.remember_ended(ident, matches!(&*guard, Entry::Active(_)));
         if let Entry::Active(run) = &mut *guard {
             report.summary = Some(run.finish(ident, &mut report));
         }
