@@ -250,7 +250,8 @@ impl Ser<'_> {
     }
 
     /// `o` (of type `t`) if it is a str, int, float (exact types), None or a boolean; `None`
-    /// for anything else. These run no Python code while they are written.
+    /// for anything else. None of these calls Python code of their own; the allocations
+    /// of some may start a garbage collection (see `str_other`).
     #[inline(always)]
     unsafe fn leaf(&mut self, o: *mut ffi::PyObject, t: *mut ffi::PyTypeObject) -> Option<R> {
         // Each literal as a fixed-size append (a slice chosen at run time would be a memcpy call).
@@ -274,10 +275,11 @@ impl Ser<'_> {
         }
     }
 
-    /// A value borrowed from a dict or list. Leaves are written as they are: the container
-    /// cannot change meanwhile. Anything else is held by a reference of its own: serializing
-    /// it may run Python code (a dict subclass's items()) that could mutate the container
-    /// and drop it.
+    /// A value borrowed from a dict or list. Leaves are written as they are: most call
+    /// nothing that could change the container, and the two that allocate (a str that is
+    /// not compact ASCII, an int beyond 64 bits) hold themselves while they do. Anything
+    /// else is held by a reference of its own: serializing it may run Python code (a dict
+    /// subclass's items()) that could mutate the container and drop it.
     #[inline(always)]
     unsafe fn item(&mut self, v: *mut ffi::PyObject) -> R {
         if let Some(done) = self.leaf(v, ffi::Py_TYPE(v)) {
@@ -450,6 +452,11 @@ impl Ser<'_> {
 
     #[inline(never)]
     unsafe fn str_other(&mut self, o: *mut ffi::PyObject) -> R {
+        // `o` may be borrowed from a dict or list. What follows allocates (a UTF-8 copy,
+        // a UnicodeEncodeError), an allocation can start a garbage collection, and that
+        // runs `__del__` methods and gc callbacks, which may clear the container: hold
+        // the string meanwhile.
+        let _held = Owned::incref(o);
         if HAVE_AS_UTF8_AND_SIZE.load(Ordering::Relaxed) {
             let mut size: ffi::Py_ssize_t = 0;
             let p = PyUnicode_AsUTF8AndSize(o, &mut size);
@@ -491,6 +498,8 @@ impl Ser<'_> {
             // int.__repr__ of a huge int subclass: rare enough for the fallback.
             return Err(Fail::Unsupported);
         }
+        // Borrowed, maybe; the conversion allocates, which may collect (see `str_other`).
+        let _held = Owned::incref(o);
         // Beyond 64 bits: the decimal repr (may raise ValueError past sys.int_info's
         // str-digits limit, like json.dumps).
         let s = Owned::new(ffi::PyObject_Str(o))?;

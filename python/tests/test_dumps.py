@@ -7,6 +7,8 @@ import math
 import os
 import random
 import struct
+import subprocess
+import sys
 
 import pytest
 
@@ -246,6 +248,45 @@ def test_mutation_during_serialization_is_safe():
     target["d"] = [1, 2]
     # Must not crash; result is whatever is valid JSON.
     json.loads(dumps(target))
+
+
+# A garbage collection started by one of the serializer's own allocations (the UTF-8 of a
+# str with a lone surrogate, the decimal of an int beyond 64 bits) runs finalizers and gc
+# callbacks, which may clear the container the value was borrowed from. Run under
+# PYTHONMALLOC=debug, where reading freed memory crashes instead of passing unseen.
+COLLECTING_FINALIZER = r"""
+import gc, sys
+from ansible_runner_nats_rs import dumps
+
+class ClearsOnCollect:
+    def __del__(self):
+        holder.clear()
+
+# Each value made afresh, so that the container holds its only reference.
+fresh = [lambda: "".join(["\ud800", "A" * 5000]), lambda: 10 ** 40 + len(sys.argv)]
+for value in fresh:
+    for make in (lambda: {"k": value()}, lambda: [value()]):
+        for _ in range(20):
+            holder = make()
+            gc.collect()
+            f = ClearsOnCollect()
+            f.cycle = f
+            del f
+            gc.set_threshold(1)
+            out = dumps(holder)
+            gc.set_threshold(700)
+            # Cleared before its first item, or written whole: never a freed value.
+            if out not in (dumps(make()), b"{}", b"[]"):
+                sys.exit(f"unexpected {out[:40]!r}")
+print("ok")
+"""
+
+
+def test_a_collection_during_serialization_cannot_free_the_value_being_written():
+    env = dict(os.environ, PYTHONMALLOC="debug")
+    proc = subprocess.run([sys.executable, "-c", COLLECTING_FINALIZER], env=env,
+                          capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0 and proc.stdout.strip() == "ok", (proc.returncode, proc.stderr[-2000:])
 
 
 def load(name):
