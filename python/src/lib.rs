@@ -139,7 +139,7 @@ fn handle(
         // `ansible-runner process` reports a broken worker stream as a status without a
         // runner_ident. Nothing more will come for the runs open in this process.
         let explanation = text_item(data, intern!(py, "job_explanation")).unwrap_or_default();
-        let open = emitter().open_runs();
+        let open = py.detach(|| emitter().open_runs());
         let mut out = lines(py.detach(|| emitter().close_all()));
         out.insert(
             0,
@@ -154,18 +154,25 @@ fn handle(
         return Ok(out);
     };
     let mut report = Report::default();
-    let opened = emitter().open(
-        &ident,
-        kind_status(&status),
-        || load_config(py, runner_config),
-        &mut report,
-    );
+    // Never an emitter lock with the GIL held: a thread holding the lock may be waiting
+    // for the GIL (the configuration is read with it, through `settings` and maybe
+    // `socket.gethostname`).
+    let source = runner_config.clone().unbind();
+    let kind = kind_status(&status);
+    let opened = py.detach(|| {
+        emitter().open(
+            &ident,
+            kind,
+            || Python::attach(|py| load_config(py, source.bind(py))),
+            &mut report,
+        )
+    });
     if !opened {
         if status
             .as_deref()
             .is_some_and(|s| TERMINAL_STATUSES.contains(&s))
         {
-            emitter().forget(&ident);
+            py.detach(|| emitter().forget(&ident));
         }
         return Ok(lines(report));
     }

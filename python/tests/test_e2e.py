@@ -120,6 +120,38 @@ def test_an_event_is_published_as_it_was_when_the_handler_returned(server):
         sub.close()
 
 
+def test_runs_started_from_two_threads_while_settings_lets_the_gil_go_do_not_deadlock(server):
+    # Reading a run's configuration runs Python code (here a settings property that
+    # sleeps, as socket.gethostname() for nats_subject_id=hostname does): it must not
+    # happen under a lock that the other thread, holding the GIL, waits for.
+    sub = Subscriber(server.url, "pub.ansible.runner.>")
+    try:
+        code = (
+            "import threading, time, ansible_runner_nats_rs as p\n"
+            "class Config:\n"
+            "    def __init__(self, ident): self.ident = ident\n"
+            "    @property\n"
+            "    def settings(self):\n"
+            "        time.sleep(0.01)\n"
+            "        return {}\n"
+            "def runs(n):\n"
+            "    for i in range(20):\n"
+            "        ident = f'gil-{n}-{i}'\n"
+            "        for s in ('starting', 'successful'):\n"
+            "            p.status_handler(Config(ident), {'status': s, 'runner_ident': ident})\n"
+            "threads = [threading.Thread(target=runs, args=(n,)) for n in range(2)]\n"
+            "for t in threads: t.start()\n"
+            "for t in threads: t.join()\n"
+        )
+        proc = subprocess.run([sys.executable, "-c", code], env=plugin_env(server.url), capture_output=True,
+                              text=True, timeout=120)
+        assert proc.returncode == 0, proc.stderr
+        statuses = [json.loads(m.data)["status"] for m in sub.wait_for(80)]
+        assert statuses.count("starting") == statuses.count("successful") == 40
+    finally:
+        sub.close()
+
+
 def test_worker_process_publishes_from_the_process_side_only(tmp_path, server):
     sub = Subscriber(server.url, "pub.ansible.runner.>")
     try:

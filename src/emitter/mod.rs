@@ -203,35 +203,56 @@ impl Emitter {
         load: impl FnOnce() -> Loaded,
         report: &mut Report,
     ) -> Option<Arc<Mutex<Entry>>> {
-        let mut runs = self.lock_runs();
-        if let Some(e) = runs.get(ident) {
-            return Some(Arc::clone(e));
-        }
         {
-            let mut ended = self.lock_ended();
-            if let Some(i) = ended.iter().position(|(e, _)| e == ident) {
-                if kind != Kind::Status("starting") {
-                    if let Some((_, late)) = ended.get_mut(i) {
-                        if *late != Late::Quiet {
-                            self.late.fetch_add(1, Ordering::Relaxed);
-                        }
-                        if *late == Late::Unreported {
-                            *late = Late::Reported;
-                            report.errors.push(format!(
-                                "run {ident}: {} came after the run ended: not published, nor any later one (counted as late)",
-                                kind.describe()
-                            ));
-                        }
-                    }
-                    return None;
-                }
-                // The same ident again, for a new run.
-                ended.remove(i);
+            let runs = self.lock_runs();
+            if let Some(e) = runs.get(ident) {
+                return Some(Arc::clone(e));
+            }
+            if self.is_late(ident, kind, report) {
+                return None;
             }
         }
-        let entry = Arc::new(Mutex::new(start_run(ident, load(), report)));
+        // Read without the lock: `load` may take its time (a host name lookup) and, in the
+        // plugin, takes the GIL, which a thread waiting for the lock could hold.
+        let loaded = load();
+        let mut runs = self.lock_runs();
+        if let Some(e) = runs.get(ident) {
+            // Started by another thread meanwhile, which reported its configuration.
+            return Some(Arc::clone(e));
+        }
+        if self.is_late(ident, kind, report) {
+            return None;
+        }
+        let entry = Arc::new(Mutex::new(start_run(ident, loaded, report)));
         runs.insert(ident.to_owned(), Arc::clone(&entry));
         Some(entry)
+    }
+
+    /// Whether a `kind` message for `ident`, which is not open, comes after its run
+    /// ended: then it is counted and, the first time, reported. A `starting` status
+    /// under an ended ident is a new run.
+    fn is_late(&self, ident: &str, kind: Kind<'_>, report: &mut Report) -> bool {
+        let mut ended = self.lock_ended();
+        let Some(i) = ended.iter().position(|(e, _)| e == ident) else {
+            return false;
+        };
+        if kind == Kind::Status("starting") {
+            ended.remove(i);
+            return false;
+        }
+        if let Some((_, late)) = ended.get_mut(i) {
+            if *late != Late::Quiet {
+                self.late.fetch_add(1, Ordering::Relaxed);
+            }
+            if *late == Late::Unreported {
+                *late = Late::Reported;
+                report.errors.push(format!(
+                    "run {ident}: {} came after the run ended: not published, nor any later one (counted as late)",
+                    kind.describe()
+                ));
+            }
+        }
+        true
     }
 
     /// Forgets the open run `ident` if `entry` is still it, and remembers that it ended.
