@@ -437,4 +437,14 @@ mod tests {
             "credentials: /nonexistent/dir/app.creds: file not found"
         );
     }
+
+    #[test]
+    fn credentials_given_where_a_path_belongs_are_not_echoed() {
+        let seed = KeyPair::new_user().seed().unwrap();
+        for given in [creds_text(JWT, &seed), JWT.to_owned(), seed.clone()] {
+            let text = load_creds_file(Path::new(&given)).unwrap_err().to_string();
+            assert!(!text.contains(&seed) && !text.contains("eyJ"), "{text}");
+            assert!(text.contains("not shown"), "{text}");
+        }
+    }
 }

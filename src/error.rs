@@ -6,7 +6,6 @@
 
 use std::fmt;
 use std::io;
-use std::path::PathBuf;
 use std::time::Duration;
 
 /// A protocol violation found while parsing bytes from the wire.
@@ -61,6 +60,24 @@ impl fmt::Display for ProtoError {
 }
 
 impl std::error::Error for ProtoError {}
+
+/// A credentials or key path as errors show it; not at all when it looks like the
+/// secret itself (a creds file's text, a PEM key, a JWT, a seed) given where a path was
+/// expected.
+pub(crate) fn shown_path(path: &std::path::Path) -> String {
+    let text = path.display().to_string();
+    let trimmed = text.trim();
+    let long_word = trimmed.len() > 40 && !trimmed.contains(['/', '\\', ' ']);
+    let looks_secret = text.contains(['\n', '\r'])
+        || text.contains("-----")
+        || (long_word && trimmed.starts_with("eyJ"))
+        || (long_word && trimmed.starts_with('S') && !trimmed.contains('.'));
+    if looks_secret {
+        "the path given (not shown: it looks like the credentials themselves)".into()
+    } else {
+        text
+    }
+}
 
 /// Why a subject, header or option value was refused.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -186,7 +203,7 @@ impl Error {
     }
 
     pub(crate) fn creds_file(path: &std::path::Path, reason: impl Into<String>) -> Error {
-        Error::credentials(PathBuf::from(path).display().to_string(), reason)
+        Error::credentials(shown_path(path), reason)
     }
 
     /// True for errors that end a connection for good rather than for a retry:

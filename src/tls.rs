@@ -10,7 +10,7 @@ use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName};
 use rustls::{CertificateError, ClientConfig, RootCertStore};
 
-use crate::error::Error;
+use crate::error::{shown_path, Error};
 
 /// TLS settings of a client.
 #[derive(Debug, Clone, Default)]
@@ -40,7 +40,7 @@ fn pem_error(path: &Path, e: &rustls::pki_types::pem::Error) -> Error {
         rustls::pki_types::pem::Error::NoItemsFound => "no PEM item found".to_owned(),
         other => format!("not valid PEM ({other:?})"),
     };
-    Error::Tls(format!("{}: {why}", path.display()))
+    Error::Tls(format!("{}: {why}", shown_path(path)))
 }
 
 fn load_certs(path: &Path) -> Result<Vec<CertificateDer<'static>>, Error> {
@@ -51,7 +51,7 @@ fn load_certs(path: &Path) -> Result<Vec<CertificateDer<'static>>, Error> {
     if certs.is_empty() {
         return Err(Error::Tls(format!(
             "{}: no certificate found",
-            path.display()
+            shown_path(path)
         )));
     }
     Ok(certs)
@@ -66,7 +66,7 @@ pub fn client_config(opts: &TlsOptions) -> Result<Arc<ClientConfig>, Error> {
             roots.add(cert).map_err(|e| {
                 Error::Tls(format!(
                     "{}: unusable CA certificate: {}",
-                    path.display(),
+                    shown_path(path),
                     describe_error(&e)
                 ))
             })?;
@@ -85,8 +85,8 @@ pub fn client_config(opts: &TlsOptions) -> Result<Arc<ClientConfig>, Error> {
             builder.with_client_auth_cert(chain, key_der).map_err(|e| {
                 Error::Tls(format!(
                     "client certificate {} and key {} do not fit together: {}",
-                    cert.display(),
-                    key.display(),
+                    shown_path(cert),
+                    shown_path(key),
                     describe_error(&e)
                 ))
             })?

@@ -872,7 +872,8 @@ fn load_tls(src: &mut Sources<'_>) -> Option<TlsOptions> {
     }
     for (source, path) in &files {
         if let Err(e) = std::fs::metadata(path) {
-            src.issue(source, format!("{path}: {e}; emitter disabled"), true);
+            let shown = crate::error::shown_path(std::path::Path::new(path));
+            src.issue(source, format!("{shown}: {e}; emitter disabled"), true);
             return None;
         }
     }

@@ -535,6 +535,21 @@ fn creds_file_problems_disable_and_name_the_path() {
         Some(json!({"nats_options": {"user_credentials": missing}})),
     );
     assert!(issues(&loaded)[0].starts_with("nats_options.user_credentials: credentials:"));
+    // The file's text where its path belongs, or a PEM key's: not echoed.
+    let text = format!(
+        "-----BEGIN NATS USER JWT-----\n{jwt}\n------END NATS USER JWT------\n\n-----BEGIN USER NKEY SEED-----\n{seed}\n------END USER NKEY SEED------\n"
+    );
+    let pem = "-----BEGIN PRIVATE KEY-----\nMIIEvQIBADANBgkqhkiG9w0BAQEFAASC\n-----END PRIVATE KEY-----\n";
+    for (var, value) in [
+        ("RUNNER_NATS_USER_CREDENTIALS", text.as_str()),
+        ("RUNNER_NATS_NKEYS_SEED", text.as_str()),
+        ("RUNNER_NATS_TLS_CA_FILE", pem),
+    ] {
+        let shown = format!("{:?}", load_with(&[(var, value)], None).issues);
+        for secret in [seed.as_str(), jwt, "MIIEvQ"] {
+            assert!(!shown.contains(secret), "{var}: {shown}");
+        }
+    }
 }
 
 #[test]
