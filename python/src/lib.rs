@@ -239,7 +239,9 @@ fn stats(py: Python<'_>) -> PyResult<Bound<'_, PyDict>> {
     Ok(d)
 }
 
-#[pymodule]
+// The serializer reads dicts and lists without locking them (`ser`): on a free-threaded
+// CPython, importing the module must turn the GIL back on.
+#[pymodule(gil_used = true)]
 #[pyo3(name = "_native")]
 fn native(m: &Bound<'_, PyModule>) -> PyResult<()> {
     ser::init(m.py());

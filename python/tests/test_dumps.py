@@ -150,6 +150,17 @@ def test_floats_round_trip_and_match_repr():
         assert len(repr(v).replace("-", "")) >= 17, v
 
 
+def test_float_keys_are_written_as_json_dumps_writes_them():
+    # Keys stay strings after parsing, so their digits must be float.__repr__'s exactly;
+    # values only have to read back as the same float.
+    rng = random.Random(7)
+    for _ in range(20000):
+        v = struct.unpack("d", struct.pack("Q", rng.getrandbits(64)))[0]
+        assert dumps({v: 1}) == json.dumps({v: 1}, separators=(",", ":")).encode(), v
+    for v in (256119882728783.62, 1e16, 1e-7, -0.0, float("nan"), float("inf"), float("-inf")):
+        assert dumps({v: 1}) == json.dumps({v: 1}, separators=(",", ":")).encode(), v
+
+
 def test_bytes_identical_where_promised():
     # compact separators, UTF-8: only those differ from json.dumps
     x = {"a": [1, 2.5, None, True, "q\"\\\n\x01"], "b": SURROGATE}
