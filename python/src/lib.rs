@@ -7,7 +7,7 @@
 //! - `stats() -> dict`: counters (serializer stages, handled payloads).
 
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::OnceLock;
 
 use ansible_runner_nats::emitter::{config, Emitter, Kind, Loaded, Report, TERMINAL_STATUSES};
@@ -24,6 +24,9 @@ static HANDLED_EVENT: AtomicU64 = AtomicU64::new(0);
 static HANDLED_STATUS: AtomicU64 = AtomicU64::new(0);
 static HANDLED_OTHER: AtomicU64 = AtomicU64::new(0);
 static HANDLED_BYTES: AtomicU64 = AtomicU64::new(0);
+/// Events (not statuses) without a runner_ident, and whether one was reported.
+static NO_IDENT: AtomicU64 = AtomicU64::new(0);
+static NO_IDENT_REPORTED: AtomicBool = AtomicBool::new(false);
 
 /// Serialize `obj` to JSON bytes. Parses equal to `json.dumps(obj)`; anything the fast path
 /// does not know goes through `json.dumps(obj, default=str)`, and if even that raises the
@@ -136,6 +139,17 @@ fn handle(
         None
     };
     let Some(ident) = text_item(data, intern!(py, "runner_ident")) else {
+        if kind != "status" {
+            // Nothing to publish it under; other runs are not affected.
+            NO_IDENT.fetch_add(1, Ordering::Relaxed);
+            if NO_IDENT_REPORTED.swap(true, Ordering::Relaxed) {
+                return Ok(Vec::new());
+            }
+            return Ok(vec![(
+                ERROR,
+                format!("{kind} without runner_ident: not published, nor any later one without it (counted in stats()['no_ident'])"),
+            )]);
+        }
         // `ansible-runner process` reports a broken worker stream as a status without a
         // runner_ident. Nothing more will come for the runs open in this process.
         let explanation = text_item(data, intern!(py, "job_explanation")).unwrap_or_default();
@@ -236,6 +250,7 @@ fn stats(py: Python<'_>) -> PyResult<Bound<'_, PyDict>> {
     d.set_item("handled_other", get(&HANDLED_OTHER))?;
     d.set_item("handled_bytes", get(&HANDLED_BYTES))?;
     d.set_item("late", emitter().late_messages())?;
+    d.set_item("no_ident", get(&NO_IDENT))?;
     Ok(d)
 }
 

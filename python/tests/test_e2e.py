@@ -152,6 +152,32 @@ def test_runs_started_from_two_threads_while_settings_lets_the_gil_go_do_not_dea
         sub.close()
 
 
+def test_an_event_without_runner_ident_is_counted_and_leaves_other_runs_open(server):
+    sub = Subscriber(server.url, "pub.ansible.runner.>")
+    try:
+        code = (
+            "import types, ansible_runner_nats_rs as p\n"
+            "c = types.SimpleNamespace(ident='kept', settings={})\n"
+            "p.status_handler(c, {'status': 'starting', 'runner_ident': 'kept'})\n"
+            "p.event_handler(c, {'event': 'orphan'})\n"
+            "p.event_handler(c, {'event': 'orphan'})\n"
+            "p.event_handler(c, {'event': 'runner_on_ok', 'runner_ident': 'kept'})\n"
+            "p.status_handler(c, {'status': 'successful', 'runner_ident': 'kept'})\n"
+            "print(p._native.stats()['no_ident'])\n"
+        )
+        proc = subprocess.run([sys.executable, "-c", code], env=plugin_env(server.url), capture_output=True,
+                              text=True, timeout=60)
+        assert proc.returncode == 0, proc.stderr
+        assert proc.stdout.strip() == "2"
+        assert proc.stderr.count("without runner_ident") == 1, proc.stderr
+        assert "ended without a terminal status" not in proc.stderr, proc.stderr
+        events, statuses = by_kind(sub.wait_for(3), "kept")
+        assert [json.loads(m.data)["status"] for m in statuses] == ["starting", "successful"]
+        assert [json.loads(m.data)["event"] for m in events] == ["runner_on_ok"]
+    finally:
+        sub.close()
+
+
 def test_worker_process_publishes_from_the_process_side_only(tmp_path, server):
     sub = Subscriber(server.url, "pub.ansible.runner.>")
     try:
