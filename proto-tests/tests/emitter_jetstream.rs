@@ -96,11 +96,23 @@ fn stored_ids(url: &str) -> Vec<String> {
     ids
 }
 
-fn expected_ids(ident: &str, n: usize) -> Vec<String> {
-    let mut ids = vec![format!("{ident}-starting")];
+/// The ids of a run of `n` events: `run` is the tag in its statuses' ids, read back.
+fn expected_ids(ident: &str, run: &str, n: usize) -> Vec<String> {
+    let mut ids = vec![format!("{ident}-{run}-starting")];
     ids.extend((1..=n).map(uuid));
-    ids.push(format!("{ident}-successful"));
+    ids.push(format!("{ident}-{run}-successful"));
     ids
+}
+
+/// The run tag in a stored status id `<ident>-<run>-<status>`.
+fn run_tag(ident: &str, ids: &[String]) -> String {
+    let id = ids
+        .iter()
+        .find(|id| id.ends_with("-starting"))
+        .expect("a stored starting status");
+    let tag = &id[ident.len() + 1..id.len() - "-starting".len()];
+    assert_eq!(tag.len(), 8, "{id}");
+    tag.to_owned()
 }
 
 #[test]
@@ -134,7 +146,47 @@ fn every_message_is_acknowledged_and_stored_once() {
     let js = c.jetstream.expect("JetStream counters");
     assert_eq!((js.acknowledged, js.duplicates, js.refused), (502, 0, 0));
     assert_eq!(c.undelivered, 0);
-    assert_eq!(stored_ids(&server.url()), expected_ids(ident, 500));
+    let ids = stored_ids(&server.url());
+    assert_eq!(ids, expected_ids(ident, &run_tag(ident, &ids), 500));
+}
+
+#[test]
+fn a_rerun_under_the_same_ident_is_stored_too() {
+    let server = ServerConfig::new().jetstream().start();
+    let v = vars(&server.url(), &[]);
+    let ident = "again";
+    for run in 0..2 {
+        let emitter = Emitter::new();
+        send(
+            &emitter,
+            &v,
+            ident,
+            Kind::Status("starting"),
+            &status(ident, "starting"),
+        );
+        send(&emitter, &v, ident, Kind::Event, &event(ident, run + 1));
+        let end = send(
+            &emitter,
+            &v,
+            ident,
+            Kind::Status("successful"),
+            &status(ident, "successful"),
+        );
+        let js = end.summary.unwrap().counters.jetstream.unwrap();
+        assert_eq!(
+            (js.acknowledged, js.duplicates),
+            (3, 0),
+            "run {run}: {:?}",
+            end.errors
+        );
+    }
+    let ids = stored_ids(&server.url());
+    assert_eq!(ids.len(), 6, "{ids:?}");
+    let tags: HashSet<&str> = ids
+        .iter()
+        .filter_map(|id| id.strip_suffix("-successful"))
+        .collect();
+    assert_eq!(tags.len(), 2, "{ids:?}");
 }
 
 #[test]
@@ -184,7 +236,7 @@ fn two_restarts_in_a_run_of_5000_events_store_each_once() {
     assert_eq!(unique.len(), ids.len(), "a message stored twice");
     let mut sorted = ids.clone();
     sorted.sort();
-    let mut want = expected_ids(ident, 5_000);
+    let mut want = expected_ids(ident, &run_tag(ident, &ids), 5_000);
     want.sort();
     assert_eq!(sorted, want);
 }

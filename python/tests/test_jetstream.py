@@ -70,8 +70,12 @@ def test_a_playbook_run_is_stored_once_per_event_and_status(tmp_path, js_server)
         assert copies[0] == event
         assert all(h["producer"] == "ansible-runner" for _, h, _ in events)
 
-    assert [(h["Nats-Msg-Id"], json.loads(d)["status"]) for _, h, d in statuses] == [
-        ("js-run-starting", "starting"),
-        ("js-run-running", "running"),
-        ("js-run-successful", "successful"),
+    # <runner_ident>-<run>-<status>, <run> the same 8 hex digits for the whole run.
+    ids = [(h["Nats-Msg-Id"], json.loads(d)["status"]) for _, h, d in statuses]
+    run = ids[0][0][len("js-run-"):-len("-starting")]
+    assert len(run) == 8 and int(run, 16) >= 0, ids
+    assert ids == [
+        (f"js-run-{run}-starting", "starting"),
+        (f"js-run-{run}-running", "running"),
+        (f"js-run-{run}-successful", "successful"),
     ]

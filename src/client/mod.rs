@@ -22,7 +22,7 @@
 mod core;
 mod handshake;
 mod options;
-mod pool;
+pub(crate) mod pool;
 mod request;
 pub(crate) mod transport;
 

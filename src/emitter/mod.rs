@@ -121,6 +121,10 @@ struct Run {
     acked: Option<acked::Acked>,
     /// JetStream mode: the `Nats-Msg-Id` of the message being sent.
     msg_id: String,
+    /// JetStream mode: this run's part of its statuses' ids, so that a later run under
+    /// the same ident is not taken for a repeat of this one within the stream's
+    /// duplicate window.
+    run_tag: String,
     /// Shared rather than owned strings: a message borrows its subject while the run is
     /// borrowed mutably to send it, for the price of a reference count, not a copy.
     event_subject: Arc<str>,
@@ -299,7 +303,7 @@ impl Emitter {
 
     /// [`Emitter::publish`] with the event's `uuid` at hand: with JetStream it becomes
     /// the `Nats-Msg-Id` (without it, the payload's `uuid` is looked up). Statuses use
-    /// `<runner_ident>-<status>`.
+    /// `<runner_ident>-<run>-<status>`, `<run>` 8 hex digits drawn when the run starts.
     pub fn publish_with_id(
         &self,
         ident: &str,
@@ -410,6 +414,7 @@ fn start_run(ident: &str, loaded: Loaded, report: &mut Report) -> Entry {
                 .as_ref()
                 .map(|js| acked::Acked::new(&client, js, config.options.pending_size)),
             msg_id: String::new(),
+            run_tag: format!("{:08x}", crate::client::pool::random_u64() as u32),
             config,
             client,
             counters: RunCounters::default(),
@@ -445,10 +450,14 @@ impl Run {
     ) {
         if self.acked.is_some() {
             self.msg_id = match kind {
-                Kind::Status(s) => format!("{ident}-{s}"),
+                Kind::Status(s) => format!("{ident}-{}-{s}", self.run_tag),
                 Kind::Event => match uuid.map(str::to_owned).or_else(|| payload_uuid(payload)) {
                     Some(u) => u,
-                    None => format!("{ident}-event-{}", self.counters.published + 1),
+                    None => format!(
+                        "{ident}-{}-event-{}",
+                        self.run_tag,
+                        self.counters.published + 1
+                    ),
                 },
             };
         }
