@@ -150,7 +150,7 @@ struct Inner {
 
 impl Drop for Inner {
     fn drop(&mut self) {
-        let _ = close(&self.shared);
+        let _ = close(&self.shared, self.shared.opts.flush_timeout);
     }
 }
 
@@ -455,7 +455,13 @@ impl Client {
     /// starts the close and returns `Ok`; a `close` from another thread then waits for
     /// the end and reports it.
     pub fn close(&self) -> Result<()> {
-        close(self.shared())
+        close(self.shared(), self.shared().opts.flush_timeout)
+    }
+
+    /// [`Client::close`] with `timeout` instead of the flush timeout as the bound of its
+    /// wait for the server, for a caller that has already spent part of it.
+    pub fn close_within(&self, timeout: Duration) -> Result<()> {
+        close(self.shared(), timeout)
     }
 }
 
@@ -523,7 +529,7 @@ fn flush(shared: &Shared, timeout: Duration) -> Result<()> {
     }
 }
 
-fn close(shared: &Shared) -> Result<()> {
+fn close(shared: &Shared, timeout: Duration) -> Result<()> {
     if shared.on_own_thread() {
         // From an event callback: the threads to wait for include this one. Start the
         // close (what is queued is still written); a `close` from another thread waits
@@ -540,7 +546,7 @@ fn close(shared: &Shared) -> Result<()> {
     let open = check_open(&shared.state()).is_ok();
     if open {
         // Its outcome shows in the undelivered count below.
-        let _ = flush(shared, shared.opts.flush_timeout);
+        let _ = flush(shared, timeout);
         let mut st = shared.state();
         if st.phase != Phase::Closed {
             st.phase = Phase::Closing;

@@ -568,11 +568,11 @@ impl Run {
     }
 
     fn finish(&mut self, ident: &str, report: &mut Report) -> RunSummary {
+        // One bound for the whole end of the run: the acknowledgements, then the close.
+        let deadline =
+            crate::client::transport::later(std::time::Instant::now(), self.config.flush_timeout);
         if let Some(acked) = &mut self.acked {
-            acked.drain(crate::client::transport::later(
-                std::time::Instant::now(),
-                self.config.flush_timeout,
-            ));
+            acked.drain(deadline);
             let missing = acked.unacknowledged();
             let why = acked.last_failure.clone();
             self.counters.jetstream = Some(acked.counters);
@@ -588,9 +588,16 @@ impl Run {
                 ));
             }
         }
-        let closed = self.client.close();
+        let closed = self
+            .client
+            .close_within(crate::client::transport::remaining(deadline));
         // Events buffered before the server's limit was known are dropped by the client.
-        let late = self.client.statistics().oversized;
+        // With JetStream their acknowledgements never came, and the retry was refused or
+        // they count as unacknowledged: counted there, not again here.
+        let late = match self.acked {
+            Some(_) => 0,
+            None => self.client.statistics().oversized,
+        };
         if late > 0 {
             self.counters.oversized += late;
             self.counters.published = self.counters.published.saturating_sub(late);
