@@ -471,6 +471,55 @@ fn an_event_over_the_limit_found_once_connected_is_counted_once() {
 }
 
 #[test]
+fn an_outage_longer_than_the_ack_timeout_does_not_multiply_the_messages() {
+    // Events keep coming for 2 s while the server is away, 10 ack timeouts long: the
+    // client's buffers keep one copy of each for the next connection, not one per timeout.
+    let server = ServerConfig::new().jetstream().start();
+    let proxy = Proxy::start(server.port(), Mode::Forward);
+    let v = vars(
+        &proxy.url(),
+        &[("RUNNER_NATS_JETSTREAM_ACK_TIMEOUT", "0.2")],
+    );
+    let emitter = Emitter::new();
+    let ident = "outage";
+    send(
+        &emitter,
+        &v,
+        ident,
+        Kind::Status("starting"),
+        &status(ident, "starting"),
+    );
+    wait_until(WAIT, "connected", || emitter.is_connected(ident));
+    proxy.set_mode(Mode::Refuse);
+    proxy.cut_all();
+    wait_until(WAIT, "disconnected", || !emitter.is_connected(ident));
+    for i in 1..=20 {
+        let r = send(&emitter, &v, ident, Kind::Event, &event(ident, i));
+        assert!(r.errors.is_empty(), "{:?}", r.errors);
+        thread::sleep(Duration::from_millis(100));
+    }
+    proxy.set_mode(Mode::Forward);
+    let end = send(
+        &emitter,
+        &v,
+        ident,
+        Kind::Status("successful"),
+        &status(ident, "successful"),
+    );
+    let c = end.summary.unwrap().counters;
+    let js = c.jetstream.unwrap();
+    assert_eq!(
+        (js.acknowledged, c.undelivered, c.dropped),
+        (22, 0, 0),
+        "{:?}",
+        end.errors
+    );
+    assert!(js.retries <= 2, "{js:?}");
+    let ids = stored_ids(&server.url());
+    assert_eq!(ids.len(), 22, "{ids:?}");
+}
+
+#[test]
 fn without_a_stream_the_run_ends_in_time_and_says_why() {
     // JetStream is on in the server, but no stream captures the subjects and none is
     // configured to be created.

@@ -59,6 +59,8 @@ pub struct AckCounters {
 
 pub(crate) struct Acked {
     js: JetStream,
+    /// The run's client, to tell whether it is connected.
+    client: Client,
     /// The stream still to create.
     creating: Option<Creating>,
     config: JetStreamConfig,
@@ -85,6 +87,7 @@ impl Acked {
         });
         Acked {
             js,
+            client: client.clone(),
             creating,
             config: config.clone(),
             queue: VecDeque::new(),
@@ -150,6 +153,17 @@ impl Acked {
             return;
         }
         let ack_timeout = self.config.ack_timeout;
+        if !self.client.is_connected() {
+            // The messages in flight wait in the client's buffers and go out again on the
+            // next connection, where their acks can still come: copies published now would
+            // only fill those buffers with duplicates, one more per ack timeout. Their
+            // ack timeouts start again from the reconnection.
+            for p in &mut self.queue {
+                if let Some((_, sent)) = &mut p.ack {
+                    *sent = now;
+                }
+            }
+        }
         // Acks come back in the order the messages went out, and the queue is in that
         // order too: collect from the front and stop at the first in-flight message still
         // waiting (within its ack timeout), so a pump costs what it collects.
