@@ -12,6 +12,7 @@ use std::sync::OnceLock;
 
 use ansible_runner_nats::emitter::{config, Emitter, Kind, Loaded, Report, TERMINAL_STATUSES};
 
+use pyo3::exceptions::PyException;
 use pyo3::intern;
 use pyo3::prelude::*;
 use pyo3::types::{PyBytes, PyDict, PyString};
@@ -68,29 +69,44 @@ fn lines(report: Report) -> Lines {
     out
 }
 
+/// `Some` value of `r`, `None` for an ordinary exception (bad input, reported otherwise or
+/// not at all); a BaseException that is no Exception (KeyboardInterrupt, SystemExit)
+/// propagates: it must still stop the run.
+fn ordinary<T>(py: Python<'_>, r: PyResult<T>) -> PyResult<Option<T>> {
+    match r {
+        Ok(v) => Ok(Some(v)),
+        Err(e) if e.is_instance_of::<PyException>(py) => Ok(None),
+        Err(e) => Err(e),
+    }
+}
+
 /// The runner settings as JSON, through the same serializer as events.
-fn settings_json(runner_config: &Bound<'_, PyAny>) -> Option<serde_json::Value> {
-    let settings = runner_config.getattr("settings").ok()?;
+fn settings_json(runner_config: &Bound<'_, PyAny>) -> PyResult<Option<serde_json::Value>> {
+    let Some(settings) = ordinary(runner_config.py(), runner_config.getattr("settings"))? else {
+        return Ok(None);
+    };
     if !settings.is_instance_of::<PyDict>() {
-        return None;
+        return Ok(None);
     }
     let mut buf = Vec::new();
-    ser::dumps_into(&settings, &mut buf).ok()?;
-    serde_json::from_slice(&buf).ok()
+    // Raises only what must propagate.
+    ser::dumps_into(&settings, &mut buf)?;
+    Ok(serde_json::from_slice(&buf).ok())
 }
 
-fn hostname(py: Python<'_>) -> String {
-    py.import("socket")
+fn hostname(py: Python<'_>) -> PyResult<String> {
+    let name = py
+        .import("socket")
         .and_then(|m| m.call_method0("gethostname"))
-        .and_then(|h| h.extract::<String>())
-        .unwrap_or_else(|_| "localhost".into())
+        .and_then(|h| h.extract::<String>());
+    Ok(ordinary(py, name)?.unwrap_or_else(|| "localhost".into()))
 }
 
-fn load_config(py: Python<'_>, runner_config: &Bound<'_, PyAny>) -> Loaded {
+fn load_config(py: Python<'_>, runner_config: &Bound<'_, PyAny>) -> PyResult<Loaded> {
     let env: HashMap<String, String> = std::env::vars_os()
         .filter_map(|(k, v)| Some((k.into_string().ok()?, v.into_string().ok()?)))
         .collect();
-    let settings = settings_json(runner_config);
+    let settings = settings_json(runner_config)?;
     let needs_host = env.get("RUNNER_NATS_SUBJECT_ID").map(String::as_str) == Some("hostname")
         || settings
             .as_ref()
@@ -98,24 +114,29 @@ fn load_config(py: Python<'_>, runner_config: &Bound<'_, PyAny>) -> Loaded {
             .and_then(|v| v.as_str())
             == Some("hostname");
     let host = if needs_host {
-        hostname(py)
+        hostname(py)?
     } else {
         String::new()
     };
-    config::load(&env, settings.as_ref(), &host)
+    Ok(config::load(&env, settings.as_ref(), &host))
 }
 
 /// `data[key]` as text (`str()` of a value that is not a str), if `data` is a dict that has
 /// it. Keys are interned by the callers (`intern!`): no new key object and hash per call.
-fn text_item(data: &Bound<'_, PyAny>, key: &Bound<'_, PyString>) -> Option<String> {
-    let dict = data.cast::<PyDict>().ok()?;
-    let value = dict.get_item(key).ok()??;
+fn text_item(data: &Bound<'_, PyAny>, key: &Bound<'_, PyString>) -> PyResult<Option<String>> {
+    let py = data.py();
+    let Ok(dict) = data.cast::<PyDict>() else {
+        return Ok(None);
+    };
+    let Some(value) = ordinary(py, dict.get_item(key))?.flatten() else {
+        return Ok(None);
+    };
     if value.is_exact_instance_of::<PyString>() {
         if let Ok(s) = value.cast::<PyString>() {
-            return Some(s.to_string_lossy().into_owned());
+            return Ok(Some(s.to_string_lossy().into_owned()));
         }
     }
-    value.str().ok().map(|s| s.to_string())
+    Ok(ordinary(py, value.str())?.map(|s| s.to_string()))
 }
 
 /// One handler call: `kind` is "event" or "status". Returns the lines to log. Never
@@ -134,11 +155,11 @@ fn handle(
     };
     counter.fetch_add(1, Ordering::Relaxed);
     let status = if kind == "status" {
-        text_item(data, intern!(py, "status"))
+        text_item(data, intern!(py, "status"))?
     } else {
         None
     };
-    let Some(ident) = text_item(data, intern!(py, "runner_ident")) else {
+    let Some(ident) = text_item(data, intern!(py, "runner_ident"))? else {
         if kind != "status" {
             // Nothing to publish it under; other runs are not affected.
             NO_IDENT.fetch_add(1, Ordering::Relaxed);
@@ -152,7 +173,7 @@ fn handle(
         }
         // `ansible-runner process` reports a broken worker stream as a status without a
         // runner_ident. Nothing more will come for the runs open in this process.
-        let explanation = text_item(data, intern!(py, "job_explanation")).unwrap_or_default();
+        let explanation = text_item(data, intern!(py, "job_explanation"))?.unwrap_or_default();
         let open = py.detach(|| emitter().open_runs());
         let mut out = lines(py.detach(|| emitter().close_all()));
         out.insert(
@@ -173,14 +194,25 @@ fn handle(
     // `socket.gethostname`).
     let source = runner_config.clone().unbind();
     let kind = kind_status(&status);
+    let mut interrupted = None;
     let opened = py.detach(|| {
         emitter().open(
             &ident,
             kind,
-            || Python::attach(|py| load_config(py, source.bind(py))),
+            || {
+                Python::attach(|py| {
+                    load_config(py, source.bind(py)).unwrap_or_else(|e| {
+                        interrupted = Some(e);
+                        Loaded::none()
+                    })
+                })
+            },
             &mut report,
         )
     });
+    if let Some(e) = interrupted {
+        return Err(e);
+    }
     if !opened {
         if status
             .as_deref()
@@ -226,7 +258,7 @@ fn handle_payload(
     HANDLED_BYTES.fetch_add(payload.len() as u64, Ordering::Relaxed);
     // The event's uuid: its de-duplication id with JetStream.
     let uuid = match kind {
-        Kind::Event => text_item(data, intern!(py, "uuid")),
+        Kind::Event => text_item(data, intern!(py, "uuid"))?,
         Kind::Status(_) => None,
     };
     // The network work (and the bounded flush at the end of a run) without the GIL.

@@ -61,6 +61,40 @@ def test_keyboard_interrupt_and_system_exit_propagate(monkeypatch):
             plugin.event_handler(cfg(ident="r"), {})
 
 
+def test_an_interrupt_raised_by_the_callers_objects_propagates(monkeypatch):
+    # From runner_config.settings, or from str() of a runner_ident that is not a str: a
+    # Ctrl-C (or sys.exit) landing there must stop the run, not vanish in the plugin.
+    monkeypatch.setenv("RUNNER_NATS_SUBJECT_ID", "interrupts")
+    monkeypatch.setenv("RUNNER_NATS_SERVERS", "nats://127.0.0.1:1")
+    monkeypatch.setenv("RUNNER_NATS_FLUSH_TIMEOUT", "0.1")
+
+    class Settings:
+        def __init__(self, exc):
+            self.exc = exc
+
+        @property
+        def settings(self):
+            raise self.exc
+
+    class Ident:
+        def __init__(self, exc):
+            self.exc = exc
+
+        def __str__(self):
+            raise self.exc
+
+    for exc in (KeyboardInterrupt, SystemExit):
+        with pytest.raises(exc):
+            plugin.status_handler(Settings(exc), {"status": "starting", "runner_ident": f"int-{exc.__name__}"})
+        with pytest.raises(exc):
+            plugin.event_handler(cfg(settings={}), {"event": "x", "runner_ident": Ident(exc)})
+    # An ordinary exception there is bad input, not an interrupt: handled, never raised.
+    plugin.status_handler(Settings(RuntimeError("no settings")), {"status": "starting", "runner_ident": "int-ok"})
+    plugin.event_handler(cfg(settings={}), {"event": "x", "runner_ident": Ident(RuntimeError("no str"))})
+    for ident in ("int-ok", "int-KeyboardInterrupt", "int-SystemExit"):
+        plugin.status_handler(cfg(settings={}), {"status": "failed", "runner_ident": ident})
+
+
 def test_handlers_count():
     ev, st = counts()
     plugin.event_handler(cfg(ident="r", settings={}), {"event": "verbose", "stdout": "hi"})
