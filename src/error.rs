@@ -35,6 +35,13 @@ pub enum ProtoError {
     BadJson,
     /// A header block is malformed.
     BadHeader(&'static str),
+    /// A message whose subject or reply subject is not UTF-8 (nats-server relays any
+    /// bytes there). The message is whole and `frame` bytes long: a reader can skip it
+    /// and go on.
+    SubjectNotUtf8 {
+        /// The bytes of the whole message, control line and payload.
+        frame: usize,
+    },
 }
 
 impl fmt::Display for ProtoError {
@@ -55,6 +62,9 @@ impl fmt::Display for ProtoError {
             }
             ProtoError::BadJson => f.write_str("invalid JSON"),
             ProtoError::BadHeader(what) => write!(f, "bad header block: {what}"),
+            ProtoError::SubjectNotUtf8 { frame } => {
+                write!(f, "a message's subject is not UTF-8 ({frame} bytes)")
+            }
         }
     }
 }

@@ -609,11 +609,16 @@ fn message_op<'a>(
     if hdr.is_some_and(|h| h > total) {
         return Err(ProtoError::HeaderLongerThanTotal);
     }
-    let subject = text(subject)?;
-    let reply = reply.map(text).transpose()?;
     let (body, used) = match payload(buf, start, total)? {
         Status::Complete(found) => found,
         Status::Partial => return Ok(Status::Partial),
+    };
+    // Checked once the message is whole, so that a reader can skip just this one.
+    let (Ok(subject), Ok(reply)) = (
+        std::str::from_utf8(subject),
+        reply.map(std::str::from_utf8).transpose(),
+    ) else {
+        return Err(ProtoError::SubjectNotUtf8 { frame: used });
     };
     let (header, payload) = match hdr {
         Some(h) => {
@@ -1069,9 +1074,10 @@ mod tests {
                 b"HMSG a 1 10 5\r\n".to_vec(),
                 ProtoError::HeaderLongerThanTotal,
             ),
+            // Whole, and so skippable: its length is in the error.
             (
                 b"MSG \xff 1 1\r\na\r\n".to_vec(),
-                ProtoError::BadArguments("not UTF-8"),
+                ProtoError::SubjectNotUtf8 { frame: 14 },
             ),
         ];
         for (bytes, want) in table {

@@ -101,6 +101,68 @@ fn durations_too_long_for_the_clock_mean_never() {
     assert_eq!(quiet.statistics().reconnects, started);
 }
 
+/// A publisher of our own over a plain socket: it sends `frames` as they are.
+fn raw_publish(url: &str, frames: &[u8]) {
+    use std::io::{BufRead, BufReader, Write};
+    let address = url.strip_prefix("nats://").unwrap();
+    let mut sock = std::net::TcpStream::connect(address).unwrap();
+    let mut lines = BufReader::new(sock.try_clone().unwrap());
+    let mut line = String::new();
+    lines.read_line(&mut line).unwrap();
+    assert!(line.starts_with("INFO"), "{line}");
+    sock.write_all(b"CONNECT {\"verbose\":false,\"pedantic\":false}\r\n")
+        .unwrap();
+    sock.write_all(frames).unwrap();
+    sock.write_all(b"PING\r\n").unwrap();
+    line.clear();
+    lines.read_line(&mut line).unwrap();
+    assert_eq!(line, "PONG\r\n");
+}
+
+#[test]
+fn what_the_server_relays_from_other_publishers_never_ends_the_connection() {
+    let server = ServerConfig::new().start();
+    let events = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+    let sink = std::sync::Arc::clone(&events);
+    let client = Options::new()
+        .servers(&server.url())
+        .unwrap()
+        .event_callback(move |e| sink.lock().unwrap().push(format!("{e:?}")))
+        .connect()
+        .unwrap();
+    let sub = client.subscribe("u.>").unwrap();
+    client.flush(WAIT).unwrap();
+    // A subject that is not UTF-8 (nats-server relays the bytes as they are), then a
+    // subject and reply so long that the MSG line exceeds nats-server's own 4 KiB limit
+    // on what it reads, then an ordinary message.
+    let long = format!("u.{}", "y".repeat(3000));
+    let reply = "r".repeat(1000);
+    let mut frames = b"PUB u.\xff\xfe 1\r\nx\r\n".to_vec();
+    frames
+        .extend_from_slice(format!("PUB {long} {reply} 1\r\nl\r\nPUB u.ok 1\r\no\r\n").as_bytes());
+    raw_publish(&server.url(), &frames);
+    let first = sub.next_timeout(WAIT).expect("the long one");
+    assert_eq!(
+        (first.subject.as_str(), first.reply.as_deref()),
+        (long.as_str(), Some(reply.as_str()))
+    );
+    assert_eq!(
+        sub.next_timeout(WAIT).expect("the ordinary one").subject,
+        "u.ok"
+    );
+    client.flush(WAIT).unwrap();
+    let seen = events.lock().unwrap().clone();
+    assert!(
+        !seen.iter().any(|e| e.starts_with("Disconnected")),
+        "{seen:?}"
+    );
+    assert!(
+        seen.iter().any(|e| e.contains("not UTF-8 was dropped")),
+        "{seen:?}"
+    );
+    client.close().unwrap();
+}
+
 #[test]
 fn headers_round_trip() {
     let server = ServerConfig::new().start();

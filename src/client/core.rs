@@ -18,7 +18,7 @@ use super::handshake::{establish, server_error, Established};
 use super::pool::{jitter, Entry, Pool};
 use super::transport::{later, remaining, ReadHalf, WriteHalf};
 use super::{Event, Message, Options, Statistics, DEFAULT_MAX_PAYLOAD};
-use crate::error::{Error, Result};
+use crate::error::{Error, ProtoError, Result};
 use crate::headers::HeaderMap;
 use crate::proto::{parse_client_op, parse_server_op, ClientOp, Msg, ServerInfo, ServerOp, Status};
 
@@ -861,6 +861,14 @@ fn reader_loop(shared: &Shared, mut r: ReadHalf, mut buf: Vec<u8>, generation: u
                     start += used;
                 }
                 Ok(Status::Partial) => break,
+                // No subscriber could be given it (subjects are text here); the rest of
+                // the stream is fine.
+                Err(ProtoError::SubjectNotUtf8 { frame }) => {
+                    start += frame;
+                    shared.emit(Event::ServerError(
+                        "a message whose subject is not UTF-8 was dropped".into(),
+                    ));
+                }
                 Err(e) => break 'read Error::Protocol(e).to_string(),
             }
         }

@@ -8,7 +8,6 @@ use std::time::Duration;
 use crate::auth::Auth;
 use crate::client::Event;
 use crate::error::Result;
-use crate::proto::DEFAULT_MAX_CONTROL_LINE;
 use crate::tls::TlsOptions;
 use crate::url::{parse_server_list, ServerAddr};
 
@@ -80,7 +79,7 @@ impl Default for Options {
             flusher_queue_size: 1024 * 1024,
             publish_wait: Duration::from_secs(2),
             write_linger: Duration::ZERO,
-            max_control_line: DEFAULT_MAX_CONTROL_LINE,
+            max_control_line: 1024 * 1024,
             subscription_capacity: 65_536,
             ping_interval: Duration::from_secs(120),
             max_outstanding_pings: 2,
@@ -288,8 +287,10 @@ impl Options {
         self
     }
 
-    /// The longest control line accepted from the server. Default: 4096 bytes, as the
-    /// server's own default `max_control_line`.
+    /// The longest control line accepted from the server. Default: 1 MiB. (nats-server's
+    /// own `max_control_line`, 4 KiB by default, bounds what it reads; what it sends is
+    /// longer: a MSG line adds the sid to a subject and reply of that length, an `-ERR`
+    /// quotes a subject, a large cluster's INFO lists every server.)
     pub fn max_control_line(mut self, bytes: usize) -> Options {
         self.max_control_line = bytes;
         self
