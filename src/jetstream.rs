@@ -179,10 +179,21 @@ pub fn parse_pub_ack(payload: &[u8]) -> Result<PubAck> {
         .get("stream")
         .and_then(Value::as_str)
         .ok_or_else(|| bad_reply("publish ack without \"stream\""))?;
+    // A stored message has a sequence number from 1; an ack without one is no proof.
+    let seq = v
+        .get("seq")
+        .and_then(Value::as_u64)
+        .filter(|&s| s > 0)
+        .ok_or_else(|| bad_reply("publish ack without a sequence number"))?;
+    let duplicate = match v.get("duplicate") {
+        None | Some(Value::Null) => false,
+        Some(Value::Bool(b)) => *b,
+        Some(_) => return Err(bad_reply("publish ack with a \"duplicate\" that is not true or false")),
+    };
     Ok(PubAck {
         stream: stream.to_owned(),
-        seq: v.get("seq").and_then(Value::as_u64).unwrap_or(0),
-        duplicate: v.get("duplicate").and_then(Value::as_bool).unwrap_or(false),
+        seq,
+        duplicate,
         domain: v.get("domain").and_then(Value::as_str).map(str::to_owned),
     })
 }
@@ -201,7 +212,7 @@ fn api_json(payload: &[u8]) -> Result<Value> {
     if !v.is_object() {
         return Err(bad_reply("not a JSON object"));
     }
-    if let Some(e) = v.get("error") {
+    if let Some(e) = v.get("error").filter(|e| !e.is_null()) {
         return Err(Error::JetStream {
             code: e
                 .get("code")
@@ -385,9 +396,19 @@ mod tests {
             b"{\"seq\":1}",
             b"\xff",
             b"{\"error\":1}",
+            // No proof of storage: no sequence number, or not one.
+            b"{\"stream\":\"S\"}",
+            b"{\"stream\":\"S\",\"seq\":\"7\"}",
+            b"{\"stream\":\"S\",\"seq\":-1}",
+            b"{\"stream\":\"S\",\"seq\":1.5}",
+            b"{\"stream\":\"S\",\"seq\":0}",
+            b"{\"stream\":\"S\",\"seq\":1,\"duplicate\":\"yes\"}",
         ] {
             assert!(parse_pub_ack(bad).is_err(), "{bad:?}");
         }
+        // `"error": null` is no error.
+        let a = parse_pub_ack(br#"{"stream":"S","seq":3,"error":null}"#).unwrap();
+        assert_eq!(a.seq, 3);
     }
 
     #[test]
