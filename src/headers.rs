@@ -57,13 +57,23 @@ impl HeaderMap {
         HeaderMap::default()
     }
 
-    /// A map with a status line, such as `503` for "no responders".
-    pub fn with_status(status: u16, description: Option<&str>) -> HeaderMap {
-        HeaderMap {
-            status: Some(status),
-            description: description.map(str::to_owned),
-            entries: Vec::new(),
+    /// A map with a status line, such as `503` for "no responders": a code of three
+    /// digits at most, a description without CR or LF (an empty one is none).
+    pub fn with_status(status: u16, description: Option<&str>) -> Result<HeaderMap, Error> {
+        if status > 999 {
+            return Err(invalid(
+                &status.to_string(),
+                "status code over three digits",
+            ));
         }
+        if let Some(d) = description {
+            validate_value(d)?;
+        }
+        Ok(HeaderMap {
+            status: Some(status),
+            description: description.filter(|d| !d.is_empty()).map(str::to_owned),
+            entries: Vec::new(),
+        })
     }
 
     /// Adds a value, keeping the ones already there.
@@ -165,7 +175,9 @@ impl HeaderMap {
 
     /// Parses a whole block, from `NATS/1.0` through the blank line.
     pub fn parse(block: &[u8]) -> Result<HeaderMap, ProtoError> {
-        let text = std::str::from_utf8(block).map_err(|_| ProtoError::BadHeader("not UTF-8"))?;
+        // nats-server relays any bytes: a value that is not UTF-8 keeps what it can
+        // (U+FFFD for the rest) rather than costing the message all its headers.
+        let text = String::from_utf8_lossy(block);
         let body = text
             .strip_suffix("\r\n\r\n")
             .ok_or(ProtoError::BadHeader("does not end with a blank line"))?;
@@ -177,6 +189,9 @@ impl HeaderMap {
         let rest = first
             .strip_prefix("NATS/1.0")
             .ok_or(ProtoError::BadHeader("missing NATS/1.0"))?;
+        if !rest.is_empty() && !rest.starts_with([' ', '\t']) {
+            return Err(ProtoError::BadHeader("missing NATS/1.0"));
+        }
         let mut map = HeaderMap::default();
         let rest = rest.trim_matches([' ', '\t']);
         if !rest.is_empty() {
@@ -221,7 +236,7 @@ mod tests {
         assert_eq!(out.len(), 18);
         assert_eq!(h.encoded_len(), 18);
 
-        let mut h = HeaderMap::with_status(503, Some("No Responders"));
+        let mut h = HeaderMap::with_status(503, Some("No Responders")).unwrap();
         h.append("Multi", "1").unwrap();
         h.append("Multi", "2").unwrap();
         let mut out = Vec::new();
@@ -264,7 +279,7 @@ mod tests {
             (b"NATS/1.0\r\nbad name: v\r\n\r\n", "bad header name"),
             (b"NATS/1.0\r\n: v\r\n\r\n", "bad header name"),
             (b"NATS/1.0 50x\r\n\r\n", "bad status code"),
-            (b"NATS/1.0\r\nA: \xff\r\n\r\n", "not UTF-8"),
+            (b"NATS/1.0503\r\n\r\n", "missing NATS/1.0"),
             (b"NATS/1.0\r\nA: b\nc\r\n\r\n", "bare CR or LF"),
             (b"NATS/1.0 408 Time\rout\r\n\r\n", "bare CR or LF"),
         ];
@@ -279,8 +294,25 @@ mod tests {
     }
 
     #[test]
+    fn a_value_that_is_not_utf8_costs_only_itself() {
+        let h = HeaderMap::parse(b"NATS/1.0\r\nfoo: \xff\xfe\r\nNats-Msg-Id: x\r\n\r\n").unwrap();
+        assert_eq!(h.get("Nats-Msg-Id"), Some("x"));
+        assert_eq!(h.get("foo"), Some("\u{fffd}\u{fffd}"));
+    }
+
+    #[test]
+    fn status_lines_are_checked_when_built() {
+        assert!(HeaderMap::with_status(408, Some("x\r\nInjected: yes")).is_err());
+        assert!(HeaderMap::with_status(1000, None).is_err());
+        let h = HeaderMap::with_status(408, Some("")).unwrap();
+        let mut out = Vec::new();
+        h.encode(&mut out);
+        assert_eq!(HeaderMap::parse(&out).unwrap(), h);
+    }
+
+    #[test]
     fn round_trip() {
-        let mut h = HeaderMap::with_status(100, None);
+        let mut h = HeaderMap::with_status(100, None).unwrap();
         h.append("Nats-Msg-Id", "abc").unwrap();
         h.append("producer", "ansible-runner").unwrap();
         h.append("producer", "second").unwrap();

@@ -188,7 +188,11 @@ pub fn parse_pub_ack(payload: &[u8]) -> Result<PubAck> {
     let duplicate = match v.get("duplicate") {
         None | Some(Value::Null) => false,
         Some(Value::Bool(b)) => *b,
-        Some(_) => return Err(bad_reply("publish ack with a \"duplicate\" that is not true or false")),
+        Some(_) => {
+            return Err(bad_reply(
+                "publish ack with a \"duplicate\" that is not true or false",
+            ))
+        }
     };
     Ok(PubAck {
         stream: stream.to_owned(),

@@ -223,7 +223,7 @@ mod tests {
 
     #[test]
     fn a_bare_503_is_no_responders() {
-        let h = HeaderMap::with_status(503, None);
+        let h = HeaderMap::with_status(503, None).unwrap();
         let m = Message {
             subject: "_INBOX.x.1".into(),
             reply: None,
