@@ -95,7 +95,10 @@ const SECRET_FIELDS: &[&str] = &["pass", "auth_token", "sig", "jwt"];
 fn redact_connect(bytes: &[u8]) -> Vec<u8> {
     let mut out = Vec::with_capacity(bytes.len());
     for line in bytes.split_inclusive(|&b| b == b'\n') {
-        let is_connect = line.len() > 8 && line[..8].eq_ignore_ascii_case(b"CONNECT ");
+        // nats-server takes a tab as well as a space after the op name.
+        let is_connect = line.len() > 8
+            && line[..7].eq_ignore_ascii_case(b"CONNECT")
+            && matches!(line[7], b' ' | b'\t');
         let redacted = is_connect
             .then(|| {
                 let body = line[8..].trim_ascii_end();
@@ -316,6 +319,19 @@ impl RawConnection {
             let (_, first) = self.transcript.remove(0);
             self.transcript_bytes -= first.len();
         }
+        // One long run in one direction: keep its most recent lines, from a line's start
+        // (so that no CONNECT is cut where its redaction would miss it).
+        if let [(_, only)] = self.transcript.as_mut_slice() {
+            if only.len() > TRANSCRIPT_LIMIT {
+                let cut = only.len() - TRANSCRIPT_LIMIT;
+                let line_start = only[cut..]
+                    .iter()
+                    .position(|&b| b == b'\n')
+                    .map_or(only.len(), |i| cut + i + 1);
+                only.drain(..line_start);
+                self.transcript_bytes = only.len();
+            }
+        }
     }
 
     fn fill(&mut self, deadline: Instant) -> Result<()> {
@@ -380,5 +396,9 @@ mod tests {
         let shown = String::from_utf8(redact_connect(broken)).unwrap();
         assert!(!shown.contains("hunter2"), "{shown}");
         assert_eq!(redact_connect(b"PUB a 1\r\nx\r\n"), b"PUB a 1\r\nx\r\n");
+        // nats-server takes a tab after the op name too.
+        let tab = b"CONNECT\t{\"pass\":\"hunter2\"}\r\n";
+        let shown = String::from_utf8(redact_connect(tab)).unwrap();
+        assert!(!shown.contains("hunter2"), "{shown}");
     }
 }

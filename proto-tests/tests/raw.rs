@@ -105,3 +105,35 @@ fn transcript_timeouts_and_close() {
         "{text}"
     );
 }
+
+#[test]
+fn the_transcript_keeps_the_last_64_kib_however_long_one_direction_runs() {
+    let server = ServerConfig::new().start();
+    let mut conn = RawConnection::connect(&server.url(), T).unwrap();
+    conn.read_info(T).unwrap();
+    hello(&mut conn);
+    conn.send_raw(b"SUB many 1\r\n").unwrap();
+    // 2,000 messages of 1 KiB sent in one run, then received in one run.
+    let payload = vec![b'x'; 1024];
+    let mut frames = Vec::new();
+    for _ in 0..2000 {
+        frames.extend_from_slice(b"PUB many 1024\r\n");
+        frames.extend_from_slice(&payload);
+        frames.extend_from_slice(b"\r\n");
+    }
+    conn.send_raw(&frames).unwrap();
+    let mut got = 0;
+    while got < 2000 {
+        if let RawOp::Msg { .. } = conn.next_op(T).unwrap() {
+            got += 1;
+        }
+    }
+    let held: usize = conn.transcript().iter().map(|(_, b)| b.len()).sum();
+    assert!(held <= 64 * 1024, "{held} bytes held");
+    let last = conn.transcript().last().unwrap();
+    assert_eq!(last.0, Direction::Received);
+    assert!(
+        last.1.starts_with(b"MSG many 1 1024\r\n"),
+        "kept from a line's start"
+    );
+}
