@@ -164,6 +164,26 @@ fn what_the_server_relays_from_other_publishers_never_ends_the_connection() {
 }
 
 #[test]
+fn a_request_still_waiting_when_the_client_closes_ends_at_once() {
+    let server = ServerConfig::new().start();
+    let client = connect(&server.url());
+    // A subscriber that never answers, so that the request waits.
+    let _silent = client.subscribe("silent").unwrap();
+    client.flush(WAIT).unwrap();
+    let pending = client.request_async("silent", None, b"?").unwrap();
+    client.flush(WAIT).unwrap();
+    client.close().unwrap();
+    let started = std::time::Instant::now();
+    let outcome = pending.wait(WAIT);
+    assert!(matches!(outcome, Err(Error::Closed)), "{outcome:?}");
+    assert!(
+        started.elapsed() < Duration::from_secs(5),
+        "waited {:?}",
+        started.elapsed()
+    );
+}
+
+#[test]
 fn headers_round_trip() {
     let server = ServerConfig::new().start();
     let mut py = PySubscriber::start(&server.url(), "hdr");

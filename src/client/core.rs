@@ -426,6 +426,8 @@ fn supervise(shared: &Arc<Shared>, first: Option<(u64, Running)>, mut unconfirme
     drop(st);
     shared.progress.notify_all();
     lock(&shared.subs).clear();
+    // Requests still waiting learn at once that no reply will come (Error::Closed).
+    lock(&shared.replies).clear();
     shared.emit(Event::Closed);
 }
 

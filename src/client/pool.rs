@@ -41,7 +41,7 @@ pub(crate) fn jitter(max: Duration) -> Duration {
     if nanos == 0 {
         return Duration::ZERO;
     }
-    Duration::from_nanos(random_u64() % (nanos + 1))
+    Duration::from_nanos(random_u64() % nanos.saturating_add(1))
 }
 
 impl Pool {
@@ -198,5 +198,7 @@ mod tests {
             assert!(jitter(Duration::from_millis(10)) <= Duration::from_millis(10));
         }
         assert_eq!(jitter(Duration::ZERO), Duration::ZERO);
+        // Longer than u64 nanoseconds: capped there, no overflow.
+        let _ = jitter(Duration::MAX);
     }
 }
