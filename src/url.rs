@@ -217,6 +217,9 @@ impl FromStr for ServerAddr {
 
 /// Parses a comma-separated list; blank items are skipped, an empty list is an error.
 pub fn parse_server_list(list: &str) -> Result<Vec<ServerAddr>, Error> {
+    if split_inside_credentials(list) {
+        return Err(invalid(CREDENTIALS_SPLIT_SHOWN, CREDENTIALS_SPLIT));
+    }
     let servers = split_server_list(list)
         .map(|(n, item)| parse_list_item(item, n, list))
         .collect::<Result<Vec<ServerAddr>, Error>>()?;
@@ -224,6 +227,22 @@ pub fn parse_server_list(list: &str) -> Result<Vec<ServerAddr>, Error> {
         return Err(invalid(list, "no server in the list"));
     }
     Ok(servers)
+}
+
+/// What an error shows of a list that [`split_inside_credentials`], and why.
+pub(crate) const CREDENTIALS_SPLIT_SHOWN: &str = "the server list (not shown)";
+pub(crate) const CREDENTIALS_SPLIT: &str =
+    "a ',' seems to be inside a password or token: write it %2C";
+
+/// True when `list`'s commas seem to fall inside credentials: an item with a scheme and
+/// no `@` followed by one with an `@` and no scheme, as `nats://me:a,b@host` splits into
+/// `nats://me:a` and `b@host`. Taken as servers, those would send part of the secret
+/// to a name lookup and to the host as a token.
+pub(crate) fn split_inside_credentials(list: &str) -> bool {
+    let items: Vec<&str> = split_server_list(list).map(|(_, s)| s).collect();
+    items.windows(2).any(|w| {
+        w[0].contains("://") && !w[0].contains('@') && w[1].contains('@') && !w[1].contains("://")
+    })
 }
 
 /// The items of a comma-separated list, numbered from 1, blank ones skipped.
@@ -317,10 +336,30 @@ mod tests {
     }
 
     #[test]
+    fn a_comma_inside_credentials_refuses_the_list_unseen() {
+        for list in ["nats://s3cr,et@127.0.0.1:1", "nats://alice:1234,5678@host"] {
+            let text = parse_server_list(list).unwrap_err().to_string();
+            for part in ["s3cr", "et@", "1234", "5678", "alice"] {
+                assert!(!text.contains(part), "{text}");
+            }
+            assert!(text.contains("%2C"), "{text}");
+        }
+        // Lists of plain servers, or with whole credentials, are fine.
+        assert_eq!(parse_server_list("nats://a:1,b:2").unwrap().len(), 2);
+        assert_eq!(
+            parse_server_list("nats://u:p@a:1,nats://u:p@b:2")
+                .unwrap()
+                .len(),
+            2
+        );
+    }
+
+    #[test]
     fn a_password_split_at_a_comma_is_not_shown() {
-        let e = parse_server_list("nats://alice:pa,ss:wd@host").unwrap_err();
+        // Whatever item fails in a list that holds credentials is named by its place.
+        let e = parse_server_list("nats://alice:pa@host:x,nats://b:1").unwrap_err();
         let text = e.to_string();
-        assert!(!text.contains("pa") && !text.contains("alice"), "{text}");
+        assert!(!text.contains("pa@") && !text.contains("alice"), "{text}");
         assert!(text.contains("server 1 of the list"), "{text}");
         // Without credentials in the list, the item is shown as it is.
         let e = parse_server_list("nats://a:1,nats://b:x").unwrap_err();

@@ -20,7 +20,10 @@ use crate::error::Error;
 use crate::headers::HeaderMap;
 use crate::subject::validate_token;
 use crate::tls::TlsOptions;
-use crate::url::{parse_list_item, split_server_list, ServerAddr};
+use crate::url::{
+    parse_list_item, split_inside_credentials, split_server_list, ServerAddr, CREDENTIALS_SPLIT,
+    CREDENTIALS_SPLIT_SHOWN,
+};
 
 /// What happens to an event larger than the server's `max_payload`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -761,6 +764,14 @@ fn build_options(src: &mut Sources<'_>) -> Option<(Options, Duration)> {
 fn servers_list(src: &mut Sources<'_>) -> Option<(String, Vec<Result<ServerAddr, Error>>)> {
     let raw = src.get("servers")?;
     match raw.value {
+        Value::String(s) if split_inside_credentials(&s) => {
+            src.issue(
+                &raw.source,
+                format!("{CREDENTIALS_SPLIT_SHOWN}: {CREDENTIALS_SPLIT}"),
+                false,
+            );
+            Some((raw.source, Vec::new()))
+        }
         Value::String(s) => {
             let parsed = split_server_list(&s)
                 .map(|(n, item)| parse_list_item(item, n, &s))

@@ -450,7 +450,8 @@ fn servers_bad_items_are_skipped_and_none_usable_disables() {
     );
     let text = format!("{:?}", loaded.issues);
     assert!(!text.contains("hun") && !text.contains("alice"), "{text}");
-    assert!(text.contains("server 1 of the list"), "{text}");
+    assert!(text.contains("write it %2C"), "{text}");
+    assert!(loaded.config.is_none(), "nothing is connected to");
     // In a settings list each URL is whole, commas and all.
     let loaded = load_with(
         &[],
