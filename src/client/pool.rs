@@ -11,17 +11,24 @@ use crate::url::{Scheme, ServerAddr};
 #[derive(Debug, Clone)]
 pub(crate) struct Entry {
     pub(crate) addr: ServerAddr,
-    /// The TLS name to verify: the configured host name, kept for servers discovered by IP.
+    /// The TLS name to verify: the configured one, else the host's name; servers
+    /// discovered by IP keep the name of the server that advertised them.
     pub(crate) tls_name: String,
     /// Failed attempts since the last successful connection to it.
     pub(crate) failures: u32,
     pub(crate) last_attempt: Option<Instant>,
+    /// Advertised by a server (`connect_urls`) rather than configured: dropped once the
+    /// servers stop advertising it.
+    pub(crate) discovered: bool,
 }
 
 /// The servers in trying order. The one in use (or tried last) is moved to the back.
 #[derive(Debug)]
 pub(crate) struct Pool {
     entries: Vec<Entry>,
+    randomize: bool,
+    /// The TLS name configured for every server (`TlsOptions::server_name`).
+    tls_name: Option<String>,
 }
 
 /// A random number without a dependency: the standard library seeds its hasher randomly.
@@ -53,6 +60,7 @@ impl Pool {
                 tls_name: tls_name.map_or_else(|| addr.host.clone(), str::to_owned),
                 failures: 0,
                 last_attempt: None,
+                discovered: false,
             })
             .collect();
         if randomize {
@@ -62,22 +70,36 @@ impl Pool {
                 entries.swap(i, j);
             }
         }
-        Pool { entries }
+        Pool {
+            entries,
+            randomize,
+            tls_name: tls_name.map(str::to_owned),
+        }
     }
 
     pub(crate) fn len(&self) -> usize {
         self.entries.len()
     }
 
-    /// Adds servers a server advertised (`host:port` strings) that are not known yet.
-    /// They inherit the scheme, credentials and TLS name of `current`. Returns how many
-    /// were new.
+    /// Takes in the servers a server advertises (`host:port` strings, its whole current
+    /// list): adds those not known yet, with the scheme and credentials of `current`, and
+    /// drops discovered ones no longer advertised (but `current`). A discovered host name
+    /// is verified as itself; a discovered IP as `current`'s name, which is what its
+    /// certificate carries. With randomizing, the order is shuffled again, `current` last.
+    /// Returns how many were new.
     pub(crate) fn add_discovered(&mut self, urls: &[String], current: &Entry) -> usize {
+        let advertised: Vec<ServerAddr> = urls.iter().filter_map(|u| u.parse().ok()).collect();
+        let is_current =
+            |e: &Entry| e.addr.host == current.addr.host && e.addr.port == current.addr.port;
+        self.entries.retain(|e| {
+            !e.discovered
+                || is_current(e)
+                || advertised
+                    .iter()
+                    .any(|a| a.host == e.addr.host && a.port == e.addr.port)
+        });
         let mut added = 0;
-        for url in urls {
-            let Ok(mut addr) = url.parse::<ServerAddr>() else {
-                continue;
-            };
+        for mut addr in advertised {
             if self
                 .entries
                 .iter()
@@ -91,13 +113,29 @@ impl Pool {
             addr.user.clone_from(&current.addr.user);
             addr.password.clone_from(&current.addr.password);
             addr.token.clone_from(&current.addr.token);
+            let tls_name = match &self.tls_name {
+                Some(fixed) => fixed.clone(),
+                None if addr.host.parse::<std::net::IpAddr>().is_ok() => current.tls_name.clone(),
+                None => addr.host.clone(),
+            };
             self.entries.push(Entry {
                 addr,
-                tls_name: current.tls_name.clone(),
+                tls_name,
                 failures: 0,
                 last_attempt: None,
+                discovered: true,
             });
             added += 1;
+        }
+        if added > 0 && self.randomize {
+            // So that the clients of a cluster do not all try the same server next.
+            let at = self.entries.iter().position(is_current);
+            let current = at.map(|i| self.entries.remove(i));
+            for i in (1..self.entries.len()).rev() {
+                let j = (random_u64() % (i as u64 + 1)) as usize;
+                self.entries.swap(i, j);
+            }
+            self.entries.extend(current);
         }
         added
     }
@@ -190,6 +228,54 @@ mod tests {
         assert_eq!(found.addr.scheme, Scheme::Tls);
         assert_eq!(found.tls_name, "nats.example.com");
         assert_eq!(found.addr.user.as_deref(), Some("u"));
+    }
+
+    #[test]
+    fn a_discovered_host_name_is_verified_as_itself_unless_a_name_is_configured() {
+        let list = addrs(&["tls://127.0.0.1:4222"]);
+        for (configured, want) in [
+            (None, "node-b.example.com"),
+            (Some("cluster.example.com"), "cluster.example.com"),
+        ] {
+            let mut pool = Pool::new(&list, false, configured);
+            let current = pool.next(None).unwrap();
+            pool.add_discovered(&["node-b.example.com:4223".to_string()], &current);
+            let b = pool
+                .entries
+                .iter()
+                .find(|e| e.addr.host == "node-b.example.com")
+                .unwrap();
+            assert_eq!(b.tls_name, want);
+        }
+    }
+
+    #[test]
+    fn discovered_servers_no_longer_advertised_are_dropped() {
+        let list = addrs(&["nats://a:1"]);
+        let mut pool = Pool::new(&list, false, None);
+        let current = pool.next(None).unwrap();
+        let urls = |l: &[&str]| l.iter().map(|s| (*s).to_string()).collect::<Vec<_>>();
+        assert_eq!(pool.add_discovered(&urls(&["b:2", "c:3"]), &current), 2);
+        assert_eq!(pool.len(), 3);
+        // c left the cluster; the configured a stays even though no longer advertised.
+        assert_eq!(pool.add_discovered(&urls(&["b:2"]), &current), 0);
+        let hosts: Vec<String> = (0..2).map(|_| pool.next(None).unwrap().addr.host).collect();
+        assert_eq!(pool.len(), 2);
+        assert!(
+            hosts.contains(&"a".to_string()) && hosts.contains(&"b".to_string()),
+            "{hosts:?}"
+        );
+    }
+
+    #[test]
+    fn with_randomizing_discovered_servers_are_shuffled_in_and_current_stays_last() {
+        let list = addrs(&["nats://a:1"]);
+        let mut pool = Pool::new(&list, true, None);
+        let current = pool.next(None).unwrap();
+        let urls: Vec<String> = (2..12).map(|p| format!("h{p}:{p}")).collect();
+        assert_eq!(pool.add_discovered(&urls, &current), 10);
+        assert_eq!(pool.entries.last().unwrap().addr.host, "a");
+        assert_eq!(pool.len(), 11);
     }
 
     #[test]
