@@ -534,6 +534,36 @@ fn messages_buffered_under_a_larger_limit_are_dropped_on_a_server_with_a_smaller
 }
 
 #[test]
+fn max_reconnect_attempts_counts_reconnects_not_the_first_connect() {
+    let url = format!("nats://127.0.0.1:{}", proto_tests::free_port());
+    // (how the first attempt is made, max_reconnect_attempts, attempts in the background)
+    let cases = [
+        ("in the background", 0, 1),
+        ("in the background", 2, 3),
+        ("at the call, then retried", 1, 1),
+    ];
+    for (how, max, background) in cases {
+        let events = Events::default();
+        let opts = events
+            .options(Options::new())
+            .servers(&url)
+            .unwrap()
+            .reconnect_time_wait(Duration::from_millis(10))
+            .reconnect_jitter(Duration::ZERO)
+            .max_reconnect_attempts(max);
+        let opts = if how == "in the background" {
+            opts.connect_in_background(true)
+        } else {
+            opts.retry_on_failed_connect(true)
+        };
+        let client = opts.connect().unwrap();
+        wait_until(WAIT, "the client gave up", || client.is_closed());
+        let failed = events.count(|e| matches!(e, Event::ReconnectFailed { .. }));
+        assert_eq!(failed, background, "{how}, max {max}");
+    }
+}
+
+#[test]
 fn oversized_messages_buffered_before_the_limit_was_known_are_dropped_on_connect() {
     let server = ServerConfig::new().max_payload(1024).start();
     let mut sub = PySubscriber::start(&server.url(), "late.>");

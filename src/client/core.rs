@@ -381,7 +381,7 @@ fn supervise(shared: &Arc<Shared>, first: Option<(u64, Running)>, mut unconfirme
         let (generation, reader) = match current.take() {
             Some(running) => running,
             None => {
-                let Some((est, entry)) = reconnect(shared) else {
+                let Some((est, entry)) = reconnect(shared, connected_before) else {
                     break;
                 };
                 let again = connected_before;
@@ -571,9 +571,14 @@ fn lose_connection(shared: &Shared, unconfirmed: &mut Unconfirmed, reason: Strin
 
 /// Picks servers from the pool and tries them, honouring the wait between attempts on
 /// the same server, until one connects, the pool is exhausted, or the client closes.
-fn reconnect(shared: &Shared) -> Option<(Established, Entry)> {
+fn reconnect(shared: &Shared, connected_before: bool) -> Option<(Established, Entry)> {
     let opts = &shared.opts;
-    let max_failures = u32::try_from(opts.max_reconnect_attempts).ok();
+    // Before the first connection, a server's first attempt is the connect itself, not a
+    // reconnect: `max_reconnect_attempts` more may follow it.
+    let first_attempt = u32::from(!connected_before);
+    let max_failures = u32::try_from(opts.max_reconnect_attempts)
+        .ok()
+        .map(|m| m.saturating_add(first_attempt));
     loop {
         let mut st = shared.state();
         if st.phase != Phase::Reconnecting {

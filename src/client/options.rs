@@ -339,9 +339,11 @@ impl Options {
         self
     }
 
-    /// How many failed attempts in a row a server gets before it leaves the pool; when the
-    /// pool is empty the client closes with the last error. Negative: try forever.
-    /// Default: 60.
+    /// How many failed reconnect attempts in a row a server gets before it leaves the
+    /// pool; when the pool is empty the client closes with the last error. Before the
+    /// first connection (with [`Options::connect_in_background`] or
+    /// [`Options::retry_on_failed_connect`]) a server's first attempt is the connect, and
+    /// this many more may follow. Negative: try forever. Default: 60.
     pub fn max_reconnect_attempts(mut self, attempts: i64) -> Options {
         self.max_reconnect_attempts = attempts;
         self
