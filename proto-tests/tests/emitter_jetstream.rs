@@ -520,6 +520,37 @@ fn an_outage_longer_than_the_ack_timeout_does_not_multiply_the_messages() {
 }
 
 #[test]
+fn a_stream_to_create_on_a_server_without_jetstream_says_so_at_the_end() {
+    let server = ServerConfig::new().start();
+    let v = vars(&server.url(), &[("RUNNER_NATS_FLUSH_TIMEOUT", "1")]);
+    let emitter = Emitter::new();
+    let ident = "nojs";
+    send(
+        &emitter,
+        &v,
+        ident,
+        Kind::Status("starting"),
+        &status(ident, "starting"),
+    );
+    send(&emitter, &v, ident, Kind::Event, &event(ident, 1));
+    let end = send(
+        &emitter,
+        &v,
+        ident,
+        Kind::Status("failed"),
+        &status(ident, "failed"),
+    );
+    assert_eq!(end.summary.unwrap().counters.undelivered, 3);
+    assert!(
+        end.errors.iter().any(|e| e.contains(
+            "the JetStream stream \"RUNS\" could not be created yet: nobody answered the JetStream API: is JetStream enabled on the server?"
+        )),
+        "{:?}",
+        end.errors
+    );
+}
+
+#[test]
 fn without_a_stream_the_run_ends_in_time_and_says_why() {
     // JetStream is on in the server, but no stream captures the subjects and none is
     // configured to be created.

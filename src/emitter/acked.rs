@@ -260,9 +260,24 @@ impl Acked {
             }
             // JetStream not answering yet (just restarted, or the answer was lost): ask
             // again a little later.
-            Err(Error::NoResponders { .. })
-            | Err(Error::JetStream { code: 503, .. })
-            | Err(Error::Timeout { .. }) => {
+            Err(
+                e @ (Error::NoResponders { .. }
+                | Error::JetStream { code: 503, .. }
+                | Error::Timeout { .. }),
+            ) => {
+                // What the end of the run says if it never comes: nothing is published
+                // before the stream exists.
+                let why = match e {
+                    Error::NoResponders { .. } => {
+                        "nobody answered the JetStream API: is JetStream enabled on the server?"
+                            .to_owned()
+                    }
+                    other => other.to_string(),
+                };
+                self.last_failure = Some(format!(
+                    "the JetStream stream {:?} could not be created yet: {why}",
+                    c.config.name
+                ));
                 c.pending = None;
                 c.not_before = Some(now + RETRY_BACKOFF);
                 false
