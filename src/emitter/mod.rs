@@ -399,12 +399,25 @@ fn start_run(ident: &str, loaded: Loaded, report: &mut Report) -> Entry {
         return Entry::Disabled;
     };
     if let Err(e) = crate::subject::validate_token(ident) {
+        let why = match &e {
+            Error::InvalidSubject(invalid) => invalid.reason.to_owned(),
+            other => other.to_string(),
+        };
         report.errors.push(format!(
-            "run {ident:?}: runner_ident is not a valid subject token ({e}); nothing published for it"
+            "run {}: runner_ident is not a valid subject token ({why}); nothing published for it",
+            shown_ident(ident)
         ));
         return Entry::Disabled;
     }
     let base = format!("pub.ansible.runner.{}.{ident}", config.subject_id);
+    if base.len() + ".status".len() > MAX_SUBJECT {
+        report.errors.push(format!(
+            "run {}: runner_ident makes subjects of {} bytes, over the {MAX_SUBJECT} a server reads; nothing published for it",
+            shown_ident(ident),
+            base.len() + ".status".len()
+        ));
+        return Entry::Disabled;
+    }
     match config.options.clone().connect() {
         Ok(client) => Entry::Active(Box::new(Run {
             event_subject: format!("{base}.event").into(),
@@ -656,6 +669,23 @@ fn describe(payload: &[u8]) -> String {
     }
 }
 
+/// The longest subject the emitter publishes to: nats-server reads control lines of
+/// 4 KiB by default, and an HPUB line adds its verb and two byte counts to the subject.
+const MAX_SUBJECT: usize = 4000;
+
+/// A runner_ident as log lines show it: whole when short, else its start and its length.
+fn shown_ident(ident: &str) -> String {
+    const SHOWN: usize = 64;
+    match ident.char_indices().nth(SHOWN) {
+        None => format!("{ident:?}"),
+        Some((cut, _)) => format!(
+            "{:?}… ({} characters)",
+            &ident[..cut],
+            ident.chars().count()
+        ),
+    }
+}
+
 /// The replacement for redacted values.
 pub const REDACTED: &str = "********";
 
@@ -789,7 +819,39 @@ pub fn truncate_event(payload: &[u8]) -> Option<Vec<u8>> {
 
 #[cfg(test)]
 mod tests {
-    use super::{looks_secret, redact_url_credentials};
+    use super::{config, looks_secret, redact_url_credentials, Emitter, Kind};
+    use std::collections::HashMap;
+
+    #[test]
+    fn an_unusable_runner_ident_is_reported_short_and_nothing_is_published() {
+        let env: HashMap<String, String> = [
+            ("RUNNER_NATS_SUBJECT_ID", "s"),
+            ("RUNNER_NATS_SERVERS", "nats://127.0.0.1:1"),
+        ]
+        .iter()
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .collect();
+        let emitter = Emitter::new();
+        let long = "x".repeat(100_000);
+        for (ident, want) in [
+            (
+                long.as_str(),
+                "(100000 characters): runner_ident makes subjects of 100028 bytes",
+            ),
+            (
+                "a b",
+                "\"a b\": runner_ident is not a valid subject token (contains whitespace)",
+            ),
+        ] {
+            let r = emitter.publish(ident, Kind::Status("starting"), b"{}", || {
+                config::load(&env, None, "h")
+            });
+            assert_eq!(r.errors.len(), 1, "{:?}", r.errors);
+            assert!(r.errors[0].contains(want), "{}", r.errors[0]);
+            assert!(r.errors[0].len() < 300, "{} bytes", r.errors[0].len());
+            assert_eq!(emitter.counters(ident), None);
+        }
+    }
 
     #[test]
     fn url_credentials_are_redacted_and_the_rest_kept() {
