@@ -81,8 +81,12 @@ fn get_str(map: &Map<String, Value>, key: &str) -> Result<Option<String>, ProtoE
 }
 
 fn get_bool(map: &Map<String, Value>, key: &str) -> Result<bool, ProtoError> {
+    get_bool_or(map, key, false)
+}
+
+fn get_bool_or(map: &Map<String, Value>, key: &str, missing: bool) -> Result<bool, ProtoError> {
     match map.get(key) {
-        None | Some(Value::Null) => Ok(false),
+        None | Some(Value::Null) => Ok(missing),
         Some(Value::Bool(b)) => Ok(*b),
         Some(_) => Err(ProtoError::BadJson),
     }
@@ -318,8 +322,8 @@ impl ConnectInfo {
             .finish()
     }
 
-    /// Reads CONNECT JSON; missing flags take the protocol's defaults (false, or true
-    /// for `echo`).
+    /// Reads CONNECT JSON; missing flags take nats-server's defaults: true for `verbose`,
+    /// `pedantic` and `echo` (a CONNECT without `verbose` gets `+OK`s), false otherwise.
     pub fn from_json(json: &[u8]) -> Result<ConnectInfo, ProtoError> {
         let m = object(json)?;
         let echo = match m.get("echo") {
@@ -329,8 +333,8 @@ impl ConnectInfo {
         };
         let protocol = get_u64(&m, "protocol")?.unwrap_or(0);
         Ok(ConnectInfo {
-            verbose: get_bool(&m, "verbose")?,
-            pedantic: get_bool(&m, "pedantic")?,
+            verbose: get_bool_or(&m, "verbose", true)?,
+            pedantic: get_bool_or(&m, "pedantic", true)?,
             tls_required: get_bool(&m, "tls_required")?,
             auth_token: get_str(&m, "auth_token")?,
             user: get_str(&m, "user")?,
@@ -927,6 +931,15 @@ impl ServerOp<'_> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_connect_without_flags_gets_nats_servers_defaults() {
+        let c = ConnectInfo::from_json(b"{}").unwrap();
+        assert!(c.verbose && c.pedantic && c.echo);
+        let c =
+            ConnectInfo::from_json(br#"{"verbose":false,"pedantic":false,"echo":false}"#).unwrap();
+        assert!(!c.verbose && !c.pedantic && !c.echo);
+    }
 
     const LIMIT: usize = DEFAULT_MAX_CONTROL_LINE;
 
