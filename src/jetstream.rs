@@ -179,12 +179,6 @@ pub fn parse_pub_ack(payload: &[u8]) -> Result<PubAck> {
         .get("stream")
         .and_then(Value::as_str)
         .ok_or_else(|| bad_reply("publish ack without \"stream\""))?;
-    // A stored message has a sequence number from 1; an ack without one is no proof.
-    let seq = v
-        .get("seq")
-        .and_then(Value::as_u64)
-        .filter(|&s| s > 0)
-        .ok_or_else(|| bad_reply("publish ack without a sequence number"))?;
     let duplicate = match v.get("duplicate") {
         None | Some(Value::Null) => false,
         Some(Value::Bool(b)) => *b,
@@ -194,6 +188,13 @@ pub fn parse_pub_ack(payload: &[u8]) -> Result<PubAck> {
             ))
         }
     };
+    // A stored message has a sequence number from 1. A clustered stream answers a
+    // duplicate of a message still being replicated with 0, its placeholder.
+    let seq = v
+        .get("seq")
+        .and_then(Value::as_u64)
+        .filter(|&s| s > 0 || duplicate)
+        .ok_or_else(|| bad_reply("publish ack without a sequence number"))?;
     Ok(PubAck {
         stream: stream.to_owned(),
         seq,
@@ -410,6 +411,9 @@ mod tests {
         ] {
             assert!(parse_pub_ack(bad).is_err(), "{bad:?}");
         }
+        // The placeholder of a duplicate still being replicated in a cluster.
+        let a = parse_pub_ack(br#"{"stream":"S","seq":0,"duplicate":true}"#).unwrap();
+        assert!(a.duplicate && a.seq == 0);
         // `"error": null` is no error.
         let a = parse_pub_ack(br#"{"stream":"S","seq":3,"error":null}"#).unwrap();
         assert_eq!(a.seq, 3);

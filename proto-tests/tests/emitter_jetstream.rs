@@ -305,7 +305,12 @@ fn an_r3_stream_loses_and_duplicates_nothing_when_a_node_dies() {
     let end = producer.join().unwrap();
     let c = end.summary.expect("the run ended").counters;
     assert_eq!(c.undelivered, 0, "{:?}", end.errors);
-    assert_eq!(c.jetstream.unwrap().acknowledged, 2_002);
+    assert_eq!(
+        c.jetstream.unwrap().acknowledged,
+        2_002,
+        "{c:?} {:?}",
+        end.errors
+    );
     let ids = stored_ids(&urls[1]);
     let unique: HashSet<&String> = ids.iter().collect();
     assert_eq!(unique.len(), ids.len(), "a message stored twice");

@@ -311,11 +311,13 @@ impl Acked {
                 self.forget(i);
                 (true, None)
             }
+            // Refused for good only by the API's own word: an answer we cannot read (code
+            // 0) proves nothing either way, and goes again like a missing one.
             Err(Error::JetStream {
                 code,
                 err_code,
                 description,
-            }) if code != 503 => {
+            }) if code != 503 && code != 0 => {
                 self.counters.refused += 1;
                 let line = format!(
                     "JetStream refused a message on {}: {description} (code {code}, err_code {err_code})",
