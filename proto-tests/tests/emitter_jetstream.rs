@@ -63,6 +63,18 @@ fn status(ident: &str, s: &str) -> Vec<u8> {
     serde_json::to_vec(&json!({"status": s, "runner_ident": ident})).unwrap()
 }
 
+/// Publishes the status `s` of the run `ident`, as ansible-runner's status_handler would.
+fn send_status(emitter: &Emitter, vars: &HashMap<String, String>, ident: &str, s: &str) -> Report {
+    send(emitter, vars, ident, Kind::Status(s), &status(ident, s))
+}
+
+/// Event `i` of the run `ident` with `stdout` bytes of output.
+fn event_with_stdout(ident: &str, i: usize, stdout: usize) -> Vec<u8> {
+    let mut e: serde_json::Value = serde_json::from_slice(&event(ident, i)).unwrap();
+    e["stdout"] = json!("x".repeat(stdout));
+    serde_json::to_vec(&e).unwrap()
+}
+
 /// `call` until it succeeds, for up to `WAIT`: right after a node died, a replicated
 /// stream answers only once it has elected a new leader.
 fn retrying<T>(what: &str, mut call: impl FnMut() -> ansible_runner_nats::Result<T>) -> T {
@@ -122,26 +134,14 @@ fn every_message_is_acknowledged_and_stored_once() {
     let v = vars(&server.url(), &[]);
     let emitter = Emitter::new();
     let ident = "run1";
-    assert!(send(
-        &emitter,
-        &v,
-        ident,
-        Kind::Status("starting"),
-        &status(ident, "starting")
-    )
-    .errors
-    .is_empty());
+    assert!(send_status(&emitter, &v, ident, "starting")
+        .errors
+        .is_empty());
     for i in 1..=500 {
         let r = send(&emitter, &v, ident, Kind::Event, &event(ident, i));
         assert!(r.errors.is_empty(), "{:?}", r.errors);
     }
-    let end = send(
-        &emitter,
-        &v,
-        ident,
-        Kind::Status("successful"),
-        &status(ident, "successful"),
-    );
+    let end = send_status(&emitter, &v, ident, "successful");
     assert!(end.errors.is_empty(), "{:?}", end.errors);
     let c = end.summary.unwrap().counters;
     let js = c.jetstream.expect("JetStream counters");
@@ -158,21 +158,9 @@ fn a_rerun_under_the_same_ident_is_stored_too() {
     let ident = "again";
     for run in 0..2 {
         let emitter = Emitter::new();
-        send(
-            &emitter,
-            &v,
-            ident,
-            Kind::Status("starting"),
-            &status(ident, "starting"),
-        );
+        send_status(&emitter, &v, ident, "starting");
         send(&emitter, &v, ident, Kind::Event, &event(ident, run + 1));
-        let end = send(
-            &emitter,
-            &v,
-            ident,
-            Kind::Status("successful"),
-            &status(ident, "successful"),
-        );
+        let end = send_status(&emitter, &v, ident, "successful");
         let js = end.summary.unwrap().counters.jetstream.unwrap();
         assert_eq!(
             (js.acknowledged, js.duplicates),
@@ -197,13 +185,7 @@ fn two_restarts_in_a_run_of_5000_events_store_each_once() {
     let v = vars(&url, &[("RUNNER_NATS_JETSTREAM_ACK_TIMEOUT", "1")]);
     let emitter = Arc::new(Emitter::new());
     let ident = "run2";
-    send(
-        &emitter,
-        &v,
-        ident,
-        Kind::Status("starting"),
-        &status(ident, "starting"),
-    );
+    send_status(&emitter, &v, ident, "starting");
     let sent = Arc::new(AtomicUsize::new(0));
     let producer = {
         let (emitter, v, sent) = (Arc::clone(&emitter), v.clone(), Arc::clone(&sent));
@@ -212,13 +194,7 @@ fn two_restarts_in_a_run_of_5000_events_store_each_once() {
                 send(&emitter, &v, ident, Kind::Event, &event(ident, i));
                 sent.store(i, Ordering::SeqCst);
             }
-            send(
-                &emitter,
-                &v,
-                ident,
-                Kind::Status("successful"),
-                &status(ident, "successful"),
-            )
+            send_status(&emitter, &v, ident, "successful")
         })
     };
     for at in [1_000, 3_000] {
@@ -363,36 +339,19 @@ fn a_stream_that_cannot_be_made_and_a_refused_message_are_each_reported() {
     let emitter = Emitter::new();
     let ident = "refused";
     let mut errors = Vec::new();
-    errors.extend(
-        send(
-            &emitter,
-            &v,
-            ident,
-            Kind::Status("starting"),
-            &status(ident, "starting"),
-        )
-        .errors,
-    );
-    let mut big: serde_json::Value = serde_json::from_slice(&event(ident, 1)).unwrap();
-    big["stdout"] = json!("x".repeat(600));
+    errors.extend(send_status(&emitter, &v, ident, "starting").errors);
     errors.extend(
         send(
             &emitter,
             &v,
             ident,
             Kind::Event,
-            &serde_json::to_vec(&big).unwrap(),
+            &event_with_stdout(ident, 1, 600),
         )
         .errors,
     );
     errors.extend(send(&emitter, &v, ident, Kind::Event, &event(ident, 2)).errors);
-    let end = send(
-        &emitter,
-        &v,
-        ident,
-        Kind::Status("successful"),
-        &status(ident, "successful"),
-    );
+    let end = send_status(&emitter, &v, ident, "successful");
     errors.extend(end.errors);
     let js = end.summary.unwrap().counters.jetstream.unwrap();
     assert_eq!((js.acknowledged, js.refused), (3, 1), "{errors:?}");
@@ -431,37 +390,20 @@ fn an_event_over_the_limit_found_once_connected_is_counted_once() {
     let emitter = Emitter::new();
     let ident = "late-big";
     let mut errors = Vec::new();
-    errors.extend(
-        send(
-            &emitter,
-            &v,
-            ident,
-            Kind::Status("starting"),
-            &status(ident, "starting"),
-        )
-        .errors,
-    );
-    let mut big: serde_json::Value = serde_json::from_slice(&event(ident, 1)).unwrap();
-    big["stdout"] = json!("x".repeat(5000));
+    errors.extend(send_status(&emitter, &v, ident, "starting").errors);
     errors.extend(
         send(
             &emitter,
             &v,
             ident,
             Kind::Event,
-            &serde_json::to_vec(&big).unwrap(),
+            &event_with_stdout(ident, 1, 5000),
         )
         .errors,
     );
     errors.extend(send(&emitter, &v, ident, Kind::Event, &event(ident, 2)).errors);
     proxy.set_mode(Mode::Forward);
-    let end = send(
-        &emitter,
-        &v,
-        ident,
-        Kind::Status("successful"),
-        &status(ident, "successful"),
-    );
+    let end = send_status(&emitter, &v, ident, "successful");
     errors.extend(end.errors);
     let c = end.summary.unwrap().counters;
     let js = c.jetstream.unwrap();
@@ -487,13 +429,7 @@ fn an_outage_longer_than_the_ack_timeout_does_not_multiply_the_messages() {
     );
     let emitter = Emitter::new();
     let ident = "outage";
-    send(
-        &emitter,
-        &v,
-        ident,
-        Kind::Status("starting"),
-        &status(ident, "starting"),
-    );
+    send_status(&emitter, &v, ident, "starting");
     wait_until(WAIT, "connected", || emitter.is_connected(ident));
     proxy.set_mode(Mode::Refuse);
     proxy.cut_all();
@@ -504,13 +440,7 @@ fn an_outage_longer_than_the_ack_timeout_does_not_multiply_the_messages() {
         thread::sleep(Duration::from_millis(100));
     }
     proxy.set_mode(Mode::Forward);
-    let end = send(
-        &emitter,
-        &v,
-        ident,
-        Kind::Status("successful"),
-        &status(ident, "successful"),
-    );
+    let end = send_status(&emitter, &v, ident, "successful");
     let c = end.summary.unwrap().counters;
     let js = c.jetstream.unwrap();
     assert_eq!(
@@ -530,21 +460,9 @@ fn a_stream_to_create_on_a_server_without_jetstream_says_so_at_the_end() {
     let v = vars(&server.url(), &[("RUNNER_NATS_FLUSH_TIMEOUT", "1")]);
     let emitter = Emitter::new();
     let ident = "nojs";
-    send(
-        &emitter,
-        &v,
-        ident,
-        Kind::Status("starting"),
-        &status(ident, "starting"),
-    );
+    send_status(&emitter, &v, ident, "starting");
     send(&emitter, &v, ident, Kind::Event, &event(ident, 1));
-    let end = send(
-        &emitter,
-        &v,
-        ident,
-        Kind::Status("failed"),
-        &status(ident, "failed"),
-    );
+    let end = send_status(&emitter, &v, ident, "failed");
     assert_eq!(end.summary.unwrap().counters.undelivered, 3);
     assert!(
         end.errors.iter().any(|e| e.contains(
@@ -564,24 +482,12 @@ fn without_a_stream_the_run_ends_in_time_and_says_why() {
     v.remove("RUNNER_NATS_JETSTREAM_STREAM");
     let emitter = Emitter::new();
     let ident = "nostream";
-    send(
-        &emitter,
-        &v,
-        ident,
-        Kind::Status("starting"),
-        &status(ident, "starting"),
-    );
+    send_status(&emitter, &v, ident, "starting");
     for i in 1..=10 {
         send(&emitter, &v, ident, Kind::Event, &event(ident, i));
     }
     let started = std::time::Instant::now();
-    let end = send(
-        &emitter,
-        &v,
-        ident,
-        Kind::Status("successful"),
-        &status(ident, "successful"),
-    );
+    let end = send_status(&emitter, &v, ident, "successful");
     assert!(
         started.elapsed() < Duration::from_secs(5),
         "bounded by the flush timeout"
@@ -607,24 +513,12 @@ fn with_the_server_down_the_run_ends_in_time_and_counts_every_message() {
     );
     let emitter = Emitter::new();
     let ident = "down";
-    send(
-        &emitter,
-        &v,
-        ident,
-        Kind::Status("starting"),
-        &status(ident, "starting"),
-    );
+    send_status(&emitter, &v, ident, "starting");
     for i in 1..=100 {
         send(&emitter, &v, ident, Kind::Event, &event(ident, i));
     }
     let started = std::time::Instant::now();
-    let end = send(
-        &emitter,
-        &v,
-        ident,
-        Kind::Status("failed"),
-        &status(ident, "failed"),
-    );
+    let end = send_status(&emitter, &v, ident, "failed");
     // One flush timeout for the acknowledgements and the close together, not one each.
     let took = started.elapsed();
     assert!(

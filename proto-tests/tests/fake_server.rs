@@ -11,6 +11,7 @@ use std::time::{Duration, Instant};
 use ansible_runner_nats::client::{Client, Event, Options};
 use ansible_runner_nats::proto::{parse_client_op, ClientOp, ServerInfo, ServerOp, Status};
 use ansible_runner_nats::Error;
+use proto_tests::wait_until;
 use serde_json::{json, Value};
 
 const STEP: Duration = Duration::from_secs(5);
@@ -492,29 +493,16 @@ fn lame_duck_behind_a_resend_backlog_still_drains_and_moves_on() {
     seen_rx.recv_timeout(STEP).expect("the server saw the two");
     client.publish("a", b"third").unwrap();
     go_tx.send(()).unwrap();
-    let deadline = Instant::now() + STEP;
-    while !client.server_info().ldm {
-        assert!(Instant::now() < deadline, "no lame duck notice");
-        thread::sleep(Duration::from_millis(1));
-    }
+    wait_until(STEP, "the lame duck notice", || client.server_info().ldm);
     // Time for the writer's round on the notice (the outcome is the same without it;
     // with it, the round meets the backlog, as it did when this failed).
     thread::sleep(Duration::from_millis(50));
     go_tx.send(()).unwrap();
     // Confirmed by the lame duck's last PING, then the client leaves that server.
-    wait_until_closed(&client);
+    wait_until(STEP, "the client to leave the server", || {
+        client.is_closed()
+    });
     server.join().unwrap();
-}
-
-fn wait_until_closed(client: &Client) {
-    let deadline = Instant::now() + STEP;
-    while !client.is_closed() {
-        assert!(
-            Instant::now() < deadline,
-            "the client never left the server"
-        );
-        thread::sleep(Duration::from_millis(5));
-    }
 }
 
 #[test]
@@ -560,14 +548,9 @@ fn flush_and_close_called_from_the_event_callback_do_not_wait_for_themselves() {
         .recv_timeout(STEP)
         .expect("the callback's close returned");
     assert_eq!(closed, "close: Ok(())");
-    let deadline = Instant::now() + STEP;
-    while !c.is_closed() {
-        assert!(
-            Instant::now() < deadline,
-            "the close the callback started never ended"
-        );
-        thread::sleep(Duration::from_millis(5));
-    }
+    wait_until(STEP, "the end of the close the callback started", || {
+        c.is_closed()
+    });
     c.close().unwrap();
     server.join().unwrap();
 }

@@ -34,6 +34,14 @@ def plugin_env(url):
     return base_env(RUNNER_NATS_SUBJECT_ID="e2e", RUNNER_NATS_SERVERS=url, RUNNER_NATS_HEADERS=HEADERS)
 
 
+def run_python(code, url, timeout):
+    """Runs `code` in a Python of its own with the plugin configured for `url`; it must succeed."""
+    proc = subprocess.run([sys.executable, "-c", code], env=plugin_env(url), capture_output=True, text=True,
+                          timeout=timeout)
+    assert proc.returncode == 0, proc.stderr
+    return proc
+
+
 def by_kind(messages, ident):
     events = [m for m in messages if m.subject == f"pub.ansible.runner.e2e.{ident}.event"]
     statuses = [m for m in messages if m.subject == f"pub.ansible.runner.e2e.{ident}.status"]
@@ -79,14 +87,12 @@ def test_python_api_run(tmp_path, server):
     sub = Subscriber(server.url, "pub.ansible.runner.>")
     try:
         pdd = private_data_dir(tmp_path)
-        env = plugin_env(server.url)
         code = (
             "import ansible_runner, sys\n"
             f"r = ansible_runner.run(private_data_dir={str(pdd)!r}, playbook='site.yml', ident='api-run', quiet=True)\n"
             "sys.exit(0 if r.status == 'successful' else 1)\n"
         )
-        proc = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=300)
-        assert proc.returncode == 0, proc.stderr
+        run_python(code, server.url, timeout=300)
         assert_every_event_once(pdd, "api-run", sub)
     finally:
         sub.close()
@@ -108,9 +114,7 @@ def test_an_event_is_published_as_it_was_when_the_handler_returned(server):
             "e['added'] = True\n"
             "p.status_handler(c, {'status': 'successful', 'runner_ident': 'snap'})\n"
         )
-        proc = subprocess.run([sys.executable, "-c", code], env=plugin_env(server.url), capture_output=True,
-                              text=True, timeout=60)
-        assert proc.returncode == 0, proc.stderr
+        run_python(code, server.url, timeout=60)
         events, statuses = by_kind(sub.wait_for(3), "snap")
         assert [json.loads(m.data)["status"] for m in statuses] == ["starting", "successful"]
         assert [json.loads(m.data) for m in events] == [
@@ -143,9 +147,7 @@ def test_runs_started_from_two_threads_while_settings_lets_the_gil_go_do_not_dea
             "for t in threads: t.start()\n"
             "for t in threads: t.join()\n"
         )
-        proc = subprocess.run([sys.executable, "-c", code], env=plugin_env(server.url), capture_output=True,
-                              text=True, timeout=120)
-        assert proc.returncode == 0, proc.stderr
+        run_python(code, server.url, timeout=120)
         statuses = [json.loads(m.data)["status"] for m in sub.wait_for(80)]
         assert statuses.count("starting") == statuses.count("successful") == 40
     finally:
@@ -165,9 +167,7 @@ def test_an_event_without_runner_ident_is_counted_and_leaves_other_runs_open(ser
             "p.status_handler(c, {'status': 'successful', 'runner_ident': 'kept'})\n"
             "print(p._native.stats()['no_ident'])\n"
         )
-        proc = subprocess.run([sys.executable, "-c", code], env=plugin_env(server.url), capture_output=True,
-                              text=True, timeout=60)
-        assert proc.returncode == 0, proc.stderr
+        proc = run_python(code, server.url, timeout=60)
         assert proc.stdout.strip() == "2"
         assert proc.stderr.count("without runner_ident") == 1, proc.stderr
         assert "ended without a terminal status" not in proc.stderr, proc.stderr
