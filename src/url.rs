@@ -217,11 +217,8 @@ impl FromStr for ServerAddr {
 
 /// Parses a comma-separated list; blank items are skipped, an empty list is an error.
 pub fn parse_server_list(list: &str) -> Result<Vec<ServerAddr>, Error> {
-    if split_inside_credentials(list) {
-        return Err(invalid(CREDENTIALS_SPLIT_SHOWN, CREDENTIALS_SPLIT));
-    }
-    let servers = split_server_list(list)
-        .map(|(n, item)| parse_list_item(item, n, list))
+    let servers = parse_server_items(list)?
+        .into_iter()
         .collect::<Result<Vec<ServerAddr>, Error>>()?;
     if servers.is_empty() {
         return Err(invalid(list, "no server in the list"));
@@ -229,16 +226,26 @@ pub fn parse_server_list(list: &str) -> Result<Vec<ServerAddr>, Error> {
     Ok(servers)
 }
 
-/// What an error shows of a list that [`split_inside_credentials`], and why.
-pub(crate) const CREDENTIALS_SPLIT_SHOWN: &str = "the server list (not shown)";
-pub(crate) const CREDENTIALS_SPLIT: &str =
-    "a ',' seems to be inside a password or token: write it %2C";
+/// Each item of a comma-separated list, parsed, blank ones skipped; an error for the
+/// whole list when its commas seem to fall inside credentials
+/// ([`split_inside_credentials`]), which is then not shown.
+pub(crate) fn parse_server_items(list: &str) -> Result<Vec<Result<ServerAddr, Error>>, Error> {
+    if split_inside_credentials(list) {
+        return Err(invalid(
+            "the server list (not shown)",
+            "a ',' seems to be inside a password or token: write it %2C",
+        ));
+    }
+    Ok(split_server_list(list)
+        .map(|(n, item)| parse_list_item(item, n, list))
+        .collect())
+}
 
 /// True when `list`'s commas seem to fall inside credentials: an item with a scheme and
 /// no `@` followed by one with an `@` and no scheme, as `nats://me:a,b@host` splits into
 /// `nats://me:a` and `b@host`. Taken as servers, those would send part of the secret
 /// to a name lookup and to the host as a token.
-pub(crate) fn split_inside_credentials(list: &str) -> bool {
+fn split_inside_credentials(list: &str) -> bool {
     let items: Vec<&str> = split_server_list(list).map(|(_, s)| s).collect();
     items.windows(2).any(|w| {
         w[0].contains("://") && !w[0].contains('@') && w[1].contains('@') && !w[1].contains("://")
@@ -246,7 +253,7 @@ pub(crate) fn split_inside_credentials(list: &str) -> bool {
 }
 
 /// The items of a comma-separated list, numbered from 1, blank ones skipped.
-pub(crate) fn split_server_list(list: &str) -> impl Iterator<Item = (usize, &str)> {
+fn split_server_list(list: &str) -> impl Iterator<Item = (usize, &str)> {
     list.split(',')
         .map(str::trim)
         .filter(|s| !s.is_empty())
@@ -257,7 +264,7 @@ pub(crate) fn split_server_list(list: &str) -> impl Iterator<Item = (usize, &str
 /// Item `n` of the comma-separated `list`. A list that holds credentials may have been
 /// split inside a password (`nats://me:a,b@host`), where what looks like a host is part
 /// of it: such an item's error names its place in the list instead of showing it.
-pub(crate) fn parse_list_item(item: &str, n: usize, list: &str) -> Result<ServerAddr, Error> {
+fn parse_list_item(item: &str, n: usize, list: &str) -> Result<ServerAddr, Error> {
     item.parse().map_err(|e| match e {
         Error::InvalidUrl(Invalid { reason, .. }) if list.contains('@') => {
             Error::InvalidUrl(Invalid {

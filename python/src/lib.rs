@@ -227,7 +227,7 @@ fn handle(
         .with(std::cell::Cell::take)
         .unwrap_or_else(|| Vec::with_capacity(4096));
     payload.clear();
-    let result = handle_payload(py, kind_status(&status), data, &ident, &mut payload, report);
+    let result = handle_payload(py, kind, data, &ident, &mut payload, report);
     if payload.capacity() <= 1 << 20 {
         PAYLOAD.with(|p| p.set(Some(payload)));
     }

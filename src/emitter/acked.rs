@@ -61,6 +61,8 @@ pub(crate) struct Acked {
     js: JetStream,
     /// The run's client, to tell whether it is connected.
     client: Client,
+    /// The last time a pump found the client without a connection.
+    offline_at: Option<Instant>,
     /// The stream still to create.
     creating: Option<Creating>,
     config: JetStreamConfig,
@@ -88,6 +90,7 @@ impl Acked {
         Acked {
             js,
             client: client.clone(),
+            offline_at: None,
             creating,
             config: config.clone(),
             queue: VecDeque::new(),
@@ -157,13 +160,10 @@ impl Acked {
             // The messages in flight wait in the client's buffers and go out again on the
             // next connection, where their acks can still come: copies published now would
             // only fill those buffers with duplicates, one more per ack timeout. Their
-            // ack timeouts start again from the reconnection.
-            for p in &mut self.queue {
-                if let Some((_, sent)) = &mut p.ack {
-                    *sent = now;
-                }
-            }
+            // ack timeouts count from the last moment seen without a connection.
+            self.offline_at = Some(now);
         }
+        let offline_at = self.offline_at;
         // Acks come back in the order the messages went out, and the queue is in that
         // order too: collect from the front and stop at the first in-flight message still
         // waiting (within its ack timeout), so a pump costs what it collects.
@@ -172,10 +172,14 @@ impl Acked {
             let outcome = match &self.queue[i].ack {
                 Some((ack, sent)) => match ack.try_wait() {
                     Some(r) => r,
-                    None if now.duration_since(*sent) >= ack_timeout => Err(Error::Timeout {
-                        what: "ack",
-                        after: ack_timeout,
-                    }),
+                    None if now.duration_since(offline_at.map_or(*sent, |t| t.max(*sent)))
+                        >= ack_timeout =>
+                    {
+                        Err(Error::Timeout {
+                            what: "ack",
+                            after: ack_timeout,
+                        })
+                    }
                     None => break,
                 },
                 // Waiting for a retry: look past it.

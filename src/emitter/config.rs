@@ -20,10 +20,7 @@ use crate::error::Error;
 use crate::headers::HeaderMap;
 use crate::subject::validate_token;
 use crate::tls::TlsOptions;
-use crate::url::{
-    parse_list_item, split_inside_credentials, split_server_list, ServerAddr, CREDENTIALS_SPLIT,
-    CREDENTIALS_SPLIT_SHOWN,
-};
+use crate::url::{parse_server_items, ServerAddr};
 
 /// What happens to an event larger than the server's `max_payload`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -764,20 +761,17 @@ fn build_options(src: &mut Sources<'_>) -> Option<(Options, Duration)> {
 fn servers_list(src: &mut Sources<'_>) -> Option<(String, Vec<Result<ServerAddr, Error>>)> {
     let raw = src.get("servers")?;
     match raw.value {
-        Value::String(s) if split_inside_credentials(&s) => {
-            src.issue(
-                &raw.source,
-                format!("{CREDENTIALS_SPLIT_SHOWN}: {CREDENTIALS_SPLIT}"),
-                false,
-            );
-            Some((raw.source, Vec::new()))
-        }
-        Value::String(s) => {
-            let parsed = split_server_list(&s)
-                .map(|(n, item)| parse_list_item(item, n, &s))
-                .collect();
-            Some((raw.source, parsed))
-        }
+        Value::String(s) => match parse_server_items(&s) {
+            Ok(parsed) => Some((raw.source, parsed)),
+            Err(e) => {
+                let shown = match &e {
+                    Error::InvalidUrl(invalid) => format!("{}: {}", invalid.value, invalid.reason),
+                    other => other.to_string(),
+                };
+                src.issue(&raw.source, shown, false);
+                Some((raw.source, Vec::new()))
+            }
+        },
         Value::Array(items) => {
             // Each item whole: a ',' in a password is no separator here.
             let mut parsed = Vec::new();
