@@ -1,8 +1,9 @@
-//! The main job for now: start a nats-server from the project's virtualenv on a free
+//! The library on its own: start a nats-server from the project's virtualenv on a free
 //! loopback port, publish Ansible-Runner-like events with the library, and show what an
 //! independent subscription received.
 //!
-//! Run with `make demo` (which installs the pinned nats-server first).
+//! Run with `make setup && cargo run --example demo` (`make setup` installs the pinned
+//! nats-server). `make demo` runs the plugin through ansible-runner instead.
 
 use std::net::TcpListener;
 use std::path::PathBuf;

@@ -3,8 +3,8 @@
 //! caller's thread, with no background thread answering PINGs or rewriting anything.
 //!
 //! It speaks through the same codec as [`crate::client`] ([`ClientOp::encode`],
-//! [`parse_server_op`]) and the same TCP/TLS transport, and keeps a transcript of every byte
-//! sent and received, so a failed check can show the exchange.
+//! [`parse_server_op`]) and the same TCP/TLS transport, and keeps a transcript of the last
+//! 64 KiB sent and received, so a failed check can show the exchange.
 //!
 //! ```no_run
 //! use std::time::Duration;

@@ -289,6 +289,90 @@ fn server_never_up_ends_the_run_within_the_bound_with_a_count() {
 }
 
 #[test]
+fn a_server_that_accepts_and_never_answers_ends_the_run_within_the_flush_timeout() {
+    let server = ServerConfig::new().start();
+    // The proxy connects to the server but forwards nothing: no INFO ever arrives.
+    let proxy = Proxy::start(server.port(), Mode::Stall);
+    let vars = env(&[
+        ("RUNNER_NATS_SUBJECT_ID", "mute"),
+        ("RUNNER_NATS_SERVERS", &proxy.url()),
+        ("RUNNER_NATS_CONNECT_TIMEOUT", "20"),
+        ("RUNNER_NATS_FLUSH_TIMEOUT", "0.3"),
+    ]);
+    let emitter = Emitter::new();
+    let ident = "mute1";
+    send_status(&emitter, &vars, ident, "starting");
+    send(&emitter, &vars, ident, Kind::Event, &event(ident, 1, 100));
+    let started = Instant::now();
+    let report = send_status(&emitter, &vars, ident, "failed");
+    let took = started.elapsed();
+    // Without cutting the handshake short, the end of the run would wait for the 20 s
+    // connect timeout.
+    assert!(took < Duration::from_secs(3), "took {took:?}");
+    assert_eq!(report.summary.unwrap().counters.undelivered, 3);
+    assert!(
+        report
+            .errors
+            .iter()
+            .any(|e| e.contains("3 messages were not delivered")),
+        "{:?}",
+        report.errors
+    );
+}
+
+#[test]
+fn a_server_that_stops_reading_costs_the_run_one_wait_and_a_count_not_a_wait_per_event() {
+    let server = ServerConfig::new().start();
+    let proxy = Proxy::start(server.port(), Mode::Forward);
+    let vars = env(&[
+        ("RUNNER_NATS_SUBJECT_ID", "stuck"),
+        ("RUNNER_NATS_SERVERS", &proxy.url()),
+        ("RUNNER_NATS_FLUSH_TIMEOUT", "0.5"),
+    ]);
+    let emitter = Emitter::new();
+    let ident = "stuck1";
+    send_status(&emitter, &vars, ident, "starting");
+    send(&emitter, &vars, ident, Kind::Event, &event(ident, 1, 100));
+    // Connected (the first event went through the proxy), then the server stops reading.
+    let mut sub = PySubscriber::start(&server.url(), "pub.ansible.runner.stuck.>");
+    send(&emitter, &vars, ident, Kind::Event, &event(ident, 2, 100));
+    sub.wait_for(1, WAIT);
+    proxy.set_mode(Mode::Stall);
+    let started = Instant::now();
+    let mut reported = Vec::new();
+    for i in 3..=62 {
+        let report = send(
+            &emitter,
+            &vars,
+            ident,
+            Kind::Event,
+            &event(ident, i, 500 * 1024),
+        );
+        reported.extend(report.errors);
+    }
+    let sending = started.elapsed();
+    // 60 events of 500 KB: the socket buffers and the 1 MiB queue take a few, the next
+    // waits 2 s for room, and the rest are refused at once (a wait for each would be
+    // about two minutes).
+    assert!(
+        sending < Duration::from_secs(10),
+        "the events took {sending:?}"
+    );
+    let started = Instant::now();
+    let report = send_status(&emitter, &vars, ident, "failed");
+    assert!(
+        started.elapsed() < Duration::from_secs(3),
+        "the end took {:?}",
+        started.elapsed()
+    );
+    let counters = report.summary.unwrap().counters;
+    assert!(counters.dropped >= 40, "{counters:?}");
+    assert!(counters.undelivered > 0, "{counters:?}");
+    // Said once, not once per event.
+    assert_eq!(reported.len(), 1, "{reported:?}");
+}
+
+#[test]
 fn oversized_event_is_reported_and_the_rest_arrive() {
     let server = ServerConfig::new().max_payload(64 * 1024).start();
     let mut sub = PySubscriber::start(&server.url(), "pub.ansible.runner.big.>");

@@ -951,3 +951,108 @@ fn a_lingering_batch_goes_at_once_when_it_reaches_64_kib() {
     client.close().unwrap();
     server.join().unwrap();
 }
+
+/// A fake server that completes the handshake and then stops reading, holding the
+/// connection open until `release` fires (or a minute passes): the client's writes block
+/// once the socket buffers are full.
+fn stalled_server() -> (String, mpsc::Sender<()>, thread::JoinHandle<()>) {
+    let (release, released) = mpsc::channel::<()>();
+    let (url, server) = fake_server(move |mut conn| {
+        conn.handshake(basic_info());
+        let _ = released.recv_timeout(Duration::from_secs(60));
+    });
+    (url, release, server)
+}
+
+/// Publishes 64 KiB messages until the client refuses one for lack of room.
+fn publish_until_refused(client: &Client) -> usize {
+    let payload = vec![b'x'; 64 * 1024];
+    for accepted in 0..4096 {
+        match client.publish("stalled", &payload) {
+            Ok(()) => {}
+            Err(Error::BufferFull { .. }) => return accepted,
+            Err(e) => panic!("unexpected refusal: {e}"),
+        }
+    }
+    panic!("4096 messages of 64 KiB went into a connection that reads nothing");
+}
+
+#[test]
+fn a_stalled_connection_costs_publishers_one_publish_wait_not_one_each() {
+    let (url, release, server) = stalled_server();
+    let wait = Duration::from_millis(300);
+    let client = Options::new()
+        .servers(&url)
+        .unwrap()
+        .publish_wait(wait)
+        .connect()
+        .unwrap();
+    let accepted = publish_until_refused(&client);
+    // From now on the writer is stuck: each publish fails at once instead of waiting
+    // `publish_wait` again (50 of them would take 15 s).
+    let started = Instant::now();
+    let payload = vec![b'y'; 64 * 1024];
+    for _ in 0..50 {
+        assert!(matches!(
+            client.publish("stalled", &payload),
+            Err(Error::BufferFull { .. })
+        ));
+    }
+    let took = started.elapsed();
+    assert!(took < wait, "50 refusals took {took:?}");
+    assert_eq!(client.statistics().dropped, 51, "accepted {accepted}");
+    release.send(()).unwrap();
+    drop(client);
+    server.join().unwrap();
+}
+
+#[test]
+fn close_is_bounded_by_its_timeout_while_a_write_is_stalled() {
+    let (url, release, server) = stalled_server();
+    // The stall detection (PINGs every 2 min) would take 6 minutes to notice.
+    let client = Options::new()
+        .servers(&url)
+        .unwrap()
+        .publish_wait(Duration::from_millis(100))
+        .connect()
+        .unwrap();
+    let accepted = publish_until_refused(&client);
+    let started = Instant::now();
+    let err = client.close_within(Duration::from_millis(300)).unwrap_err();
+    let took = started.elapsed();
+    assert!(took < Duration::from_secs(2), "close took {took:?}");
+    assert!(
+        matches!(err, Error::NotDelivered { messages, .. } if messages > 0 && messages <= accepted as u64),
+        "{err:?} (accepted {accepted})"
+    );
+    assert!(client.is_closed());
+    release.send(()).unwrap();
+    server.join().unwrap();
+}
+
+#[test]
+fn close_is_bounded_by_its_timeout_while_a_connect_waits_for_info() {
+    let (url, server) = fake_server(|mut conn| {
+        // Accept, then say nothing until the client hangs up.
+        let _ = conn.try_next(Duration::from_secs(30));
+    });
+    let client = Options::new()
+        .servers(&url)
+        .unwrap()
+        .connect_timeout(Duration::from_secs(20))
+        .connect_in_background(true)
+        .connect()
+        .unwrap();
+    client.publish("waiting", b"never sent").unwrap();
+    let started = Instant::now();
+    let err = client.close_within(Duration::from_millis(300)).unwrap_err();
+    let took = started.elapsed();
+    assert!(took < Duration::from_secs(2), "close took {took:?}");
+    assert!(
+        matches!(err, Error::NotDelivered { messages: 1, .. }),
+        "{err:?}"
+    );
+    // The fake server sees the connection end (not its own 30 s timeout).
+    server.join().unwrap();
+    assert!(started.elapsed() < Duration::from_secs(5));
+}

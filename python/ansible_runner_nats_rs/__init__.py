@@ -13,7 +13,8 @@ ansible-runner imports this module through the ``ansible_runner.plugins`` entry 
 
 Both hand ``data`` to the native side, which serializes it and queues it for the run's own
 connection; the call returns without waiting on the network, except at the run's terminal
-status, whose flush is bounded by the flush timeout. They never raise (an exception would
+status, whose flush is bounded by the flush timeout (and once, for up to 2 s, when a
+connected server stops reading and the 1 MiB queue is full). They never raise (an exception would
 abort the run), except ``KeyboardInterrupt`` and ``SystemExit``, which must still stop it.
 
 Problems go to the logger ``ansible-runner.nats`` at ERROR, one line each; per-run summaries

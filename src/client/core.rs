@@ -8,6 +8,7 @@
 //! proves the server read them.
 
 use std::collections::{HashMap, VecDeque};
+use std::net::{Shutdown, TcpStream};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::mpsc::{SyncSender, TrySendError};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard};
@@ -40,6 +41,9 @@ pub(crate) struct State {
     pub(crate) out_msgs: u64,
     /// When `out` last went from empty to not empty (for `write_linger`).
     pub(crate) out_since: Option<Instant>,
+    /// When `out` last moved: the writer took from it, or it went from empty to not
+    /// empty. Publishers wait for room only while it moves (see `Client::enqueue`).
+    pub(crate) out_moved: Option<Instant>,
     /// While the writer sleeps until a time of its own within `write_linger` (it lingers,
     /// or watches for more of a burst), that time: a message queued meanwhile needs no
     /// wake-up call, which costs a system call (and on a virtual machine an interrupt
@@ -79,6 +83,12 @@ pub(crate) struct State {
     pub(crate) unconfirmed_lost: u64,
     /// Messages that were never confirmed delivered when the client closed.
     pub(crate) undelivered: u64,
+    /// A second handle on the socket being connected or in use, for `close` to shut down
+    /// when its time is up: that ends a write blocked on a server that stopped reading,
+    /// and a handshake waiting for a server that does not answer.
+    pub(crate) socket: Option<TcpStream>,
+    /// `close` ran out of time: a socket registered from now on is shut down at once.
+    pub(crate) aborted: bool,
 }
 
 pub(crate) struct Sub {
@@ -169,6 +179,27 @@ impl State {
             || self.pongs_due > 0
     }
 
+    /// Keeps a handle on `tcp` for `close` (see `State::socket`); once `close` has run
+    /// out of time, shuts it down instead.
+    pub(crate) fn register_socket(&mut self, tcp: &TcpStream) {
+        let Ok(handle) = tcp.try_clone() else {
+            return;
+        };
+        if self.aborted {
+            let _ = handle.shutdown(Shutdown::Both);
+        } else {
+            self.socket = Some(handle);
+        }
+    }
+
+    /// For `close` out of time: ends the connection in progress, whatever it waits for.
+    pub(crate) fn abort_socket(&mut self) {
+        self.aborted = true;
+        if let Some(socket) = self.socket.take() {
+            let _ = socket.shutdown(Shutdown::Both);
+        }
+    }
+
     /// Forgets everything tied to the connection that ended.
     fn reset_connection(&mut self) {
         self.generation += 1;
@@ -193,6 +224,7 @@ impl Shared {
                 out: Vec::with_capacity(64 * 1024),
                 out_msgs: 0,
                 out_since: None,
+                out_moved: None,
                 writer_looks_at: None,
                 post: Vec::new(),
                 pongs_due: 0,
@@ -214,6 +246,8 @@ impl Shared {
                 current: None,
                 unconfirmed_lost: 0,
                 undelivered: 0,
+                socket: None,
+                aborted: false,
             }),
             opts,
             work: Condvar::new(),
@@ -398,6 +432,7 @@ fn supervise(shared: &Arc<Shared>, first: Option<(u64, Running)>, mut unconfirme
         let outcome = write_loop(shared, &mut write, generation, &mut unconfirmed);
         write.shutdown();
         let _ = read.join();
+        shared.state().socket = None;
         match outcome {
             Outcome::Closing => break,
             Outcome::Lost(reason) => {
@@ -453,6 +488,11 @@ fn begin_connection(
         return None;
     }
     st.reset_connection();
+    if st.socket.is_none() {
+        // The first connection, made by `Client::connect` itself.
+        st.socket = read.shutdown_handle().ok();
+    }
+    st.out_moved = Some(Instant::now());
     let replayed = unconfirmed.drain_before(&mut st.out);
     st.out_msgs += replayed;
     let urls = info.connect_urls.clone();
@@ -611,13 +651,16 @@ fn reconnect(shared: &Shared, connected_before: bool) -> Option<(Established, En
             }
         }
         drop(st);
-        let result = establish(opts, &entry.addr, &entry.tls_name);
+        let result = establish(opts, &entry.addr, &entry.tls_name, &mut |tcp| {
+            shared.state().register_socket(tcp);
+        });
         let mut st = shared.state();
         match result {
             Ok(est) => {
                 return Some((est, entry));
             }
             Err(e) => {
+                st.socket = None;
                 st.pool.record(&entry.addr, false, Instant::now());
                 st.last_error = Some(e.to_string());
                 drop(st);
@@ -754,6 +797,7 @@ fn write_loop(
                     let urgent = unconfirmed.bytes + st.out.len() > opts.pending_size / 4
                         || st.phase == Phase::Closing;
                     st.out_since = None;
+                    st.out_moved = Some(now);
                     std::mem::swap(&mut st.out, &mut data);
                     msgs = std::mem::take(&mut st.out_msgs);
                     if resend && st.pings_due == 0 {

@@ -5,6 +5,7 @@
 //! than the connect timeout.
 
 use std::io::{self, Read, Write};
+use std::net::TcpStream;
 use std::time::Instant;
 
 use crate::auth::{Auth, ConnectFields};
@@ -34,8 +35,14 @@ enum Seen {
 }
 
 /// Connects to `addr` and completes the NATS handshake before the connect timeout.
-/// `tls_name` is the name the server's certificate must carry.
-pub(crate) fn establish(opts: &Options, addr: &ServerAddr, tls_name: &str) -> Result<Established> {
+/// `tls_name` is the name the server's certificate must carry. `on_tcp` sees the socket
+/// as soon as it is connected, before the handshake.
+pub(crate) fn establish(
+    opts: &Options,
+    addr: &ServerAddr,
+    tls_name: &str,
+    on_tcp: &mut dyn FnMut(&TcpStream),
+) -> Result<Established> {
     let deadline = later(Instant::now(), opts.connect_timeout);
     let timeout_error = || Error::ConnectTimeout {
         server: addr.to_string(),
@@ -45,6 +52,7 @@ pub(crate) fn establish(opts: &Options, addr: &ServerAddr, tls_name: &str) -> Re
         Err(Error::ConnectTimeout { .. }) => return Err(timeout_error()),
         other => other?,
     };
+    on_tcp(&tcp);
     let mut stream = Stream::Plain(tcp);
     // Built at most once per connection: TLS-first and the upgrade after INFO exclude each other.
     let tls_config = || crate::tls::client_config(&opts.tls);

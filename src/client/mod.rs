@@ -1,8 +1,9 @@
 //! The blocking NATS client.
 //!
-//! A [`Client`] owns two threads per connection. `publish` encodes the message into a
-//! bounded buffer and returns; the **writer** thread moves that buffer to the socket in
-//! batches and sends keep-alive PINGs; the **reader** thread parses what the server sends,
+//! A [`Client`] owns one **writer** thread, which also supervises reconnects, and one
+//! **reader** thread per connection. `publish` encodes the message into a bounded buffer
+//! and returns; the writer moves that buffer to the socket in batches and sends keep-alive
+//! PINGs; the reader parses what the server sends,
 //! answers its PINGs, completes flushes on PONG, delivers messages to subscriptions and
 //! reports `-ERR`s as [`Event::ServerError`].
 //!
@@ -188,7 +189,7 @@ impl Client {
         };
         for _ in 0..attempts {
             let Some(entry) = pool.next(None) else { break };
-            match establish(&opts, &entry.addr, &entry.tls_name) {
+            match establish(&opts, &entry.addr, &entry.tls_name, &mut |_| {}) {
                 Ok(est) => {
                     first = Some((est, entry));
                     break;
@@ -227,8 +228,9 @@ impl Client {
     /// Fails at once, queueing nothing, if the subject is invalid, the message exceeds
     /// the server's `max_payload`, the client is closed, or the client is reconnecting
     /// and the reconnect buffer ([`Options::pending_size`]) is full. While connected, a
-    /// full flusher queue makes it wait up to [`Options::publish_wait`] for room, then
-    /// fail. Every refusal for lack of room is counted in [`Statistics::dropped`].
+    /// full flusher queue makes it wait for room while the writer keeps taking from it,
+    /// and fail once the writer has taken nothing for [`Options::publish_wait`]. Every
+    /// refusal for lack of room is counted in [`Statistics::dropped`].
     pub fn publish(&self, subject: &str, payload: &[u8]) -> Result<()> {
         self.enqueue(subject, None, None, payload)
     }
@@ -300,10 +302,14 @@ impl Client {
                 });
             }
         } else if !st.out.is_empty() && st.out.len() + size > opts.flusher_queue_size {
-            let deadline = later(Instant::now(), opts.publish_wait);
             while !st.out.is_empty() && st.out.len() + size > opts.flusher_queue_size {
                 check_open(&st)?;
-                let left = remaining(deadline);
+                // Wait only while the writer keeps taking from the queue. Once it has
+                // taken nothing for `publish_wait` (a server that stopped reading), every
+                // publish fails at once until the queue moves again: a stall costs the
+                // publishers one `publish_wait`, not one each.
+                let moved = st.out_moved.unwrap_or_else(Instant::now);
+                let left = remaining(later(moved, opts.publish_wait));
                 if left.is_zero() {
                     st.stats.dropped += 1;
                     return Err(Error::BufferFull {
@@ -318,12 +324,15 @@ impl Client {
         let was_empty = st.out.is_empty();
         // With a linger, a writer that looks again within it needs no wake-up call.
         let mut writer_looks = false;
-        if was_empty && !opts.write_linger.is_zero() {
+        if was_empty {
             let now = Instant::now();
-            st.out_since = Some(now);
-            writer_looks = st
-                .writer_looks_at
-                .is_some_and(|t| t <= later(now, opts.write_linger));
+            st.out_moved = Some(now);
+            if !opts.write_linger.is_zero() {
+                st.out_since = Some(now);
+                writer_looks = st
+                    .writer_looks_at
+                    .is_some_and(|t| t <= later(now, opts.write_linger));
+            }
         }
         let st = &mut *st;
         let before = st.out.len();
@@ -444,8 +453,10 @@ impl Client {
         self.shared().state().phase == Phase::Closed
     }
 
-    /// Sends everything published so far, waits for the server to confirm it (bounded by
-    /// the flush timeout), then closes the connection and joins the client's threads.
+    /// Sends everything published so far, waits for the server to confirm it, then closes
+    /// the connection and joins the client's threads, all within the flush timeout: at
+    /// its end the connection is shut down, even in the middle of a stalled write or a
+    /// handshake (only a TCP connect under way runs on, within the connect timeout).
     /// If not everything was confirmed (the server was unreachable, or did not answer in
     /// time) it fails with [`Error::NotDelivered`] and the count; the client is closed
     /// either way. Closing twice is fine. Without [`Options::resend_unconfirmed`], the
@@ -530,6 +541,7 @@ fn flush(shared: &Shared, timeout: Duration) -> Result<()> {
 }
 
 fn close(shared: &Shared, timeout: Duration) -> Result<()> {
+    let deadline = later(Instant::now(), timeout);
     if shared.on_own_thread() {
         // From an event callback: the threads to wait for include this one. Start the
         // close (what is queued is still written); a `close` from another thread waits
@@ -554,6 +566,20 @@ fn close(shared: &Shared, timeout: Duration) -> Result<()> {
     }
     shared.work.notify_all();
     shared.progress.notify_all();
+    // What is queued is still written, within the same bound. A write blocked on a server
+    // that stopped reading, or a handshake with one that does not answer, would hold the
+    // supervisor far longer (the stall detection, the connect timeout): at the deadline
+    // its socket is shut down. Only a TCP connect under way is not cut short.
+    let mut st = shared.state();
+    while st.phase != Phase::Closed {
+        let left = remaining(deadline);
+        if left.is_zero() {
+            st.abort_socket();
+            break;
+        }
+        st = wait(&shared.progress, st, left);
+    }
+    drop(st);
     let handle = lock(&shared.supervisor).take();
     if let Some(h) = handle {
         // A supervisor that panicked has nothing left for us to clean up.

@@ -253,15 +253,19 @@ impl Options {
         self
     }
 
-    /// The longest [`crate::client::Client::flush`] and [`crate::client::Client::close`]
-    /// may wait for the server. Default: 10 s.
+    /// The longest [`crate::client::Client::close`] (and dropping the last clone) takes:
+    /// what was published is written and confirmed within it, and at its end the
+    /// connection is shut down, even in the middle of a write to a server that stopped
+    /// reading or of a handshake; only a TCP connect under way is not cut short (it ends
+    /// within the connect timeout). [`crate::client::Client::flush`] takes a timeout of
+    /// its own. Default: 10 s.
     pub fn flush_timeout(mut self, timeout: Duration) -> Options {
         self.flush_timeout = timeout;
         self
     }
 
     /// The bound, in bytes, of the queue between `publish` and the writer thread. When it
-    /// is full, `publish` waits up to [`Options::publish_wait`] for room and then fails with
+    /// is full, `publish` waits for room (see [`Options::publish_wait`]) or fails with
     /// [`crate::Error::BufferFull`]. A single message larger than the bound is accepted
     /// when the queue is empty. Default: 1 MiB: measured against 256 KiB and 8 MiB, it
     /// keeps publishing at the socket's limit (larger batches fall out of the CPU cache).
@@ -270,7 +274,10 @@ impl Options {
         self
     }
 
-    /// How long `publish` may wait for room in a full flusher queue. Default: 2 s.
+    /// How long `publish` waits for room in a full flusher queue without the writer taking
+    /// anything from it. Publishers wait as long as the queue keeps moving; once it has
+    /// not moved for this long (a server that stopped reading), every publish fails at
+    /// once with [`crate::Error::BufferFull`] until it moves again. Default: 2 s.
     pub fn publish_wait(mut self, wait: Duration) -> Options {
         self.publish_wait = wait;
         self

@@ -734,7 +734,7 @@ fn build_options(src: &mut Sources<'_>) -> Option<(Options, Duration)> {
             }
         }
     }
-    if let Some(n) = src.size("flusher_queue_size", "8 MiB") {
+    if let Some(n) = src.size("flusher_queue_size", "1 MiB") {
         // nats-py counts flush requests here; we bound bytes. Small nats-py style
         // values (a count, typically 1024) would starve the writer: keep at least 1 MiB.
         opts = opts.flusher_queue_size(n.max(1024 * 1024));

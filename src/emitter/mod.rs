@@ -2,8 +2,9 @@
 //! on `pub.ansible.runner.{subject_id}.{runner_ident}.event` and `.status`.
 //!
 //! One [`Emitter`] serves a whole process. Each run (`runner_ident`) gets its own
-//! connection, made in the background on the run's first message, so a handler never
-//! waits on the network; the run's terminal status (successful, failed, canceled,
+//! connection, made in the background on the run's first message, so a handler does not
+//! wait on the network (a connected server that stops reading costs one wait for room,
+//! see [`crate::client::Options::publish_wait`]); the run's terminal status (successful, failed, canceled,
 //! timeout, error) flushes everything queued for it, bounded by the flush timeout, and
 //! closes that connection. Runs in parallel do not interfere.
 //!
