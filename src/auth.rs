@@ -174,16 +174,13 @@ pub fn parse_creds(text: &str) -> Result<Credentials, &'static str> {
     })
 }
 
+/// Creds files are about 1 KiB; anything near this is not one.
+const MAX_CREDS_FILE: u64 = 1 << 20;
+
 fn read_text(path: &Path) -> Result<String, Error> {
-    std::fs::read_to_string(path).map_err(|e| {
-        let why = match e.kind() {
-            std::io::ErrorKind::NotFound => "file not found".to_owned(),
-            std::io::ErrorKind::PermissionDenied => "permission denied".to_owned(),
-            std::io::ErrorKind::InvalidData => "not UTF-8 text".to_owned(),
-            _ => format!("cannot be read ({})", e.kind()),
-        };
-        Error::creds_file(path, why)
-    })
+    let bytes = crate::files::read_bounded(path, MAX_CREDS_FILE)
+        .map_err(|why| Error::creds_file(path, why))?;
+    String::from_utf8(bytes).map_err(|_| Error::creds_file(path, "not UTF-8 text"))
 }
 
 /// Reads and parses a creds file.

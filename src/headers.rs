@@ -43,12 +43,22 @@ pub fn validate_name(name: &str) -> Result<(), Error> {
     Ok(())
 }
 
-/// Checks a header value: no CR or LF (which would end the header line).
+/// Checks a header value: no CR or LF (which would end the header line). The error does
+/// not show the value, which may be a secret (`Authorization`); [`HeaderMap::append`] and
+/// [`HeaderMap::insert`] name the header instead.
 pub fn validate_value(value: &str) -> Result<(), Error> {
     if value.contains(['\r', '\n']) {
-        return Err(invalid(value, "header value contains CR or LF"));
+        return Err(invalid(
+            "a value (not shown)",
+            "header value contains CR or LF",
+        ));
     }
     Ok(())
+}
+
+/// [`validate_value`], with the header named in the error.
+fn validate_value_of(name: &str, value: &str) -> Result<(), Error> {
+    validate_value(value).map_err(|_| invalid(name, "its value contains CR or LF"))
 }
 
 impl HeaderMap {
@@ -79,7 +89,7 @@ impl HeaderMap {
     /// Adds a value, keeping the ones already there.
     pub fn append(&mut self, name: &str, value: &str) -> Result<(), Error> {
         validate_name(name)?;
-        validate_value(value)?;
+        validate_value_of(name, value)?;
         self.entries.push((name.to_owned(), value.to_owned()));
         Ok(())
     }
@@ -87,7 +97,7 @@ impl HeaderMap {
     /// Sets the value, replacing every value of that exact name.
     pub fn insert(&mut self, name: &str, value: &str) -> Result<(), Error> {
         validate_name(name)?;
-        validate_value(value)?;
+        validate_value_of(name, value)?;
         self.entries.retain(|(n, _)| n != name);
         self.entries.push((name.to_owned(), value.to_owned()));
         Ok(())
@@ -343,7 +353,14 @@ mod tests {
         );
         validate_value("utf-8 ✓ and tabs\tok").unwrap();
         let mut h = HeaderMap::new();
-        assert!(h.append("ok", "bad\r\n").is_err());
+        // The value may be a secret: the error names the header instead.
+        let err = h.append("Authorization", "Bearer s3cr3t\r\n").unwrap_err();
+        assert_eq!(
+            err.to_string(),
+            "header: \"Authorization\": its value contains CR or LF"
+        );
+        let err = validate_value("s3cr3t\n").unwrap_err().to_string();
+        assert!(!err.contains("s3cr3t"), "{err}");
         assert!(h.is_empty());
         h.insert("k", "1").unwrap();
         h.append("k", "2").unwrap();

@@ -71,6 +71,7 @@ pub mod auth;
 pub mod client;
 pub mod emitter;
 pub mod error;
+mod files;
 #[doc(hidden)]
 pub mod fuzzing;
 pub mod headers;

@@ -30,13 +30,17 @@ pub struct TlsOptions {
     pub server_name: Option<String>,
 }
 
+/// A whole bundle of public CAs is about 200 KiB.
+const MAX_PEM_FILE: u64 = 16 << 20;
+
+fn read_pem(path: &Path) -> Result<Vec<u8>, Error> {
+    crate::files::read_bounded(path, MAX_PEM_FILE)
+        .map_err(|why| Error::Tls(format!("{}: {why}", shown_path(path))))
+}
+
 fn pem_error(path: &Path, e: &rustls::pki_types::pem::Error) -> Error {
     let why = match e {
-        rustls::pki_types::pem::Error::Io(io) => match io.kind() {
-            std::io::ErrorKind::NotFound => "file not found".to_owned(),
-            std::io::ErrorKind::PermissionDenied => "permission denied".to_owned(),
-            kind => format!("cannot be read ({kind})"),
-        },
+        rustls::pki_types::pem::Error::Io(io) => format!("cannot be read ({})", io.kind()),
         rustls::pki_types::pem::Error::NoItemsFound => "no PEM item found".to_owned(),
         other => format!("not valid PEM ({other:?})"),
     };
@@ -44,8 +48,8 @@ fn pem_error(path: &Path, e: &rustls::pki_types::pem::Error) -> Error {
 }
 
 fn load_certs(path: &Path) -> Result<Vec<CertificateDer<'static>>, Error> {
-    let certs = CertificateDer::pem_file_iter(path)
-        .map_err(|e| pem_error(path, &e))?
+    let pem = read_pem(path)?;
+    let certs = CertificateDer::pem_slice_iter(&pem)
         .collect::<Result<Vec<_>, _>>()
         .map_err(|e| pem_error(path, &e))?;
     if certs.is_empty() {
@@ -81,7 +85,8 @@ pub fn client_config(opts: &TlsOptions) -> Result<Arc<ClientConfig>, Error> {
         (None, None) => builder.with_no_client_auth(),
         (Some(cert), Some(key)) => {
             let chain = load_certs(cert)?;
-            let key_der = PrivateKeyDer::from_pem_file(key).map_err(|e| pem_error(key, &e))?;
+            let key_der =
+                PrivateKeyDer::from_pem_slice(&read_pem(key)?).map_err(|e| pem_error(key, &e))?;
             builder.with_client_auth_cert(chain, key_der).map_err(|e| {
                 Error::Tls(format!(
                     "client certificate {} and key {} do not fit together: {}",

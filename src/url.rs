@@ -117,7 +117,20 @@ impl FromStr for ServerAddr {
                 let scheme = match s.to_ascii_lowercase().as_str() {
                     "nats" => Scheme::Nats,
                     "tls" => Scheme::Tls,
-                    _ => return Err(invalid(s, "unsupported scheme (use nats:// or tls://)")),
+                    // Only a scheme is shown: text before a "://" that holds anything
+                    // else may be part of a password (`me:se://cret@host`).
+                    _ if s
+                        .chars()
+                        .all(|c| c.is_ascii_alphanumeric() || "+-.".contains(c)) =>
+                    {
+                        return Err(invalid(s, "unsupported scheme (use nats:// or tls://)"))
+                    }
+                    _ => {
+                        return Err(invalid(
+                            "the URL (not shown)",
+                            "what comes before :// is not a scheme (use nats:// or tls://)",
+                        ))
+                    }
                 };
                 (scheme, rest)
             }
@@ -335,6 +348,11 @@ mod tests {
                 "url: \"nats://host/path\": a server URL has no path",
             ),
             ("nats://u:pw@host:x", "url: \"nats://host:x\": invalid port"),
+            // Without a scheme, the first "://" may be inside the password.
+            (
+                "me:se://cret@host",
+                "url: \"the URL (not shown)\": what comes before :// is not a scheme (use nats:// or tls://)",
+            ),
         ];
         for (url, want) in table {
             let e = url.parse::<ServerAddr>().unwrap_err();

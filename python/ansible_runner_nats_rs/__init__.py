@@ -22,6 +22,7 @@ at INFO. The ``ansible-runner`` command silences the root logger, so when no han
 logger hierarchy would show a record, this module writes it to stderr itself.
 """
 
+import atexit
 import logging
 import sys
 
@@ -33,18 +34,28 @@ class _FallbackStderrHandler(logging.StreamHandler):
 
     Under the ``ansible-runner`` CLI the root logger has only a NullHandler, so this one
     speaks; in an application that configured logging, its handlers do, without duplicates.
+    The stream is ``sys.stderr`` as it is when a record comes (a redirection applies).
     """
 
     def __init__(self):
-        super().__init__(sys.stderr)
+        logging.Handler.__init__(self)
+
+    @property
+    def stream(self):
+        return sys.stderr
 
     def emit(self, record):
+        if sys.stderr is None:
+            return
         current = logger
         while current is not None:
             for handler in current.handlers:
-                if handler is self or isinstance(handler, logging.NullHandler):
+                # By name: a reloaded module's fallback is another class of the same name.
+                if type(handler).__name__ == "_FallbackStderrHandler" or isinstance(
+                    handler, logging.NullHandler
+                ):
                     continue
-                if record.levelno >= handler.level:
+                if record.levelno >= handler.level and handler.filter(record):
                     return
             if not current.propagate:
                 break
@@ -53,12 +64,27 @@ class _FallbackStderrHandler(logging.StreamHandler):
 
 
 def _install_logging():
-    if not any(isinstance(h, _FallbackStderrHandler) for h in logger.handlers):
+    if not any(type(h).__name__ == "_FallbackStderrHandler" for h in logger.handlers):
         handler = _FallbackStderrHandler()
         handler.setFormatter(logging.Formatter("%(name)s: %(levelname)s: %(message)s"))
         logger.addHandler(handler)
-    if logger.level == logging.NOTSET:
-        # The CLI sets the root level to 99; our errors must still get through.
+
+
+def _ensure_level():
+    """The ``ansible-runner`` CLI sets the root logger to level 99, which would drop our
+    errors before any handler sees them. In that case only (no level on our logger or on
+    any logger between it and the root, the root above WARNING) ours is set to WARNING. A
+    host that set a level anywhere on the way (``ansible-runner`` muted, ``basicConfig``
+    at INFO for the run summaries) keeps it. Checked when there is something to log:
+    the CLI configures logging after plugins are imported."""
+    if logger.level != logging.NOTSET:
+        return
+    current = logger.parent
+    while current is not None and current.parent is not None:
+        if current.level != logging.NOTSET:
+            return
+        current = current.parent
+    if logging.getLogger().level > logging.WARNING:
         logger.setLevel(logging.WARNING)
 
 
@@ -68,31 +94,47 @@ try:
     from . import _native
 except Exception:  # pragma: no cover - a broken install must not break `import ansible_runner`
     _native = None
-    logger.error("native module unavailable; plugin disabled", exc_info=True)
+    try:
+        _ensure_level()
+        logger.error("native module unavailable; plugin disabled", exc_info=True)
+    except Exception:
+        pass
 
-__all__ = ["status_handler", "event_handler", "dumps"]
+__all__ = ["status_handler", "event_handler", "dumps", "stats"]
 
-_errors = 0
+# Failures of the handlers themselves (a bug of ours), by exception type: the first of
+# each type is logged with its traceback, the rest only counted.
+_failures = {}
+
+
+def _log(level, line):
+    """One line; a host's logging handler that raises costs that line, not the others."""
+    try:
+        logger.log(level, "%s", line)
+    except Exception:
+        pass
 
 
 def _handle(kind, runner_config, data):
-    global _errors
     try:
         if _native is None:
             return
-        for level, line in _native.handle(kind, runner_config, data):
-            logger.log(level, "%s", line)
+        lines = _native.handle(kind, runner_config, data)
+        if lines:
+            _ensure_level()
+            for level, line in lines:
+                _log(level, line)
     except (KeyboardInterrupt, SystemExit):
         raise
-    except BaseException:
-        _errors += 1
-        try:
-            if _errors == 1:
-                logger.error("%s handler failed", kind, exc_info=True)
-            else:
-                logger.debug("%s handler failed (%d)", kind, _errors, exc_info=True)
-        except Exception:  # pragma: no cover - a broken logging setup
-            pass
+    except BaseException as e:
+        name = type(e).__name__
+        _failures[name] = _failures.get(name, 0) + 1
+        if _failures[name] == 1:
+            try:
+                _ensure_level()
+                logger.error("%s handler failed (%s)", kind, name, exc_info=True)
+            except Exception:  # pragma: no cover - a broken logging setup
+                pass
 
 
 def status_handler(runner_config, data):
@@ -108,3 +150,33 @@ def event_handler(runner_config, data):
 def dumps(obj):
     """JSON bytes of ``obj``, parsing equal to ``json.dumps(obj)`` (see ``_native.dumps``)."""
     return _native.dumps(obj)
+
+
+def stats():
+    """Process-wide counters: ``dumps_fast``, ``dumps_fallback``, ``dumps_failed`` (the
+    serializer's stages), ``handled_event``, ``handled_status``, ``handled_other``,
+    ``handled_bytes``, ``late`` (messages after their run's end), ``no_ident`` (events
+    without a runner_ident) and ``handler_failures`` (our own failures, all types)."""
+    counters = _native.stats() if _native is not None else {}
+    counters["handler_failures"] = sum(_failures.values())
+    return counters
+
+
+def _at_exit():
+    """A run that never got its terminal status (an exception in ansible-runner, an
+    interrupt) still has its queued messages flushed, bounded by the flush timeout, and
+    its lines logged. Registered after ``logging`` was imported, so it runs before
+    ``logging.shutdown``."""
+    if _native is None:
+        return
+    try:
+        lines = _native.close_all()
+        if lines:
+            _ensure_level()
+            for level, line in lines:
+                _log(level, line)
+    except Exception:
+        pass
+
+
+atexit.register(_at_exit)

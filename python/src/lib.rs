@@ -5,12 +5,15 @@
 //! - `handle(kind, runner_config, data) -> [(level, line)]`: serializes `data` and publishes it
 //!   through the process-wide emitter (one connection per run); returns the lines to log.
 //! - `stats() -> dict`: counters (serializer stages, handled payloads).
+//! - `close_all() -> [(level, line)]`: flushes and closes the runs still open (at exit).
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::OnceLock;
+use std::sync::{Mutex, OnceLock};
 
-use ansible_runner_nats::emitter::{config, Emitter, Kind, Loaded, Report, TERMINAL_STATUSES};
+use ansible_runner_nats::emitter::{
+    config, ConfigIssue, Emitter, Kind, Loaded, Report, TERMINAL_STATUSES,
+};
 
 use pyo3::exceptions::PyException;
 use pyo3::intern;
@@ -28,6 +31,19 @@ static HANDLED_BYTES: AtomicU64 = AtomicU64::new(0);
 /// Events (not statuses) without a runner_ident, and whether one was reported.
 static NO_IDENT: AtomicU64 = AtomicU64::new(0);
 static NO_IDENT_REPORTED: AtomicBool = AtomicBool::new(false);
+/// Whether an event the serializer could only replace by an error document was reported.
+static UNSERIALIZABLE_REPORTED: AtomicBool = AtomicBool::new(false);
+
+/// The open runs of each `runner_config` object (by address), so that a broken worker
+/// stream closes the runs of its own `ansible-runner process`, not every run of the
+/// process. An address reused by a later object only maps to runs that have ended (they
+/// are removed at their terminal status) or to runs of the new object.
+fn runs_by_config() -> std::sync::MutexGuard<'static, HashMap<usize, Vec<String>>> {
+    static RUNS: OnceLock<Mutex<HashMap<usize, Vec<String>>>> = OnceLock::new();
+    RUNS.get_or_init(Default::default)
+        .lock()
+        .unwrap_or_else(|p| p.into_inner())
+}
 
 /// Serialize `obj` to JSON bytes. Parses equal to `json.dumps(obj)`; anything the fast path
 /// does not know goes through `json.dumps(obj, default=str)`, and if even that raises the
@@ -80,18 +96,54 @@ fn ordinary<T>(py: Python<'_>, r: PyResult<T>) -> PyResult<Option<T>> {
     }
 }
 
-/// The runner settings as JSON, through the same serializer as events.
-fn settings_json(runner_config: &Bound<'_, PyAny>) -> PyResult<Option<serde_json::Value>> {
-    let Some(settings) = ordinary(runner_config.py(), runner_config.getattr("settings"))? else {
+/// The `nats_*` runner settings as JSON, through the same serializer as events; the
+/// others are not ours to read (and one of them, a float `inf`, would make the whole
+/// document unreadable). A problem is added to `issues`.
+fn settings_json(
+    runner_config: &Bound<'_, PyAny>,
+    issues: &mut Vec<ConfigIssue>,
+) -> PyResult<Option<serde_json::Value>> {
+    let py = runner_config.py();
+    let mut issue = |problem: String| {
+        issues.push(ConfigIssue {
+            source: "runner settings".into(),
+            problem,
+            disables: false,
+        })
+    };
+    let Some(settings) = ordinary(py, runner_config.getattr("settings"))? else {
+        // Not every caller's configuration object has settings.
         return Ok(None);
     };
-    if !settings.is_instance_of::<PyDict>() {
+    if settings.is_none() {
+        return Ok(None);
+    }
+    let Ok(settings) = settings.cast::<PyDict>() else {
+        issue("not a dict; ignored".into());
+        return Ok(None);
+    };
+    let ours = PyDict::new(py);
+    for (key, value) in settings.iter() {
+        if key
+            .cast::<PyString>()
+            .is_ok_and(|k| k.to_str().is_ok_and(|k| k.starts_with("nats_")))
+        {
+            ours.set_item(key, value)?;
+        }
+    }
+    if ours.is_empty() {
         return Ok(None);
     }
     let mut buf = Vec::new();
     // Raises only what must propagate.
-    ser::dumps_into(&settings, &mut buf)?;
-    Ok(serde_json::from_slice(&buf).ok())
+    ser::dumps_into(ours.as_any(), &mut buf)?;
+    match serde_json::from_slice(&buf) {
+        Ok(value) => Ok(Some(value)),
+        Err(_) => {
+            issue("the nats_* settings hold a value JSON has no word for (a NaN or an infinity?); ignored".into());
+            Ok(None)
+        }
+    }
 }
 
 fn hostname(py: Python<'_>) -> PyResult<String> {
@@ -106,7 +158,8 @@ fn load_config(py: Python<'_>, runner_config: &Bound<'_, PyAny>) -> PyResult<Loa
     let env: HashMap<String, String> = std::env::vars_os()
         .filter_map(|(k, v)| Some((k.into_string().ok()?, v.into_string().ok()?)))
         .collect();
-    let settings = settings_json(runner_config)?;
+    let mut issues = Vec::new();
+    let settings = settings_json(runner_config, &mut issues)?;
     let needs_host = env.get("RUNNER_NATS_SUBJECT_ID").map(String::as_str) == Some("hostname")
         || settings
             .as_ref()
@@ -118,7 +171,11 @@ fn load_config(py: Python<'_>, runner_config: &Bound<'_, PyAny>) -> PyResult<Loa
     } else {
         String::new()
     };
-    Ok(config::load(&env, settings.as_ref(), &host))
+    let mut loaded = config::load(&env, settings.as_ref(), &host);
+    // Said even when the configuration is off: the settings may be why.
+    issues.append(&mut loaded.issues);
+    loaded.issues = issues;
+    Ok(loaded)
 }
 
 /// `data[key]` as text (`str()` of a value that is not a str), if `data` is a dict that has
@@ -172,17 +229,22 @@ fn handle(
             )]);
         }
         // `ansible-runner process` reports a broken worker stream as a status without a
-        // runner_ident. Nothing more will come for the runs open in this process.
+        // runner_ident. Nothing more will come for the runs it opened with this
+        // configuration; other runs of the process go on.
         let explanation = text_item(data, intern!(py, "job_explanation"))?.unwrap_or_default();
-        let open = py.detach(|| emitter().open_runs());
-        let mut out = lines(py.detach(|| emitter().close_all()));
+        let idents = runs_by_config()
+            .remove(&config_key(runner_config))
+            .unwrap_or_default();
+        let mut out = lines(py.detach(|| emitter().close_runs(&idents)));
         out.insert(
             0,
             (
                 ERROR,
                 format!(
-                    "{kind} {:?} without runner_ident ({explanation}); not published; {open} open runs closed",
-                    status.as_deref().unwrap_or("?")
+                    "{kind} {:?} without runner_ident ({}); not published; {} open runs of this stream closed",
+                    status.as_deref().unwrap_or("?"),
+                    shown_explanation(&explanation),
+                    idents.len()
                 ),
             ),
         );
@@ -213,11 +275,15 @@ fn handle(
     if let Some(e) = interrupted {
         return Err(e);
     }
+    let terminal = status
+        .as_deref()
+        .is_some_and(|s| TERMINAL_STATUSES.contains(&s));
+    // On statuses only (a run begins with `starting`): events need not take the lock.
+    if status.is_some() {
+        remember_run(config_key(runner_config), &ident, opened && !terminal);
+    }
     if !opened {
-        if status
-            .as_deref()
-            .is_some_and(|s| TERMINAL_STATUSES.contains(&s))
-        {
+        if terminal {
             py.detach(|| emitter().forget(&ident));
         }
         return Ok(lines(report));
@@ -238,6 +304,37 @@ thread_local! {
     static PAYLOAD: std::cell::Cell<Option<Vec<u8>>> = const { std::cell::Cell::new(None) };
 }
 
+fn config_key(runner_config: &Bound<'_, PyAny>) -> usize {
+    runner_config.as_ptr() as usize
+}
+
+/// Keeps (`open`) or drops `ident` among the open runs of the configuration `key`.
+fn remember_run(key: usize, ident: &str, open: bool) {
+    let mut runs = runs_by_config();
+    if open {
+        let idents = runs.entry(key).or_default();
+        if !idents.iter().any(|i| i == ident) {
+            idents.push(ident.to_owned());
+        }
+    } else if let Some(idents) = runs.get_mut(&key) {
+        idents.retain(|i| i != ident);
+        if idents.is_empty() {
+            runs.remove(&key);
+        }
+    }
+}
+
+/// A `job_explanation` as far as its first ':', at most 200 characters: what follows may
+/// quote the worker's stream (`Line with invalid JSON data: {"env": ...}`), secrets and all.
+fn shown_explanation(text: &str) -> String {
+    let head = text.split(':').next().unwrap_or_default().trim();
+    let mut shown: String = head.chars().take(200).collect();
+    if shown.len() < text.trim().len() {
+        shown.push_str(" (the rest not shown)");
+    }
+    shown
+}
+
 fn kind_status(status: &Option<String>) -> Kind<'_> {
     match status {
         Some(s) => Kind::Status(s),
@@ -254,8 +351,13 @@ fn handle_payload(
     payload: &mut Vec<u8>,
     mut report: Report,
 ) -> PyResult<Lines> {
-    ser::dumps_into(data, payload)?;
+    let stage = ser::dumps_into(data, payload)?;
     HANDLED_BYTES.fetch_add(payload.len() as u64, Ordering::Relaxed);
+    if stage == Stage::Failed && !UNSERIALIZABLE_REPORTED.swap(true, Ordering::Relaxed) {
+        report.errors.push(format!(
+            "run {ident}: a message could not be serialized, even by json.dumps(default=str) (a cycle?): published as an error document; later ones are only counted (stats()['dumps_failed'])"
+        ));
+    }
     // The event's uuid: its de-duplication id with JetStream.
     let uuid = match kind {
         Kind::Event => text_item(data, intern!(py, "uuid"))?,
@@ -267,6 +369,15 @@ fn handle_payload(
     report.errors.extend(published.errors);
     report.summary = published.summary;
     Ok(lines(report))
+}
+
+/// Flushes and closes every run still open (each bounded by its flush timeout): for the
+/// interpreter's exit, so that a run that never got its terminal status still delivers
+/// what it queued, or says what it could not.
+#[pyfunction]
+fn close_all(py: Python<'_>) -> Lines {
+    runs_by_config().clear();
+    lines(py.detach(|| emitter().close_all()))
 }
 
 /// Process-wide counters.
@@ -295,6 +406,7 @@ fn native(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_function(wrap_pyfunction!(py_dumps, m)?)?;
     m.add_function(wrap_pyfunction!(handle, m)?)?;
     m.add_function(wrap_pyfunction!(stats, m)?)?;
+    m.add_function(wrap_pyfunction!(close_all, m)?)?;
     m.add("MAX_DEPTH", ser::MAX_DEPTH)?;
     m.add("ABI3", cfg!(feature = "abi3"))?;
     Ok(())

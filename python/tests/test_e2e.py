@@ -230,7 +230,7 @@ def test_server_down_for_the_whole_run(tmp_path):
 @pytest.mark.parametrize(
     "variable, value, expected",
     [
-        ("RUNNER_NATS_HEADERS", "a=b,c", "RUNNER_NATS_HEADERS: item \"c\" is not name=value"),
+        ("RUNNER_NATS_HEADERS", "a=b,c", "RUNNER_NATS_HEADERS: item 2 (not shown) is not name=value"),
         ("RUNNER_NATS_SUBJECT_ID", "te st", "RUNNER_NATS_SUBJECT_ID: \"te st\": contains whitespace"),
         ("RUNNER_NATS_USER_CREDENTIALS", "/nonexistent/app.creds", "RUNNER_NATS_USER_CREDENTIALS: credentials: /nonexistent/app.creds: file not found"),
     ],

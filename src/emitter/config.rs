@@ -622,7 +622,7 @@ fn load_headers(
         }),
     }
     if let Some(list) = env.get("RUNNER_NATS_HEADERS") {
-        for item in list.split(',') {
+        for (place, item) in list.split(',').enumerate() {
             let item = item.trim();
             if item.is_empty() {
                 continue;
@@ -636,7 +636,11 @@ fn load_headers(
                 }
                 _ => issues.push(ConfigIssue {
                     source: "RUNNER_NATS_HEADERS".into(),
-                    problem: format!("item {item:?} is not name=value; that item skipped"),
+                    // Named by its place: a mistyped `Authorization: Bearer ...` is a secret.
+                    problem: format!(
+                        "item {} (not shown) is not name=value; that item skipped",
+                        place + 1
+                    ),
                     disables: false,
                 }),
             }
@@ -775,12 +779,17 @@ fn servers_list(src: &mut Sources<'_>) -> Option<(String, Vec<Result<ServerAddr,
         Value::Array(items) => {
             // Each item whole: a ',' in a password is no separator here.
             let mut parsed = Vec::new();
-            for item in &items {
+            for (place, item) in items.iter().enumerate() {
                 match item.as_str() {
                     Some(s) => parsed.push(s.parse::<ServerAddr>()),
+                    // Only its kind: an object here may well hold a password.
                     None => src.issue(
                         &raw.source,
-                        format!("{item} is not a URL string; that server skipped"),
+                        format!(
+                            "item {} ({}) is not a URL string; that server skipped",
+                            place + 1,
+                            kind(item)
+                        ),
                         false,
                     ),
                 }

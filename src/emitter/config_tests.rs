@@ -163,17 +163,26 @@ fn header_list_parsing() {
     let (text, disables, loaded) = only_issue(&[("RUNNER_NATS_HEADERS", "a=b,c")], None);
     assert_eq!(
         text,
-        "RUNNER_NATS_HEADERS: item \"c\" is not name=value; that item skipped"
+        "RUNNER_NATS_HEADERS: item 2 (not shown) is not name=value; that item skipped"
     );
     assert!(!disables);
     assert_eq!(
         header_pairs(loaded.config.as_ref().unwrap()),
         [("a".into(), "b".into())]
     );
+    // A mistyped header may hold a secret: never shown.
+    let (text, _, _) = only_issue(
+        &[("RUNNER_NATS_HEADERS", "Authorization: Bearer s3cr3t")],
+        None,
+    );
+    assert_eq!(
+        text,
+        "RUNNER_NATS_HEADERS: item 1 (not shown) is not name=value; that item skipped"
+    );
     let (text, _, _) = only_issue(&[("RUNNER_NATS_HEADERS", "=v")], None);
     assert_eq!(
         text,
-        "RUNNER_NATS_HEADERS: item \"=v\" is not name=value; that item skipped"
+        "RUNNER_NATS_HEADERS: item 1 (not shown) is not name=value; that item skipped"
     );
     let (text, _, _) = only_issue(&[("RUNNER_NATS_HEADERS", "bad name=v")], None);
     assert_eq!(
@@ -219,7 +228,7 @@ fn headers_from_settings_merge_under_the_variable() {
     let (text, _, _) = only_issue(&[], Some(json!({"nats_headers": {"a": "x\r\ny"}})));
     assert_eq!(
         text,
-        "nats_headers.a: \"x\\r\\ny\": header value contains CR or LF; that header skipped"
+        "nats_headers.a: \"a\": its value contains CR or LF; that header skipped"
     );
 }
 
@@ -331,7 +340,7 @@ fn unparsable_numbers_keep_the_default_and_say_so() {
         ("RUNNER_NATS_MAX_RECONNECT_ATTEMPTS", "1.5", "RUNNER_NATS_MAX_RECONNECT_ATTEMPTS: \"1.5\" is not a whole number; using the default (forever)"),
         ("RUNNER_NATS_MAX_OUTSTANDING_PINGS", "two", "RUNNER_NATS_MAX_OUTSTANDING_PINGS: \"two\" is not a whole number; using the default (2)"),
         ("RUNNER_MAX_OUTSTANDING_PINGS", "x", "RUNNER_MAX_OUTSTANDING_PINGS: \"x\" is not a whole number; using the default (2)"),
-        ("RUNNER_NATS_FLUSHER_QUEUE_SIZE", "big", "RUNNER_NATS_FLUSHER_QUEUE_SIZE: \"big\" is not a whole number; using the default (8 MiB)"),
+        ("RUNNER_NATS_FLUSHER_QUEUE_SIZE", "big", "RUNNER_NATS_FLUSHER_QUEUE_SIZE: \"big\" is not a whole number; using the default (1 MiB)"),
         ("RUNNER_NATS_PENDING_SIZE", "0", "RUNNER_NATS_PENDING_SIZE: 0 is not a positive size; using the default (8 MiB)"),
         ("RUNNER_NATS_PENDING_SIZE", "-5", "RUNNER_NATS_PENDING_SIZE: -5 is not a positive size; using the default (8 MiB)"),
         ("RUNNER_NATS_PING_INTERVAL", "0", "RUNNER_NATS_PING_INTERVAL: 0 is not an interval; using the default (120 s)"),
@@ -530,6 +539,22 @@ fn creds_file_problems_disable_and_name_the_path() {
         format!("RUNNER_NATS_USER_CREDENTIALS: credentials: {broken}: missing the NATS USER JWT block; emitter disabled")
     );
     assert!(!text.contains(&seed));
+    // A device where a file belongs: refused before a byte is read (/dev/zero would fill
+    // memory, /dev/stdin block the run).
+    for (var, device) in [
+        ("RUNNER_NATS_USER_CREDENTIALS", "/dev/zero"),
+        ("RUNNER_NATS_USER_CREDENTIALS", "/dev/stdin"),
+        ("RUNNER_NATS_NKEYS_SEED", "/dev/zero"),
+        ("RUNNER_NATS_TLS_CA_FILE", "/dev/zero"),
+    ] {
+        let (text, disables, _) = only_issue(&[(var, device)], None);
+        assert!(
+            text.starts_with(&format!("{var}: "))
+                && text.contains(&format!("{device}: not a regular file")),
+            "{text}"
+        );
+        assert!(disables, "{text}");
+    }
     // The setting key works too.
     let loaded = load_with(
         &[],

@@ -337,6 +337,22 @@ impl Emitter {
     /// stream that ended without terminal statuses.
     pub fn close_all(&self) -> Report {
         let entries: Vec<(String, Arc<Mutex<Entry>>)> = self.lock_runs().drain().collect();
+        self.close_entries(entries)
+    }
+
+    /// [`Emitter::close_all`] for the runs named only; the others go on.
+    pub fn close_runs(&self, idents: &[String]) -> Report {
+        let entries: Vec<(String, Arc<Mutex<Entry>>)> = {
+            let mut runs = self.lock_runs();
+            idents
+                .iter()
+                .filter_map(|ident| Some((ident.clone(), runs.remove(ident)?)))
+                .collect()
+        };
+        self.close_entries(entries)
+    }
+
+    fn close_entries(&self, entries: Vec<(String, Arc<Mutex<Entry>>)>) -> Report {
         let mut report = Report::default();
         for (ident, entry) in entries {
             let mut guard = entry.lock().unwrap_or_else(|p| p.into_inner());
@@ -732,10 +748,12 @@ pub fn redact_url_credentials(value: &str) -> Option<String> {
             .next()
             .unwrap_or_default()
             .to_ascii_lowercase();
-        // The authority ends where a path, query, fragment or the next list item begins.
-        let end = after
-            .find(|c: char| "/?#,; \t\n".contains(c))
-            .unwrap_or(after.len());
+        // One item of a list ends at a comma or a line break. Within it, the userinfo
+        // ends at the last '@', which is where `ServerAddr` splits whatever the password
+        // holds ('/', '?', '#', ';', spaces): cut at the first of those instead, and such
+        // a password would be shown. An '@' further on (in a path, a query, a second URL
+        // after a space) redacts more than the password, never less.
+        let end = after.find([',', '\n', '\r']).unwrap_or(after.len());
         let authority = &after[..end];
         match authority.rfind('@') {
             Some(i) => {
@@ -877,6 +895,22 @@ mod tests {
             ("mail me@example.com", None),
             ("://@", None),
             ("x://é:ü@ñ", Some("x://é:********@ñ")),
+            // Passwords that `ServerAddr` accepts, holding what ends an authority elsewhere.
+            (
+                "nats://me:pa/ss@host:4222",
+                Some("nats://me:********@host:4222"),
+            ),
+            ("nats://me:p?ss@host", Some("nats://me:********@host")),
+            ("nats://me:p#ss@host", Some("nats://me:********@host")),
+            ("nats://me:p;ss@host", Some("nats://me:********@host")),
+            ("nats://me:p ss@host", Some("nats://me:********@host")),
+            ("nats://tok/en@host", Some("nats://********@host")),
+            (
+                "nats://a:p/1@h1,nats://b:p 2@h2",
+                Some("nats://a:********@h1,nats://b:********@h2"),
+            ),
+            // An '@' past the authority: more is hidden than the password, never less.
+            ("nats://a:pw@h1 https://x/@y", Some("nats://a:********@y")),
         ];
         for (value, want) in table {
             assert_eq!(redact_url_credentials(value).as_deref(), want, "{value}");

@@ -1,0 +1,188 @@
+"""What the plugin says, and to whom: lines a host's logging must not lose, secrets they
+must not carry, and the runs a broken stream or the interpreter's exit closes. Each case
+runs in a Python of its own (logging and the process-wide emitter are per process), with
+a real nats-server and an independent nats-py subscriber."""
+
+import json
+import subprocess
+import sys
+
+import pytest
+
+from e2e_support import NatsServer, Subscriber, base_env
+
+
+@pytest.fixture
+def server(tmp_path):
+    s = NatsServer(tmp_path)
+    yield s
+    s.stop()
+
+
+def run(code, url, **extra_env):
+    env = base_env(RUNNER_NATS_SUBJECT_ID="rep", RUNNER_NATS_SERVERS=url, **extra_env)
+    proc = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True,
+                          text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    return proc
+
+
+PRELUDE = (
+    "import logging, types, ansible_runner_nats_rs as p\n"
+    "def cfg(**settings):\n"
+    "    return types.SimpleNamespace(settings=settings)\n"
+)
+
+
+def subjects(messages, ident, kind):
+    return [json.loads(m.data) for m in messages
+            if m.subject == f"pub.ansible.runner.rep.{ident}.{kind}"]
+
+
+def test_a_broken_stream_closes_the_runs_of_its_own_configuration_only(server):
+    sub = Subscriber(server.url, "pub.ansible.runner.rep.>")
+    try:
+        secret = "s3cr3t-aws-key"
+        code = PRELUDE + (
+            "a, b = cfg(), cfg()\n"
+            "p.status_handler(a, {'status': 'starting', 'runner_ident': 'broken'})\n"
+            "p.status_handler(b, {'status': 'starting', 'runner_ident': 'healthy'})\n"
+            # What ansible-runner's Processor sends when a worker line is not JSON.
+            "line = '{\"status\": \"starting\", \"env\": {\"AWS_SECRET_ACCESS_KEY\": \"%s\"'\n"
+            "p.status_handler(a, {'status': 'error', 'job_explanation':\n"
+            "    'Line with invalid JSON data: ' + line[:1000]})\n"
+            "p.event_handler(b, {'event': 'runner_on_ok', 'runner_ident': 'healthy'})\n"
+            "p.status_handler(b, {'status': 'successful', 'runner_ident': 'healthy'})\n"
+        ) % secret
+        proc = run(code, server.url)
+        assert secret not in proc.stderr, proc.stderr
+        assert "Line with invalid JSON data (the rest not shown)" in proc.stderr, proc.stderr
+        assert "1 open runs of this stream closed" in proc.stderr, proc.stderr
+        assert "came after the run ended" not in proc.stderr, proc.stderr
+        got = sub.wait_for(4)
+        assert [s["status"] for s in subjects(got, "healthy", "status")] == ["starting", "successful"]
+        assert [e["event"] for e in subjects(got, "healthy", "event")] == ["runner_on_ok"]
+        assert [s["status"] for s in subjects(got, "broken", "status")] == ["starting"]
+    finally:
+        sub.close()
+
+
+def test_a_host_handler_that_raises_costs_its_line_only():
+    code = PRELUDE + (
+        "class Flaky(logging.Handler):\n"
+        "    calls = 0\n"
+        "    def emit(self, record):\n"
+        "        Flaky.calls += 1\n"
+        "        if Flaky.calls == 1:\n"
+        "            raise RuntimeError('log shipper down')\n"
+        "        print('shown:', record.getMessage())\n"
+        "logging.getLogger().addHandler(Flaky())\n"
+        "c = cfg()\n"
+        # Two problems of the configuration, two lines: the first handler call raises.
+        "p.status_handler(c, {'status': 'starting', 'runner_ident': 'flaky'})\n"
+        "p.status_handler(c, {'status': 'failed', 'runner_ident': 'flaky'})\n"
+        "print('failures', p.stats()['handler_failures'])\n"
+    )
+    proc = run(code, "nats://127.0.0.1:1", RUNNER_NATS_CONNECT_TIMEOUT="soon",
+               RUNNER_NATS_PING_INTERVAL="often", RUNNER_NATS_FLUSH_TIMEOUT="0.2")
+    assert "shown: run flaky: RUNNER_NATS_PING_INTERVAL" in proc.stdout, proc.stdout
+    assert "failures 0" in proc.stdout, proc.stdout
+    assert "handler failed" not in proc.stderr, proc.stderr
+
+
+def test_a_host_at_info_sees_the_run_summary_and_a_muted_library_stays_muted(server):
+    at_info = PRELUDE + (
+        "logging.basicConfig(level=logging.INFO)\n"
+        "c = cfg()\n"
+        "p.status_handler(c, {'status': 'starting', 'runner_ident': 'info'})\n"
+        "p.status_handler(c, {'status': 'successful', 'runner_ident': 'info'})\n"
+    )
+    proc = run(at_info, server.url)
+    assert "run info: 2 messages published" in proc.stderr, proc.stderr
+    muted = PRELUDE + (
+        "logging.basicConfig(level=logging.INFO)\n"
+        "logging.getLogger('ansible-runner').setLevel(logging.CRITICAL)\n"
+        "c = cfg()\n"
+        "p.status_handler(c, {'status': 'starting', 'runner_ident': 'muted'})\n"
+    )
+    proc = run(muted, server.url, RUNNER_NATS_HEADERS="a=b,c")
+    assert proc.stderr == "", proc.stderr
+
+
+def test_the_fallback_speaks_when_the_root_handler_filters_our_records_out():
+    code = PRELUDE + (
+        "root = logging.StreamHandler()\n"
+        "root.addFilter(logging.Filter('myapp'))\n"
+        "logging.getLogger().addHandler(root)\n"
+        "p.status_handler(cfg(), {'status': 'starting', 'runner_ident': 'filtered'})\n"
+    )
+    proc = run(code, "nats://127.0.0.1:1", RUNNER_NATS_HEADERS="a=b,c",
+               RUNNER_NATS_FLUSH_TIMEOUT="0.2")
+    assert proc.stderr.count("item 2 (not shown) is not name=value") == 1, proc.stderr
+
+
+def test_an_unserializable_event_is_said_once_and_counted(server):
+    sub = Subscriber(server.url, "pub.ansible.runner.rep.>")
+    try:
+        code = PRELUDE + (
+            "c = cfg()\n"
+            "p.status_handler(c, {'status': 'starting', 'runner_ident': 'cycle'})\n"
+            "for i in range(3):\n"
+            "    e = {'event': 'runner_on_ok', 'runner_ident': 'cycle'}\n"
+            "    e['self'] = e\n"
+            "    p.event_handler(c, e)\n"
+            "p.status_handler(c, {'status': 'successful', 'runner_ident': 'cycle'})\n"
+            "print('failed', p.stats()['dumps_failed'])\n"
+        )
+        proc = run(code, server.url)
+        assert "failed 3" in proc.stdout
+        assert proc.stderr.count("could not be serialized") == 1, proc.stderr
+        events = subjects(sub.wait_for(5), "cycle", "event")
+        assert [e["error"] for e in events] == ["unserializable event"] * 3
+    finally:
+        sub.close()
+
+
+def test_settings_json_cannot_carry_are_ours_only_if_they_are_nats_settings(server):
+    sub = Subscriber(server.url, "pub.ansible.runner.>")
+    try:
+        code = PRELUDE + (
+            # Not ours: ignored. The subject id comes from the settings.
+            "c = cfg(idle_timeout=float('inf'), nats_subject_id='fromsettings')\n"
+            "p.status_handler(c, {'status': 'starting', 'runner_ident': 'inf'})\n"
+            "p.status_handler(c, {'status': 'successful', 'runner_ident': 'inf'})\n"
+            # Ours: said, and ignored.
+            "d = cfg(nats_options={'connect_timeout': float('nan')})\n"
+            "p.status_handler(d, {'status': 'starting', 'runner_ident': 'nan'})\n"
+            "p.status_handler(d, {'status': 'successful', 'runner_ident': 'nan'})\n"
+        )
+        env = base_env(RUNNER_NATS_SERVERS=server.url)
+        proc = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True,
+                              text=True, timeout=120)
+        assert proc.returncode == 0, proc.stderr
+        got = sub.wait_for(2)
+        assert {m.subject for m in got} == {"pub.ansible.runner.fromsettings.inf.status"}
+        assert "run nan: runner settings: the nats_* settings hold a value JSON has no word for" \
+            in proc.stderr, proc.stderr
+    finally:
+        sub.close()
+
+
+def test_a_run_left_open_at_exit_is_flushed_and_said(server):
+    sub = Subscriber(server.url, "pub.ansible.runner.rep.>")
+    try:
+        code = PRELUDE + (
+            "c = cfg()\n"
+            "p.status_handler(c, {'status': 'starting', 'runner_ident': 'open'})\n"
+            "for i in range(100):\n"
+            "    p.event_handler(c, {'event': 'runner_on_ok', 'runner_ident': 'open',\n"
+            "                        'counter': i, 'stdout': 'x' * 1000})\n"
+            # No terminal status: ansible-runner raised, or was interrupted.
+        )
+        proc = run(code, server.url)
+        assert "run open ended without a terminal status; closed with 101 messages published" \
+            in proc.stderr, proc.stderr
+        got = sub.wait_for(101)
+        assert len(subjects(got, "open", "event")) == 100
+    finally:
+        sub.close()
