@@ -146,12 +146,13 @@ fn settings_json(
     }
 }
 
-fn hostname(py: Python<'_>) -> PyResult<String> {
+/// The host name, `None` when Python cannot tell it (or it is not text).
+fn hostname(py: Python<'_>) -> PyResult<Option<String>> {
     let name = py
         .import("socket")
         .and_then(|m| m.call_method0("gethostname"))
         .and_then(|h| h.extract::<String>());
-    Ok(ordinary(py, name)?.unwrap_or_else(|| "localhost".into()))
+    ordinary(py, name)
 }
 
 fn load_config(py: Python<'_>, runner_config: &Bound<'_, PyAny>) -> PyResult<Loaded> {
@@ -167,7 +168,15 @@ fn load_config(py: Python<'_>, runner_config: &Bound<'_, PyAny>) -> PyResult<Loa
             .and_then(|v| v.as_str())
             == Some("hostname");
     let host = if needs_host {
-        hostname(py)?
+        hostname(py)?.unwrap_or_else(|| {
+            // Said: `localhost` may well be another host's subject id too.
+            issues.push(ConfigIssue {
+                source: "subject id \"hostname\"".into(),
+                problem: "socket.gethostname() failed or gave no text; using localhost".into(),
+                disables: false,
+            });
+            "localhost".into()
+        })
     } else {
         String::new()
     };

@@ -186,3 +186,27 @@ def test_a_run_left_open_at_exit_is_flushed_and_said(server):
         assert len(subjects(got, "open", "event")) == 100
     finally:
         sub.close()
+
+
+def test_a_host_name_python_cannot_tell_is_said_not_silently_localhost(server):
+    sub = Subscriber(server.url, "pub.ansible.runner.>")
+    try:
+        code = PRELUDE + (
+            "import socket\n"
+            "def broken():\n"
+            "    raise OSError('no name')\n"
+            "socket.gethostname = broken\n"
+            "c = cfg()\n"
+            "p.status_handler(c, {'status': 'starting', 'runner_ident': 'nohost'})\n"
+            "p.status_handler(c, {'status': 'successful', 'runner_ident': 'nohost'})\n"
+        )
+        env = base_env(RUNNER_NATS_SUBJECT_ID="hostname", RUNNER_NATS_SERVERS=server.url)
+        proc = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True,
+                              text=True, timeout=120)
+        assert proc.returncode == 0, proc.stderr
+        assert ("run nohost: subject id \"hostname\": socket.gethostname() failed or gave no "
+                "text; using localhost") in proc.stderr, proc.stderr
+        got = sub.wait_for(2)
+        assert {m.subject for m in got} == {"pub.ansible.runner.localhost.nohost.status"}
+    finally:
+        sub.close()
