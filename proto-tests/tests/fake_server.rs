@@ -1056,3 +1056,33 @@ fn close_is_bounded_by_its_timeout_while_a_connect_waits_for_info() {
     server.join().unwrap();
     assert!(started.elapsed() < Duration::from_secs(5));
 }
+
+#[test]
+fn a_server_that_streams_a_message_during_the_handshake_is_refused_at_once() {
+    let (url, server) = fake_server(|mut conn| {
+        // A "message" of 100 GB as the first operation, and then data without end: the
+        // client must not buffer until its connect timeout.
+        let _ = conn.stream.write_all(b"MSG a 1 99999999999\r\n");
+        let junk = vec![b'x'; 64 * 1024];
+        while conn.stream.write_all(&junk).is_ok() {}
+    });
+    let started = Instant::now();
+    let err = Options::new()
+        .servers(&url)
+        .unwrap()
+        .connect_timeout(Duration::from_secs(20))
+        .max_control_line(4096)
+        .connect()
+        .unwrap_err();
+    assert!(
+        err.to_string()
+            .contains("more than a control line during the handshake"),
+        "{err}"
+    );
+    assert!(
+        started.elapsed() < Duration::from_secs(10),
+        "{:?}",
+        started.elapsed()
+    );
+    server.join().unwrap();
+}

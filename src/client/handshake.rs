@@ -186,8 +186,18 @@ fn read_op(
             ));
         }
         buf.extend_from_slice(chunk.get(..n).unwrap_or_default());
+        // Everything a server says before our subscriptions exist is a control line: a
+        // "message" that keeps the buffer growing is no NATS server's.
+        if buf.len() > opts.max_control_line.saturating_add(HANDSHAKE_SLACK) {
+            return Err(Error::Protocol(ProtoError::BadArguments(
+                "the server sent more than a control line during the handshake without completing an operation",
+            )));
+        }
     }
 }
+
+/// What the handshake buffers beyond `max_control_line` before giving up on the server.
+const HANDSHAKE_SLACK: usize = 64 * 1024;
 
 /// Builds our CONNECT for this server, signing its nonce where the auth needs it.
 fn connect_info(opts: &Options, addr: &ServerAddr, info: &ServerInfo) -> Result<ConnectInfo> {
