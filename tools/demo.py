@@ -8,7 +8,7 @@ import asyncio
 import json
 import os
 import shutil
-import socket
+import signal
 import subprocess
 import sys
 import tempfile
@@ -20,23 +20,26 @@ ROOT = Path(__file__).resolve().parent.parent
 VENV_BIN = ROOT / ".venv" / "bin"
 EXAMPLE = ROOT / "python" / "examples" / "demo"
 SUBJECT_ID = "demo"
+RUN_TIMEOUT = 300  # seconds: the playbook takes a few
+STOP_GRACE = 15  # seconds ansible-runner gets to cancel its playbook before it is killed
+
+# nats-server is started the way the end-to-end tests start it (on a port it picks itself).
+sys.path.insert(0, str(ROOT / "python" / "tests"))
+from e2e_support import NatsServerError, start_nats_server  # noqa: E402
+
+SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
 
 
-def free_port():
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+def on_signal(signum, _frame):
+    """Ctrl-C, SIGTERM and SIGHUP become a normal exit, so that every `finally` below runs."""
+    print(f"\ndemo: {signal.Signals(signum).name}, cleaning up", file=sys.stderr, flush=True)
+    raise SystemExit(128 + signum)
 
 
-def wait_port(port, timeout=10.0):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        try:
-            with socket.create_connection(("127.0.0.1", port), timeout=0.5):
-                return
-        except OSError:
-            time.sleep(0.05)
-    raise SystemExit(f"nats-server did not listen on port {port} within {timeout}s")
+def cleaning_up():
+    """Once cleanup has begun, a second signal must not cut it short (it is bounded)."""
+    for sig in SIGNALS:
+        signal.signal(sig, signal.SIG_IGN)
 
 
 class Subscriber:
@@ -47,6 +50,7 @@ class Subscriber:
         self.cond = threading.Condition()
         self.ready = threading.Event()
         self.url, self.subject = url, subject
+        self.closing = False
         self.loop = asyncio.new_event_loop()
         self.thread = threading.Thread(target=self.loop.run_forever, daemon=True)
         self.thread.start()
@@ -55,7 +59,16 @@ class Subscriber:
     async def _start(self):
         import nats
 
-        self.nc = await nats.connect(self.url)
+        # One line per problem (nats-py's default is a traceback), none for our own close().
+        async def on_error(e):
+            if not self.closing:
+                print(f"subscriber: {type(e).__name__}: {e}", file=sys.stderr, flush=True)
+
+        async def on_disconnected():
+            if not self.closing:
+                print("subscriber: disconnected", file=sys.stderr, flush=True)
+
+        self.nc = await nats.connect(self.url, error_cb=on_error, disconnected_cb=on_disconnected)
 
         async def on_msg(msg):
             with self.cond:
@@ -77,6 +90,7 @@ class Subscriber:
             return list(self.messages)
 
     def close(self):
+        self.closing = True
         asyncio.run_coroutine_threadsafe(self.nc.close(), self.loop).result(10)
         self.loop.call_soon_threadsafe(self.loop.stop)
 
@@ -94,25 +108,37 @@ def show(msg):
 
 
 def main():
-    nats_server = VENV_BIN / "nats-server"
-    if not nats_server.exists():
-        raise SystemExit(f"{nats_server} not found: run `make setup`")
-    port = free_port()
-    url = f"nats://127.0.0.1:{port}"
+    for sig in SIGNALS:
+        signal.signal(sig, on_signal)
+    if not (VENV_BIN / "nats-server").exists():
+        raise SystemExit(f"{VENV_BIN / 'nats-server'} not found: run `make setup`")
     workdir = Path(tempfile.mkdtemp(prefix="arn-demo-"))
-    server = subprocess.Popen(
-        [str(nats_server), "-a", "127.0.0.1", "-p", str(port)],
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
-    sub = None
     try:
-        wait_port(port)
-        print(f"nats-server {url} (pid {server.pid}); subscribing to pub.ansible.runner.>\n")
+        try:
+            server, ports = start_nats_server([], workdir / "nats")
+        except NatsServerError as e:
+            print(f"demo: {e}", file=sys.stderr)
+            return 1
+        try:
+            return demo(workdir, ports["nats"][0], server.pid)
+        finally:
+            cleaning_up()
+            server.kill()
+            server.wait()
+    finally:
+        cleaning_up()
+        shutil.rmtree(workdir, ignore_errors=True)
+
+
+def demo(workdir, url, server_pid):
+    print(f"nats-server {url} (pid {server_pid}); subscribing to pub.ansible.runner.>\n")
+    sub = run = None
+    try:
         sub = Subscriber(url, "pub.ansible.runner.>")
         private = workdir / "demo"
         shutil.copytree(EXAMPLE, private)
-        env = dict(os.environ)
+        # The user's own RUNNER_NATS_* settings are not the demo's.
+        env = {k: v for k, v in os.environ.items() if not k.startswith("RUNNER_NATS_")}
         env["PATH"] = f"{VENV_BIN}{os.pathsep}{env.get('PATH', '')}"
         env.update(
             RUNNER_NATS_SUBJECT_ID=SUBJECT_ID,
@@ -120,49 +146,64 @@ def main():
             RUNNER_NATS_HEADERS="producer=ansible-runner-nats-rs",
             ANSIBLE_PYTHON_INTERPRETER=str(VENV_BIN / "python"),
         )
+        stderr_path = workdir / "ansible-runner.stderr"
         started = time.monotonic()
-        run = subprocess.run(
-            [str(VENV_BIN / "ansible-runner"), "run", str(private), "-p", "site.yml",
-             "--ident", "demo-run"],
-            env=env,
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.PIPE,
-            text=True,
-        )
+        with open(stderr_path, "wb") as stderr:
+            # Its own session: a signal reaches it only through us (terminate below), which
+            # ansible-runner answers by canceling the playbook and ending its processes.
+            run = subprocess.Popen(
+                [str(VENV_BIN / "ansible-runner"), "run", str(private), "-p", "site.yml",
+                 "--ident", "demo-run"],
+                env=env,
+                stdin=subprocess.DEVNULL,
+                stdout=subprocess.DEVNULL,
+                stderr=stderr,
+                start_new_session=True,
+            )
+        try:
+            rc = run.wait(timeout=RUN_TIMEOUT)
+        except subprocess.TimeoutExpired:
+            print(f"demo: ansible-runner did not finish within {RUN_TIMEOUT} s", file=sys.stderr)
+            return 1
         took = time.monotonic() - started
-        if run.stderr.strip():
-            print("\nansible-runner stderr:\n" + run.stderr)
-        events_dir = private / "artifacts" / "demo-run" / "job_events"
-        files = sorted(events_dir.glob("*.json"))
+        err = stderr_path.read_text(errors="replace").strip()
+        if err:
+            print("\nansible-runner stderr:\n" + err)
+        artifacts = private / "artifacts" / "demo-run"
+        files = sorted((artifacts / "job_events").glob("*.json"))
+        status_file = artifacts / "status"
+        status = status_file.read_text().strip() if status_file.exists() else "no status written"
         expected = len(files) + 3  # + starting, running and the terminal status
-        got = sub.wait_for(expected, timeout=10)
-        status = (private / "artifacts" / "demo-run" / "status").read_text().strip()
+        got = sub.wait_for(expected, timeout=10 if files else 2)
+        events = {json.loads(f.read_text())["uuid"]: json.loads(f.read_text()) for f in files}
         by_uuid = {}
         for m in got:
             if m.subject.endswith(".event"):
-                by_uuid.setdefault(json.loads(m.data).get("uuid"), []).append(m)
-        matched = sum(
-            1
-            for f in files
-            if len(by_uuid.get(json.loads(f.read_text())["uuid"], [])) == 1
-            and json.loads(by_uuid[json.loads(f.read_text())["uuid"]][0].data)
-            == json.loads(f.read_text())
-        )
+                by_uuid.setdefault(json.loads(m.data).get("uuid"), []).append(json.loads(m.data))
+        matched = sum(1 for uuid, event in events.items() if by_uuid.get(uuid) == [event])
         statuses = [json.loads(m.data)["status"] for m in got if m.subject.endswith(".status")]
         print(
-            f"\nplaybook: {status}, rc {run.returncode}, {took:.1f} s\n"
+            f"\nplaybook: {status}, rc {rc}, {took:.1f} s\n"
             f"arrived: {len(got)} messages ({len(got) - len(statuses)} events, statuses {statuses})\n"
             f"job_events artifacts: {len(files)}; {matched} of them arrived exactly once with equal JSON"
         )
-        ok = matched == len(files) and len(got) == expected
+        ok = rc == 0 and bool(files) and matched == len(files) and len(got) == expected
         print("all events delivered" if ok else "MISMATCH: see above")
         return 0 if ok else 1
     finally:
+        cleaning_up()
+        if run is not None and run.poll() is None:
+            run.terminate()
+            try:
+                run.wait(timeout=STOP_GRACE)
+            except subprocess.TimeoutExpired:
+                run.kill()
+                run.wait()
         if sub is not None:
-            sub.close()
-        server.kill()
-        server.wait()
-        shutil.rmtree(workdir, ignore_errors=True)
+            try:
+                sub.close()
+            except Exception as e:  # the server is stopped next either way
+                print(f"subscriber: close: {type(e).__name__}: {e}", file=sys.stderr)
 
 
 if __name__ == "__main__":

@@ -7,7 +7,11 @@
 # as fuzz/regressions/<target>/<name> once fixed: `cargo test` replays both directories.
 set -euo pipefail
 cd "$(dirname "$0")/../fuzz"
-command -v cargo-fuzz >/dev/null || cargo install cargo-fuzz --locked
+# Pinned (builds with Rust 1.95); another installed version is replaced by this one.
+cargo_fuzz_version=0.13.2
+if [ "$(cargo fuzz --version 2>/dev/null)" != "cargo-fuzz $cargo_fuzz_version" ]; then
+  cargo install cargo-fuzz --version "$cargo_fuzz_version" --locked
+fi
 target=${1:?usage: tools/fuzz.sh <target|all> <seconds>}
 seconds=${2:?usage: tools/fuzz.sh <target|all> <seconds>}
 if [ "$target" = all ]; then

@@ -1,8 +1,8 @@
 """What the Python benchmarks share: a nats-server of their own and a counting subscriber."""
 
-import socket
 import subprocess
 import sys
+import tempfile
 import time
 from contextlib import contextmanager
 from pathlib import Path
@@ -12,30 +12,21 @@ ROOT = Path(__file__).resolve().parents[2]
 # entry point (also named `nats`) would be loaded by every ansible-runner of the tests too.
 PEER_DEPS = ROOT / "bench" / ".deps"
 
+# nats-server is started the way the end-to-end tests start it (on a port it picks itself).
+sys.path.insert(0, str(ROOT / "python" / "tests"))
+from e2e_support import start_nats_server  # noqa: E402
+
 
 @contextmanager
 def nats_server():
-    """Yields the URL of a fresh nats-server on a free loopback port."""
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    binary = ROOT / ".venv" / "bin" / "nats-server"
-    server = subprocess.Popen([str(binary), "-a", "127.0.0.1", "-p", str(port)],
-                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    try:
-        deadline = time.monotonic() + 10
-        while True:
-            try:
-                socket.create_connection(("127.0.0.1", port), timeout=0.2).close()
-                break
-            except OSError:
-                if time.monotonic() > deadline:
-                    raise
-                time.sleep(0.05)
-        yield f"nats://127.0.0.1:{port}"
-    finally:
-        server.kill()
-        server.wait()
+    """Yields the URL of a fresh nats-server on a loopback port of its own choosing."""
+    with tempfile.TemporaryDirectory(prefix="arn-bench-nats-") as tmp:
+        server, ports = start_nats_server([], tmp)
+        try:
+            yield ports["nats"][0]
+        finally:
+            server.kill()
+            server.wait()
 
 
 COUNTER = ROOT / "bench" / "target" / "release" / "arn-bench"

@@ -7,6 +7,7 @@ import shutil
 import socket
 import subprocess
 import sys
+import tempfile
 import threading
 import time
 from pathlib import Path
@@ -25,6 +26,8 @@ def nats_server_bin():
 
 
 def free_port():
+    """A port free at the moment of asking (only for a URL nothing is meant to listen on, or a
+    port that must be written into a configuration before its server starts)."""
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
@@ -38,23 +41,95 @@ def wait_until(timeout, what, cond, step=0.02):
         time.sleep(step)
 
 
-def port_open(port):
+class NatsServerError(RuntimeError):
+    """nats-server exited or did not get ready; the message ends with the tail of its log."""
+
+
+def url_port(url):
+    return int(url.rsplit(":", 1)[1])
+
+
+def start_nats_server(args, directory, port=None, timeout=10):
+    """Starts nats-server with `args` on 127.0.0.1, on `port` or, when None, on a port the server
+    picks itself (`-p -1`), logging to `directory`/server.log. Returns the process and the server's
+    own ports file (`--ports_file_dir`: {"nats": [url], "monitoring": [url], ...}, written once
+    every listener is up) after a client connection got its INFO line. Fails with
+    NatsServerError, showing the log's tail, as soon as the server exits (a port in use, a bad
+    configuration) or after `timeout` seconds."""
+    directory = Path(directory)
+    ports_dir = directory / "ports"
+    shutil.rmtree(ports_dir, ignore_errors=True)
+    ports_dir.mkdir(parents=True)
+    log_path = directory / "server.log"
+    cmd = [str(nats_server_bin()), *args, "-a", "127.0.0.1", "-p", str(port or -1),
+           "--ports_file_dir", str(ports_dir)]
+    with open(log_path, "ab") as log:
+        proc = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=log, stderr=log)
+
+    def fail(why):
+        if proc.poll() is None:
+            proc.kill()
+        proc.wait()
+        tail = log_path.read_text(errors="replace").splitlines()[-15:]
+        raise NatsServerError(f"nats-server {why} ({log_path}):\n" + "\n".join(tail))
+
+    deadline = time.monotonic() + timeout
+    ports = None
     try:
-        with socket.create_connection(("127.0.0.1", port), timeout=0.2):
-            return True
+        while True:
+            if proc.poll() is not None:
+                fail(f"exited with status {proc.returncode}")
+            if ports is None:
+                ports = _ports_file(ports_dir, proc.pid)
+            if ports is not None and _sends_info(url_port(ports["nats"][0])):
+                return proc, ports
+            if time.monotonic() > deadline:
+                fail(f"not ready after {timeout}s")
+            time.sleep(0.02)
+    except BaseException:  # an interrupt as well: no server is left behind
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+        raise
+
+
+def _ports_file(ports_dir, pid):
+    import json
+
+    for path in Path(ports_dir).glob(f"*_{pid}.ports"):
+        try:
+            return json.loads(path.read_text())
+        except (OSError, ValueError):  # not (completely) written yet
+            return None
+    return None
+
+
+def _sends_info(port):
+    try:
+        with socket.create_connection(("127.0.0.1", port), timeout=1) as s:
+            line = b""
+            while b"\r\n" not in line and len(line) < 65536:
+                chunk = s.recv(4096)
+                if not chunk:
+                    break
+                line += chunk
+            return line.startswith(b"INFO ")
     except OSError:
         return False
 
 
 class NatsServer:
-    """A nats-server on a free loopback port with a generated config; killed on stop()."""
+    """A nats-server with a generated config on a loopback port of its own choosing (or `port`);
+    killed on stop(), and on the same port again after start()."""
 
     def __init__(self, tmp_path, extra="", port=None):
-        self.port = port or free_port()
-        self.dir = Path(tmp_path) / f"nats-{self.port}"
-        self.dir.mkdir(parents=True, exist_ok=True)
+        self.port = port
+        self.http = None
+        Path(tmp_path).mkdir(parents=True, exist_ok=True)
+        self.dir = Path(tempfile.mkdtemp(prefix="nats-", dir=tmp_path))
         self.conf = self.dir / "server.conf"
-        self.conf.write_text(f'listen: "127.0.0.1:{self.port}"\n{extra}\n')
+        # The port given on the command line wins (see start_nats_server).
+        self.conf.write_text(f'listen: "127.0.0.1:-1"\n{extra}\n')
         self.proc = None
         self.start()
 
@@ -63,11 +138,10 @@ class NatsServer:
         return f"nats://127.0.0.1:{self.port}"
 
     def start(self):
-        log = open(self.dir / "server.log", "ab")
-        self.proc = subprocess.Popen(
-            [str(nats_server_bin()), "-c", str(self.conf)], stdout=log, stderr=log
-        )
-        wait_until(10, f"nats-server on {self.port}", lambda: port_open(self.port))
+        self.proc, ports = start_nats_server(["-c", str(self.conf)], self.dir, port=self.port)
+        self.port = url_port(ports["nats"][0])
+        if ports.get("monitoring"):
+            self.http = url_port(ports["monitoring"][0])
 
     def stop(self):
         if self.proc and self.proc.poll() is None:
@@ -239,20 +313,27 @@ def http_json(port, path):
         return json.loads(r.read())
 
 
-def two_node_cluster(tmp_path):
-    """Nodes A and B routed to each other, not advertising each other to clients."""
-    ports = {n: (free_port(), free_port(), free_port()) for n in "AB"}  # client, cluster, http
-    nodes = {}
-    for name, other in (("A", "B"), ("B", "A")):
-        client, cluster, http = ports[name]
-        extra = (
-            f"server_name: {name}\nhttp: \"127.0.0.1:{http}\"\n"
-            f"cluster {{\n  name: e2e\n  listen: \"127.0.0.1:{cluster}\"\n  no_advertise: true\n"
-            f"  routes = [\"nats-route://127.0.0.1:{ports[other][1]}\"]\n}}\n"
-        )
-        nodes[name] = NatsServer(tmp_path, extra=extra, port=client)
-        nodes[name].http = http
-    return nodes["A"], nodes["B"]
+def two_node_cluster(tmp_path, attempts=3):
+    """Nodes A and B routed to each other, not advertising each other to clients. Client and
+    monitoring (`.http`) ports are the servers' own choice; each route port must be in the other's
+    configuration beforehand, so those are picked here, and picked again should one be taken."""
+    for attempt in range(attempts):
+        cluster = {n: free_port() for n in "AB"}
+        nodes = {}
+        try:
+            for name, other in (("A", "B"), ("B", "A")):
+                extra = (
+                    f'server_name: {name}\nhttp: "127.0.0.1:-1"\n'
+                    f'cluster {{\n  name: e2e\n  listen: "127.0.0.1:{cluster[name]}"\n  no_advertise: true\n'
+                    f'  routes = ["nats-route://127.0.0.1:{cluster[other]}"]\n}}\n'
+                )
+                nodes[name] = NatsServer(tmp_path, extra=extra)
+            return nodes["A"], nodes["B"]
+        except NatsServerError:
+            for node in nodes.values():
+                node.stop()
+            if attempt == attempts - 1:
+                raise
 
 
 def routed_interest(node, subject):

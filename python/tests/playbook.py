@@ -6,6 +6,7 @@
 import glob
 import json
 import os
+import shlex
 import sys
 import tempfile
 
@@ -39,7 +40,7 @@ def run_playbook(private_data_dir, **kwargs):
     r = ansible_runner.run(
         private_data_dir=private_data_dir,
         playbook="site.yml",
-        inventory="localhost ansible_connection=local ansible_python_interpreter=" + sys.executable,
+        inventory="localhost ansible_connection=local ansible_python_interpreter=" + shlex.quote(sys.executable),
         envvars=envvars,
         quiet=True,
         **kwargs,

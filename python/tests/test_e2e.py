@@ -289,7 +289,9 @@ def test_wheel_installs_into_a_fresh_virtualenv(tmp_path):
     venv = tmp_path / "fresh"
     subprocess.run([sys.executable, "-m", "venv", str(venv)], check=True, timeout=120)
     pip = subprocess.run(
-        [str(venv / "bin" / "python"), "-m", "pip", "install", "--quiet", str(wheels[0]), "ansible-runner==2.4.3"],
+        [str(venv / "bin" / "python"), "-m", "pip", "install", "--quiet",
+         "-c", str(Path(__file__).resolve().parents[2] / "tools" / "constraints.txt"),
+         str(wheels[0]), "ansible-runner==2.4.3"],
         capture_output=True, text=True, timeout=600,
     )
     assert pip.returncode == 0, pip.stderr
