@@ -7,6 +7,12 @@
 /// a byte loop.
 #[inline(always)]
 pub fn short_word(s: &[u8], pad: u8) -> u64 {
+    // Longer input would lose its middle bytes: the two loads cover 8 bytes at most.
+    debug_assert!(
+        s.len() < 8,
+        "short_word takes fewer than 8 bytes, got {}",
+        s.len()
+    );
     let n = s.len();
     let w = if n >= 4 {
         let lo = u64::from(u32::from_le_bytes([s[0], s[1], s[2], s[3]]));

@@ -735,50 +735,101 @@ pub fn looks_secret(name: &str) -> bool {
 
 /// `value` with the credentials of the URLs in it redacted (`nats://me:pw@host` becomes
 /// `nats://me:********@host`; a bare `nats://` or `tls://` userinfo is a token and goes
-/// whole), or `None` when it holds none.
+/// whole; a schemeless `me:pw@host` becomes `me:********@host`), or `None` when it holds
+/// none.
+///
+/// `ServerAddr` takes a URL's userinfo up to its last '@', whatever the password holds
+/// (`/`, `?`, `#`, `,`, spaces, line breaks), so this does too: a URL's part runs to where
+/// the next URL begins (a scheme at the start, or after a space or a comma), and
+/// its userinfo to the last '@' in it. An '@' further on (in a path, a query, an e-mail
+/// address after the URL) redacts more than the password, never less. Text before the
+/// first URL with a ':' before an '@' has everything from that ':' to the last '@'
+/// redacted. A schemeless token (`t0ken@host`)
+/// looks like an e-mail address and is left alone here; [`redact_env`] hides it in the
+/// server list itself.
 pub fn redact_url_credentials(value: &str) -> Option<String> {
-    let mut out = String::with_capacity(value.len());
-    let mut rest = value;
-    let mut changed = false;
-    while let Some(at) = rest.find("://") {
-        let (before, after) = rest.split_at(at + 3);
-        out.push_str(before);
-        let scheme = before[..at]
-            .rsplit(|c: char| !c.is_ascii_alphanumeric() && !"+-.".contains(c))
-            .next()
-            .unwrap_or_default()
-            .to_ascii_lowercase();
-        // One item of a list ends at a comma or a line break. Within it, the userinfo
-        // ends at the last '@', which is where `ServerAddr` splits whatever the password
-        // holds ('/', '?', '#', ';', spaces): cut at the first of those instead, and such
-        // a password would be shown. An '@' further on (in a path, a query, a second URL
-        // after a space) redacts more than the password, never less.
-        let end = after.find([',', '\n', '\r']).unwrap_or(after.len());
-        let authority = &after[..end];
-        match authority.rfind('@') {
-            Some(i) => {
-                let userinfo = &authority[..i];
-                match userinfo.split_once(':') {
-                    Some((user, _)) => {
-                        out.push_str(user);
-                        out.push(':');
-                        out.push_str(REDACTED);
-                        changed = true;
-                    }
-                    None if matches!(scheme.as_str(), "nats" | "tls") => {
-                        out.push_str(REDACTED);
-                        changed = true;
-                    }
-                    None => out.push_str(userinfo),
-                }
-                out.push_str(&authority[i..]);
-            }
-            None => out.push_str(authority),
+    // Each URL: where its scheme begins and where its "://" is.
+    let mut urls = Vec::new();
+    let mut from = 0;
+    while let Some(i) = value.get(from..).and_then(|r| r.find("://")) {
+        let at = from + i;
+        let bytes = value.as_bytes();
+        let mut start = at;
+        while start > from
+            && bytes
+                .get(start - 1)
+                .is_some_and(|b| b.is_ascii_alphanumeric() || b"+-.".contains(b))
+        {
+            start -= 1;
         }
-        rest = &after[end..];
+        from = at + 3;
+        // A URL begins with a scheme at the start of the text or after a space or a comma
+        // (a list); any other "://" (`nats://x://me:pw@h`, `"nats://...`) is part of the
+        // text around it, whose ':'..'@' goes (see `redact_schemeless`).
+        let begins = start < at
+            && (start == 0
+                || bytes
+                    .get(start - 1)
+                    .is_some_and(|b| b.is_ascii_whitespace() || *b == b','));
+        if begins {
+            urls.push((start, at));
+        }
     }
-    out.push_str(rest);
+    let mut out = String::with_capacity(value.len() + 8);
+    let head_end = urls.first().map_or(value.len(), |&(start, _)| start);
+    let mut changed = redact_schemeless(&value[..head_end], &mut out);
+    for (k, &(start, at)) in urls.iter().enumerate() {
+        let next = urls.get(k + 1).map_or(value.len(), |&(s, _)| s);
+        out.push_str(&value[start..at + 3]);
+        let scheme = value[start..at].to_ascii_lowercase();
+        changed |= redact_userinfo(&value[at + 3..next], &scheme, &mut out);
+    }
     changed.then_some(out)
+}
+
+/// The part of a URL after its "://", its userinfo redacted, appended to `out`.
+fn redact_userinfo(part: &str, scheme: &str, out: &mut String) -> bool {
+    let Some(i) = part.rfind('@') else {
+        out.push_str(part);
+        return false;
+    };
+    let userinfo = &part[..i];
+    let changed = match userinfo.split_once(':') {
+        Some((user, _)) => {
+            out.push_str(user);
+            out.push(':');
+            out.push_str(REDACTED);
+            true
+        }
+        None if matches!(scheme, "nats" | "tls") => {
+            out.push_str(REDACTED);
+            true
+        }
+        None => {
+            out.push_str(userinfo);
+            false
+        }
+    };
+    out.push_str(&part[i..]);
+    changed
+}
+
+/// Text without a scheme, appended to `out` with everything from its first ':' to its last
+/// '@' redacted, if the ':' comes first. Not split at line breaks or quotes: `ServerAddr`
+/// takes those inside a password too.
+fn redact_schemeless(text: &str, out: &mut String) -> bool {
+    match (text.find(':'), text.rfind('@')) {
+        (Some(colon), Some(at)) if colon < at => {
+            out.push_str(&text[..=colon]);
+            out.push_str(REDACTED);
+            out.push_str(&text[at..]);
+            true
+        }
+        _ => {
+            out.push_str(text);
+            false
+        }
+    }
 }
 
 /// The status payload with secret-looking `env` values replaced, or `None` when there
@@ -797,7 +848,13 @@ pub fn redact_env(payload: &[u8]) -> Option<Vec<u8>> {
                 *v = Value::String(REDACTED.into());
                 changed = true;
             }
-        } else if let Some(redacted) = v.as_str().and_then(redact_url_credentials) {
+        } else if let Some(redacted) = v.as_str().and_then(|text| {
+            if name == "RUNNER_NATS_SERVERS" {
+                redact_server_list(text)
+            } else {
+                redact_url_credentials(text)
+            }
+        }) {
             *v = Value::String(redacted);
             changed = true;
         }
@@ -806,6 +863,32 @@ pub fn redact_env(payload: &[u8]) -> Option<Vec<u8>> {
         return None;
     }
     serde_json::to_vec(&value).ok()
+}
+
+/// Our own server list with every userinfo hidden: a schemeless `t0ken@host` is a token
+/// here, not an e-mail address, and a ',' inside a secret (which the list refuses) cuts it
+/// into items that each hide their part before an '@'.
+fn redact_server_list(list: &str) -> Option<String> {
+    let mut changed = false;
+    let items: Vec<String> = list
+        .split(',')
+        .map(|item| {
+            let Some(at) = item.rfind('@') else {
+                return item.to_owned();
+            };
+            changed = true;
+            let userinfo_start = item
+                .find("://")
+                .map_or_else(|| item.len() - item.trim_start().len(), |i| i + 3);
+            let start = userinfo_start.min(at);
+            // A user name stays, as in any URL; a token goes whole.
+            let user = item[start..at]
+                .split_once(':')
+                .map_or(String::new(), |(user, _)| format!("{user}:"));
+            format!("{}{user}{REDACTED}{}", &item[..start], &item[at..])
+        })
+        .collect();
+    changed.then(|| items.join(","))
 }
 
 /// Values longer than this are replaced when an event is truncated.
@@ -893,7 +976,11 @@ mod tests {
             ("nats://host:4222", None),
             ("/usr/bin:/bin", None),
             ("mail me@example.com", None),
-            ("://@", None),
+            // Nothing secret either way; more hidden rather than less.
+            ("://@", Some(":********@")),
+            // A "://" inside a URL's userinfo is no new URL.
+            ("nats://x://me:pw@h", Some("nats://x:********@h")),
+            ("NATS://://me:pw@t/", Some("NATS://:********@t/")),
             ("x://é:ü@ñ", Some("x://é:********@ñ")),
             // Passwords that `ServerAddr` accepts, holding what ends an authority elsewhere.
             (
@@ -909,11 +996,51 @@ mod tests {
                 "nats://a:p/1@h1,nats://b:p 2@h2",
                 Some("nats://a:********@h1,nats://b:********@h2"),
             ),
-            // An '@' past the authority: more is hidden than the password, never less.
-            ("nats://a:pw@h1 https://x/@y", Some("nats://a:********@y")),
+            // An '@' in the next URL is that URL's.
+            (
+                "nats://a:pw@h1 https://x/@y",
+                Some("nats://a:********@h1 https://x/@y"),
+            ),
+            // A ',' inside the password or token (which `ServerAddr` takes whole).
+            (
+                "nats://me:hunter,22@host:4222",
+                Some("nats://me:********@host:4222"),
+            ),
+            (
+                "  nats://me,hunter22@[::1]:4222  ",
+                Some("  nats://********@[::1]:4222  "),
+            ),
+            // Without a scheme.
+            ("me:password@host", Some("me:********@host")),
+            ("h1:4222,me:p,w@h2", Some("h1:********@h2")),
+            // More than the password goes rather than a part of it: `ServerAddr` takes a
+            // quote or a line break inside a password too.
+            ("\"a\": \"me:pw@db\"", Some("\"a\":********@db\"")),
+            ("tls:os\n0ken@host", Some("tls:********@host")),
+            ("nats://me:pa\nss@host", Some("nats://me:********@host")),
+            ("mailto me@example.com", None),
         ];
         for (value, want) in table {
             assert_eq!(redact_url_credentials(value).as_deref(), want, "{value}");
+        }
+    }
+
+    #[test]
+    fn our_server_list_hides_every_userinfo() {
+        use super::redact_server_list;
+        let table = [
+            (
+                "nats://alice:s3cr3t@h:1,nats://h:2",
+                Some("nats://alice:********@h:1,nats://h:2"),
+            ),
+            ("t0ken@h:1, nats://h:2", Some("********@h:1, nats://h:2")),
+            (" t0ken@h", Some(" ********@h")),
+            // A ',' inside the token: each part before an '@' goes.
+            ("nats://me,hunter22@h", Some("nats://me,********@h")),
+            ("nats://h:1,nats://h:2", None),
+        ];
+        for (value, want) in table {
+            assert_eq!(redact_server_list(value).as_deref(), want, "{value}");
         }
     }
 
