@@ -373,6 +373,37 @@ fn a_server_that_stops_reading_costs_the_run_one_wait_and_a_count_not_a_wait_per
 }
 
 #[test]
+fn closing_every_open_run_takes_one_flush_timeout_not_one_per_run() {
+    let proxy = Proxy::start(proto_tests::free_port(), Mode::Refuse);
+    let vars = env(&[
+        ("RUNNER_NATS_SUBJECT_ID", "all"),
+        ("RUNNER_NATS_SERVERS", &proxy.url()),
+        ("RUNNER_NATS_FLUSH_TIMEOUT", "0.5"),
+    ]);
+    let emitter = Emitter::new();
+    let idents = ["all1", "all2", "all3", "all4"];
+    for ident in idents {
+        send_status(&emitter, &vars, ident, "starting");
+    }
+    let started = Instant::now();
+    let report = emitter.close_all();
+    let took = started.elapsed();
+    // One after the other: 2 s.
+    assert!(took < Duration::from_millis(1500), "took {took:?}");
+    for ident in idents {
+        assert!(
+            report
+                .errors
+                .iter()
+                .any(|e| e.starts_with(&format!("run {ident} ended without a terminal status"))),
+            "{ident}: {:?}",
+            report.errors
+        );
+    }
+    assert_eq!(emitter.open_runs(), 0);
+}
+
+#[test]
 fn oversized_event_is_reported_and_the_rest_arrive() {
     let server = ServerConfig::new().max_payload(64 * 1024).start();
     let mut sub = PySubscriber::start(&server.url(), "pub.ansible.runner.big.>");

@@ -1086,3 +1086,75 @@ fn a_server_that_streams_a_message_during_the_handshake_is_refused_at_once() {
     );
     server.join().unwrap();
 }
+
+#[test]
+fn a_slow_but_steady_server_makes_publishers_wait_not_fail() {
+    // Reads 32 KiB every 10 ms (about 3 MB/s) until the client hangs up. The kernel lets a
+    // blocked write go on in bursts (when much of the send buffer is free), hundreds of
+    // milliseconds apart here: with the default `publish_wait` (2 s) the queue keeps moving
+    // within it, and every publish waits its turn; none is refused as if the server had
+    // stalled.
+    let (url, server) = fake_server(|mut conn| {
+        conn.handshake(basic_info());
+        let mut buf = vec![0u8; 32 * 1024];
+        conn.stream
+            .set_read_timeout(Some(Duration::from_secs(10)))
+            .unwrap();
+        loop {
+            match conn.stream.read(&mut buf) {
+                Ok(0) | Err(_) => break,
+                Ok(_) => thread::sleep(Duration::from_millis(10)),
+            }
+        }
+    });
+    let client = Options::new()
+        .servers(&url)
+        .unwrap()
+        .flush_timeout(Duration::from_millis(100))
+        .connect()
+        .unwrap();
+    let payload = vec![b'z'; 64 * 1024];
+    // Past what the socket buffers take (a few MB on loopback), into the steady pace.
+    let mut refused = Vec::new();
+    for _ in 0..120 {
+        if let Err(e) = client.publish("slow", &payload) {
+            refused.push(e.to_string());
+        }
+    }
+    assert!(
+        refused.is_empty(),
+        "refused while the server kept reading: {refused:?}"
+    );
+    assert_eq!(client.statistics().dropped, 0);
+    let _ = client.close();
+    server.join().unwrap();
+}
+
+#[test]
+fn two_closes_at_once_both_report_what_was_not_delivered() {
+    let (url, server) = fake_server(|mut conn| {
+        let _ = conn.try_next(Duration::from_secs(30));
+    });
+    let client = Options::new()
+        .servers(&url)
+        .unwrap()
+        .connect_timeout(Duration::from_secs(20))
+        .connect_in_background(true)
+        .connect()
+        .unwrap();
+    client.publish("waiting", b"never sent").unwrap();
+    let closers: Vec<_> = (0..2)
+        .map(|_| {
+            let c = client.clone();
+            thread::spawn(move || c.close_within(Duration::from_millis(300)))
+        })
+        .collect();
+    for closer in closers {
+        let result = closer.join().unwrap();
+        assert!(
+            matches!(result, Err(Error::NotDelivered { messages: 1, .. })),
+            "{result:?}"
+        );
+    }
+    server.join().unwrap();
+}

@@ -24,6 +24,7 @@ logger hierarchy would show a record, this module writes it to stderr itself.
 
 import atexit
 import logging
+import os
 import sys
 
 logger = logging.getLogger("ansible-runner.nats")
@@ -39,13 +40,19 @@ class _FallbackStderrHandler(logging.StreamHandler):
 
     def __init__(self):
         logging.Handler.__init__(self)
+        self._stream = None
 
     @property
     def stream(self):
-        return sys.stderr
+        """``sys.stderr`` as it is now, unless ``setStream`` chose another."""
+        return self._stream if self._stream is not None else sys.stderr
+
+    @stream.setter
+    def stream(self, value):
+        self._stream = value
 
     def emit(self, record):
-        if sys.stderr is None:
+        if self.stream is None:
             return
         current = logger
         while current is not None:
@@ -55,7 +62,10 @@ class _FallbackStderrHandler(logging.StreamHandler):
                     handler, logging.NullHandler
                 ):
                     continue
-                if record.levelno >= handler.level and handler.filter(record):
+                # A handler with filters may drop the record: not relied on (its filters
+                # are not asked either, as one that counts or dedupes would then drop the
+                # real record). A duplicate on stderr is better than a lost error.
+                if record.levelno >= handler.level and not handler.filters:
                     return
             if not current.propagate:
                 break
@@ -76,7 +86,8 @@ def _ensure_level():
     any logger between it and the root, the root above WARNING) ours is set to WARNING. A
     host that set a level anywhere on the way (``ansible-runner`` muted, ``basicConfig``
     at INFO for the run summaries) keeps it. Checked when there is something to log:
-    the CLI configures logging after plugins are imported."""
+    the CLI configures logging after plugins are imported. A root above WARNING with a
+    handler of its own is a host's choice, and kept."""
     if logger.level != logging.NOTSET:
         return
     current = logger.parent
@@ -84,7 +95,10 @@ def _ensure_level():
         if current.level != logging.NOTSET:
             return
         current = current.parent
-    if logging.getLogger().level > logging.WARNING:
+    root = logging.getLogger()
+    if root.level > logging.WARNING and all(
+        isinstance(h, logging.NullHandler) for h in root.handlers
+    ):
         logger.setLevel(logging.WARNING)
 
 
@@ -167,7 +181,8 @@ def _at_exit():
     interrupt) still has its queued messages flushed, bounded by the flush timeout, and
     its lines logged. Registered after ``logging`` was imported, so it runs before
     ``logging.shutdown``."""
-    if _native is None:
+    if _native is None or os.getpid() != _PID:
+        # A forked child has none of the client threads: its copies are not its to close.
         return
     try:
         lines = _native.close_all()
@@ -179,4 +194,5 @@ def _at_exit():
         pass
 
 
+_PID = os.getpid()
 atexit.register(_at_exit)

@@ -126,7 +126,7 @@ fn settings_json(
     for (key, value) in settings.iter() {
         if key
             .cast::<PyString>()
-            .is_ok_and(|k| k.to_str().is_ok_and(|k| k.starts_with("nats_")))
+            .is_ok_and(|k| k.to_cow().is_ok_and(|k| k.starts_with("nats_")))
         {
             ours.set_item(key, value)?;
         }

@@ -210,3 +210,29 @@ def test_a_host_name_python_cannot_tell_is_said_not_silently_localhost(server):
         assert {m.subject for m in got} == {"pub.ansible.runner.localhost.nohost.status"}
     finally:
         sub.close()
+
+
+def test_a_counting_filter_on_the_hosts_handler_loses_nothing():
+    # A filter that lets each message through once (a dedupe, a rate limit) must see our
+    # record only when it is really emitted: asked beforehand, it would drop the real one.
+    code = PRELUDE + (
+        "import sys\n"
+        "class Once(logging.Filter):\n"
+        "    seen = set()\n"
+        "    def filter(self, record):\n"
+        "        m = record.getMessage()\n"
+        "        if m in self.seen:\n"
+        "            return False\n"
+        "        self.seen.add(m)\n"
+        "        return True\n"
+        "h = logging.StreamHandler(sys.stdout)\n"
+        "h.addFilter(Once())\n"
+        "logging.getLogger().addHandler(h)\n"
+        "p.status_handler(cfg(), {'status': 'starting', 'runner_ident': 'once'})\n"
+        "p.logger.handlers[0].setStream(sys.stdout)\n"
+    )
+    proc = run(code, "nats://127.0.0.1:1", RUNNER_NATS_HEADERS="a=b,c",
+               RUNNER_NATS_FLUSH_TIMEOUT="0.2")
+    assert "item 2 (not shown) is not name=value" in proc.stdout + proc.stderr, (
+        proc.stdout, proc.stderr)
+    assert "Traceback" not in proc.stderr, proc.stderr

@@ -127,6 +127,11 @@ pub(crate) struct Shared {
     pub(crate) in_msgs: AtomicU64,
     pub(crate) in_bytes: AtomicU64,
     pub(crate) slow_consumer_drops: AtomicU64,
+    /// When the writer last finished writing a chunk (`WRITE_CHUNK`), in microseconds
+    /// since `epoch`: a batch written to a slow connection moves the queue's bytes along
+    /// before the whole batch is out (see `Client::enqueue`).
+    pub(crate) wrote_at: AtomicU64,
+    pub(crate) epoch: Instant,
     pub(crate) supervisor: Mutex<Option<JoinHandle<()>>>,
     /// The client's own threads (the supervisor, the current reader). The event callback
     /// runs on them, so a `flush` or `close` it calls must not wait for them.
@@ -259,12 +264,27 @@ impl Shared {
             in_msgs: AtomicU64::new(0),
             in_bytes: AtomicU64::new(0),
             slow_consumer_drops: AtomicU64::new(0),
+            wrote_at: AtomicU64::new(0),
+            epoch: Instant::now(),
             supervisor: Mutex::new(None),
             own_threads: Mutex::new(Vec::new()),
         }
     }
 
     /// True on the supervisor's and the reader's threads (an event callback's).
+    fn note_written(&self) {
+        let micros = u64::try_from(self.epoch.elapsed().as_micros()).unwrap_or(u64::MAX);
+        self.wrote_at.store(micros, Ordering::Relaxed);
+    }
+
+    /// When the writer last wrote a chunk, if it ever did.
+    pub(crate) fn written_at(&self) -> Option<Instant> {
+        match self.wrote_at.load(Ordering::Relaxed) {
+            0 => None,
+            micros => self.epoch.checked_add(Duration::from_micros(micros)),
+        }
+    }
+
     pub(crate) fn on_own_thread(&self) -> bool {
         lock(&self.own_threads).contains(&thread::current().id())
     }
@@ -455,6 +475,7 @@ fn supervise(shared: &Arc<Shared>, first: Option<(u64, Running)>, mut unconfirme
     }
     let mut st = shared.state();
     st.undelivered = st.out_msgs + unconfirmed.msgs + st.unconfirmed_lost;
+    st.socket = None;
     st.phase = Phase::Closed;
     st.out.clear();
     st.out_msgs = 0;
@@ -485,6 +506,8 @@ fn begin_connection(
     } = est;
     let mut st = shared.state();
     if matches!(st.phase, Phase::Closing | Phase::Closed) {
+        // The connection is dropped here: no handle on its socket may outlive it.
+        st.socket = None;
         return None;
     }
     st.reset_connection();
@@ -851,7 +874,7 @@ fn write_loop(
         if msgs > 0 {
             last_write = Some(Instant::now());
         }
-        let written = write_parts(w, &pre, &data, &post);
+        let written = write_parts(shared, w, &pre, &data, &post);
         pre.clear();
         post.clear();
         if resend && !data.is_empty() {
@@ -887,10 +910,20 @@ const CONFIRM_INTERVAL: Duration = Duration::from_millis(20);
 /// Batches above this capacity are released after use rather than kept.
 const KEEP_BATCH_CAPACITY: usize = 4 * 1024 * 1024;
 
-fn write_parts(w: &mut WriteHalf, pre: &[u8], data: &[u8], post: &[u8]) -> std::io::Result<()> {
+/// Writes are made in pieces of at most this much, each one noted (`Shared::wrote_at`).
+const WRITE_CHUNK: usize = 256 * 1024;
+
+fn write_parts(
+    shared: &Shared,
+    w: &mut WriteHalf,
+    pre: &[u8],
+    data: &[u8],
+    post: &[u8],
+) -> std::io::Result<()> {
     for part in [pre, data, post] {
-        if !part.is_empty() {
-            w.write_all(part)?;
+        for chunk in part.chunks(WRITE_CHUNK) {
+            w.write_all(chunk)?;
+            shared.note_written();
         }
     }
     Ok(())

@@ -304,11 +304,14 @@ impl Client {
         } else if !st.out.is_empty() && st.out.len() + size > opts.flusher_queue_size {
             while !st.out.is_empty() && st.out.len() + size > opts.flusher_queue_size {
                 check_open(&st)?;
-                // Wait only while the writer keeps taking from the queue. Once it has
-                // taken nothing for `publish_wait` (a server that stopped reading), every
-                // publish fails at once until the queue moves again: a stall costs the
-                // publishers one `publish_wait`, not one each.
-                let moved = st.out_moved.unwrap_or_else(Instant::now);
+                // Wait only while the writer keeps taking from the queue, or writing what
+                // it took. Once neither happened for `publish_wait` (a server that stopped
+                // reading), every publish fails at once until the queue moves again: a
+                // stall costs the publishers one `publish_wait`, not one each.
+                let moved = match (st.out_moved, shared.written_at()) {
+                    (Some(a), Some(b)) => a.max(b),
+                    (a, b) => a.or(b).unwrap_or_else(Instant::now),
+                };
                 let left = remaining(later(moved, opts.publish_wait));
                 if left.is_zero() {
                     st.stats.dropped += 1;
@@ -584,6 +587,15 @@ fn close(shared: &Shared, timeout: Duration) -> Result<()> {
     if let Some(h) = handle {
         // A supervisor that panicked has nothing left for us to clean up.
         let _ = h.join();
+    } else {
+        // Another close is joining it: its end is ours to report too. After the abort
+        // only a TCP connect under way can hold it, for the connect timeout at most.
+        let until = later(Instant::now(), shared.opts.connect_timeout);
+        let mut st = shared.state();
+        while st.phase != Phase::Closed && !remaining(until).is_zero() {
+            let left = remaining(until);
+            st = wait(&shared.progress, st, left);
+        }
     }
     let st = shared.state();
     match st.undelivered {

@@ -275,9 +275,12 @@ impl Options {
     }
 
     /// How long `publish` waits for room in a full flusher queue without the writer taking
-    /// anything from it. Publishers wait as long as the queue keeps moving; once it has
-    /// not moved for this long (a server that stopped reading), every publish fails at
-    /// once with [`crate::Error::BufferFull`] until it moves again. Default: 2 s.
+    /// anything from it or writing any of it (it writes in pieces of 256 KiB). Publishers
+    /// wait as long as the queue keeps moving; once it has not moved for this long (a
+    /// server that stopped reading), every publish fails at once with
+    /// [`crate::Error::BufferFull`] until it moves again. The kernel lets a blocked write
+    /// go on in bursts, when much of its send buffer is free: over a link slow enough for
+    /// those to come further apart than this, publishes are refused too. Default: 2 s.
     pub fn publish_wait(mut self, wait: Duration) -> Options {
         self.publish_wait = wait;
         self

@@ -352,20 +352,45 @@ impl Emitter {
         self.close_entries(entries)
     }
 
+    /// Closes `entries` side by side, so that the whole takes one flush timeout, not one
+    /// per run (the runs' servers may all be down). Lines come in the entries' order.
     fn close_entries(&self, entries: Vec<(String, Arc<Mutex<Entry>>)>) -> Report {
-        let mut report = Report::default();
-        for (ident, entry) in entries {
+        let close = |ident: &str, entry: &Mutex<Entry>| {
+            let mut report = Report::default();
             let mut guard = entry.lock().unwrap_or_else(|p| p.into_inner());
-            self.remember_ended(&ident, matches!(&*guard, Entry::Active(_)));
+            self.remember_ended(ident, matches!(&*guard, Entry::Active(_)));
             if let Entry::Active(run) = &mut *guard {
-                let summary = run.finish(&ident, &mut report);
+                let summary = run.finish(ident, &mut report);
                 report.errors.push(format!(
                     "run {ident} ended without a terminal status; closed with {} messages published",
                     summary.counters.published
                 ));
             }
+            report.errors
+        };
+        let lines: Vec<Vec<String>> = std::thread::scope(|scope| {
+            let running: Vec<_> = entries
+                .iter()
+                .map(|(ident, entry)| {
+                    let spawned = std::thread::Builder::new()
+                        .name("nats-close".into())
+                        .spawn_scoped(scope, || close(ident, entry));
+                    (ident, entry, spawned)
+                })
+                .collect();
+            running
+                .into_iter()
+                .map(|(ident, entry, spawned)| match spawned {
+                    Ok(handle) => handle.join().unwrap_or_default(),
+                    // No thread to be had: this one closes it.
+                    Err(_) => close(ident, entry),
+                })
+                .collect()
+        });
+        Report {
+            errors: lines.into_iter().flatten().collect(),
+            summary: None,
         }
-        report
     }
 
     /// The counters of an open run.
