@@ -1030,10 +1030,10 @@ fn close_is_bounded_by_its_timeout_while_a_write_is_stalled() {
     server.join().unwrap();
 }
 
-#[test]
-fn close_is_bounded_by_its_timeout_while_a_connect_waits_for_info() {
+/// A client connecting in the background to a server that accepts and then says nothing
+/// (until the client hangs up), with one message queued.
+fn waiting_for_info_with_one_message() -> (Client, thread::JoinHandle<()>) {
     let (url, server) = fake_server(|mut conn| {
-        // Accept, then say nothing until the client hangs up.
         let _ = conn.try_next(Duration::from_secs(30));
     });
     let client = Options::new()
@@ -1044,6 +1044,12 @@ fn close_is_bounded_by_its_timeout_while_a_connect_waits_for_info() {
         .connect()
         .unwrap();
     client.publish("waiting", b"never sent").unwrap();
+    (client, server)
+}
+
+#[test]
+fn close_is_bounded_by_its_timeout_while_a_connect_waits_for_info() {
+    let (client, server) = waiting_for_info_with_one_message();
     let started = Instant::now();
     let err = client.close_within(Duration::from_millis(300)).unwrap_err();
     let took = started.elapsed();
@@ -1132,17 +1138,7 @@ fn a_slow_but_steady_server_makes_publishers_wait_not_fail() {
 
 #[test]
 fn two_closes_at_once_both_report_what_was_not_delivered() {
-    let (url, server) = fake_server(|mut conn| {
-        let _ = conn.try_next(Duration::from_secs(30));
-    });
-    let client = Options::new()
-        .servers(&url)
-        .unwrap()
-        .connect_timeout(Duration::from_secs(20))
-        .connect_in_background(true)
-        .connect()
-        .unwrap();
-    client.publish("waiting", b"never sent").unwrap();
+    let (client, server) = waiting_for_info_with_one_message();
     let closers: Vec<_> = (0..2)
         .map(|_| {
             let c = client.clone();

@@ -19,8 +19,11 @@ def server(tmp_path):
     s.stop()
 
 
-def run(code, url, **extra_env):
-    env = base_env(RUNNER_NATS_SUBJECT_ID="rep", RUNNER_NATS_SERVERS=url, **extra_env)
+def run(code, url, subject_id="rep", **extra_env):
+    """Runs `code` in a Python of its own, the plugin on for `url` (with `subject_id`, or
+    none when it is None); it must succeed."""
+    ids = {} if subject_id is None else {"RUNNER_NATS_SUBJECT_ID": subject_id}
+    env = base_env(RUNNER_NATS_SERVERS=url, **ids, **extra_env)
     proc = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True,
                           text=True, timeout=120)
     assert proc.returncode == 0, proc.stderr
@@ -156,10 +159,7 @@ def test_settings_json_cannot_carry_are_ours_only_if_they_are_nats_settings(serv
             "p.status_handler(d, {'status': 'starting', 'runner_ident': 'nan'})\n"
             "p.status_handler(d, {'status': 'successful', 'runner_ident': 'nan'})\n"
         )
-        env = base_env(RUNNER_NATS_SERVERS=server.url)
-        proc = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True,
-                              text=True, timeout=120)
-        assert proc.returncode == 0, proc.stderr
+        proc = run(code, server.url, subject_id=None)
         got = sub.wait_for(2)
         assert {m.subject for m in got} == {"pub.ansible.runner.fromsettings.inf.status"}
         assert "run nan: runner settings: the nats_* settings hold a value JSON has no word for" \
@@ -200,10 +200,7 @@ def test_a_host_name_python_cannot_tell_is_said_not_silently_localhost(server):
             "p.status_handler(c, {'status': 'starting', 'runner_ident': 'nohost'})\n"
             "p.status_handler(c, {'status': 'successful', 'runner_ident': 'nohost'})\n"
         )
-        env = base_env(RUNNER_NATS_SUBJECT_ID="hostname", RUNNER_NATS_SERVERS=server.url)
-        proc = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True,
-                              text=True, timeout=120)
-        assert proc.returncode == 0, proc.stderr
+        proc = run(code, server.url, subject_id="hostname")
         assert ("run nohost: subject id \"hostname\": socket.gethostname() failed or gave no "
                 "text; using localhost") in proc.stderr, proc.stderr
         got = sub.wait_for(2)
