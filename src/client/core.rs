@@ -910,8 +910,12 @@ const CONFIRM_INTERVAL: Duration = Duration::from_millis(20);
 /// Batches above this capacity are released after use rather than kept.
 const KEEP_BATCH_CAPACITY: usize = 4 * 1024 * 1024;
 
-/// Writes are made in pieces of at most this much, each one noted (`Shared::wrote_at`).
-const WRITE_CHUNK: usize = 256 * 1024;
+/// Writes are made in pieces of at most this much, each one noted (`Shared::wrote_at`):
+/// above any batch the flusher queue makes (1 MiB and one message, by default), so that
+/// only the large replays after a reconnect (up to `pending_size`) are cut. 256 KiB pieces
+/// cost 10 to 15 % of the throughput of 1 KB and 16 KB messages (more wake-ups of the
+/// server's reader).
+const WRITE_CHUNK: usize = 2 * 1024 * 1024;
 
 fn write_parts(
     shared: &Shared,

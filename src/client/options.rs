@@ -275,7 +275,7 @@ impl Options {
     }
 
     /// How long `publish` waits for room in a full flusher queue without the writer taking
-    /// anything from it or writing any of it (it writes in pieces of 256 KiB). Publishers
+    /// anything from it or writing any of it (in pieces of at most 2 MiB). Publishers
     /// wait as long as the queue keeps moving; once it has not moved for this long (a
     /// server that stopped reading), every publish fails at once with
     /// [`crate::Error::BufferFull`] until it moves again. The kernel lets a blocked write
