@@ -287,9 +287,12 @@ fn handle(
     let terminal = status
         .as_deref()
         .is_some_and(|s| TERMINAL_STATUSES.contains(&s));
-    // On statuses only (a run begins with `starting`): events need not take the lock.
-    if status.is_some() {
-        remember_run(config_key(runner_config), &ident, opened && !terminal);
+    // Statuses always; events only when they are not of the run this thread saw last,
+    // so that a run's stream of events does not take the lock for each one.
+    let key = config_key(runner_config);
+    if status.is_some() || !LAST_RUN.with(|last| last.borrow().is(key, &ident)) {
+        remember_run(key, &ident, opened && !terminal);
+        LAST_RUN.with(|last| last.borrow_mut().set(key, &ident, opened && !terminal));
     }
     if !opened {
         if terminal {
@@ -311,6 +314,29 @@ fn handle(
 
 thread_local! {
     static PAYLOAD: std::cell::Cell<Option<Vec<u8>>> = const { std::cell::Cell::new(None) };
+    static LAST_RUN: std::cell::RefCell<LastRun> = const {
+        std::cell::RefCell::new(LastRun { key: 0, ident: String::new(), open: false })
+    };
+}
+
+/// The open run this thread last recorded in `runs_by_config`.
+struct LastRun {
+    key: usize,
+    ident: String,
+    open: bool,
+}
+
+impl LastRun {
+    fn is(&self, key: usize, ident: &str) -> bool {
+        self.open && self.key == key && self.ident == ident
+    }
+
+    fn set(&mut self, key: usize, ident: &str, open: bool) {
+        self.key = key;
+        self.ident.clear();
+        self.ident.push_str(ident);
+        self.open = open;
+    }
 }
 
 fn config_key(runner_config: &Bound<'_, PyAny>) -> usize {

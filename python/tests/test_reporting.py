@@ -233,3 +233,22 @@ def test_a_counting_filter_on_the_hosts_handler_loses_nothing():
     assert "item 2 (not shown) is not name=value" in proc.stdout + proc.stderr, (
         proc.stdout, proc.stderr)
     assert "Traceback" not in proc.stderr, proc.stderr
+
+
+def test_a_run_opened_by_an_event_is_one_of_its_streams_runs(server):
+    sub = Subscriber(server.url, "pub.ansible.runner.rep.>")
+    try:
+        code = PRELUDE + (
+            "a = cfg()\n"
+            # No `starting` status seen: the run begins with an event.
+            "for i in range(3):\n"
+            "    p.event_handler(a, {'event': 'runner_on_ok', 'runner_ident': 'evfirst'})\n"
+            "p.status_handler(a, {'status': 'error', 'job_explanation': 'Worker died'})\n"
+        )
+        proc = run(code, server.url)
+        assert "1 open runs of this stream closed" in proc.stderr, proc.stderr
+        assert "run evfirst ended without a terminal status; closed with 3 messages" \
+            in proc.stderr, proc.stderr
+        assert len(subjects(sub.wait_for(3), "evfirst", "event")) == 3
+    finally:
+        sub.close()
