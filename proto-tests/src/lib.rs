@@ -20,6 +20,7 @@ mod jwt;
 pub mod proxy;
 mod pysub;
 mod raw;
+mod reaper;
 mod server;
 mod tls;
 

@@ -567,6 +567,7 @@ impl NatsServer {
         if let Some(mut c) = self.child.take() {
             let _ = c.kill();
             let _ = c.wait();
+            crate::reaper::forget(c.id());
         }
     }
 
@@ -635,6 +636,7 @@ impl NatsServer {
             .stderr(Stdio::from(err))
             .spawn()
             .map_err(|e| format!("spawning {}: {e}", bin.display()))?;
+        crate::reaper::record(child.id(), &self.conf_path);
         self.child = Some(child);
 
         let deadline = Instant::now() + READY_TIMEOUT;

@@ -1,0 +1,135 @@
+//! Servers left behind by a test process that was killed (by `timeout`, a Ctrl-C, an
+//! out-of-memory kill): its `Drop`s never ran, and its nats-servers live on. Each server
+//! started here is recorded under `target/proto-tests-servers/<server pid>` with the pid
+//! of the process that started it and its config path; the first server a process starts
+//! first kills the recorded servers whose starter is gone, once it has checked on `/proc`
+//! that the pid is still that nats-server (a pid can be reused).
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::sync::Once;
+
+fn registry() -> PathBuf {
+    crate::workspace_root()
+        .join("target")
+        .join("proto-tests-servers")
+}
+
+/// Records a started server; see [`forget`].
+pub(crate) fn record(server_pid: u32, conf: &Path) {
+    reap_once();
+    let dir = registry();
+    let _ = std::fs::create_dir_all(&dir);
+    let _ = std::fs::write(
+        dir.join(server_pid.to_string()),
+        format!("{}\n{}\n", std::process::id(), conf.display()),
+    );
+}
+
+/// The server was stopped by its owner.
+pub(crate) fn forget(server_pid: u32) {
+    let _ = std::fs::remove_file(registry().join(server_pid.to_string()));
+}
+
+fn reap_once() {
+    static ONCE: Once = Once::new();
+    ONCE.call_once(reap);
+}
+
+/// Whether `pid` is a live process: a zombie (exited, not yet waited for; its parent may
+/// itself be gone) is not.
+fn alive(pid: &str) -> bool {
+    let Ok(stat) = std::fs::read_to_string(Path::new("/proc").join(pid).join("stat")) else {
+        return false;
+    };
+    // `pid (comm) state ...`; comm may hold spaces and parentheses.
+    let state = stat
+        .rsplit_once(')')
+        .and_then(|(_, rest)| rest.trim_start().chars().next());
+    !matches!(state, Some('Z' | 'X') | None)
+}
+
+fn reap() {
+    let Ok(entries) = std::fs::read_dir(registry()) else {
+        return;
+    };
+    for entry in entries.flatten() {
+        let path = entry.path();
+        let Some(server) = path.file_name().and_then(|n| n.to_str()).map(str::to_owned) else {
+            continue;
+        };
+        let record = std::fs::read_to_string(&path).unwrap_or_default();
+        let mut lines = record.lines();
+        let (Some(owner), Some(conf)) = (lines.next(), lines.next()) else {
+            let _ = std::fs::remove_file(&path);
+            continue;
+        };
+        if alive(owner) {
+            continue;
+        }
+        // Still the nats-server that was recorded, with its own config?
+        let cmdline = std::fs::read(Path::new("/proc").join(&server).join("cmdline"))
+            .map(|b| String::from_utf8_lossy(&b).replace('\0', " "))
+            .unwrap_or_default();
+        if cmdline.contains("nats-server") && cmdline.contains(conf) {
+            eprintln!("proto-tests: killing nats-server {server}, left by process {owner}");
+            let _ = Command::new("kill").arg("-9").arg(&server).status();
+        }
+        let _ = std::fs::remove_file(&path);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::process::Stdio;
+    use std::time::Duration;
+
+    #[test]
+    fn a_server_whose_starter_is_gone_is_killed_and_others_are_left_alone() {
+        let dir = crate::TempDir::new("reaper");
+        let conf = dir.path().join("orphan.conf");
+        std::fs::write(&conf, "listen: 127.0.0.1:-1\n").unwrap();
+        let mut orphan = Command::new(crate::nats_server_bin())
+            .arg("-c")
+            .arg(&conf)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap();
+        // A starter that has exited: a process that is gone.
+        let mut gone = Command::new("true").spawn().unwrap();
+        gone.wait().unwrap();
+        let registry = registry();
+        std::fs::create_dir_all(&registry).unwrap();
+        let record = registry.join(orphan.id().to_string());
+        std::fs::write(&record, format!("{}\n{}\n", gone.id(), conf.display())).unwrap();
+        // One whose starter lives (this process): left alone.
+        let mut kept = Command::new(crate::nats_server_bin())
+            .arg("-c")
+            .arg(&conf)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap();
+        let kept_record = registry.join(kept.id().to_string());
+        std::fs::write(
+            &kept_record,
+            format!("{}\n{}\n", std::process::id(), conf.display()),
+        )
+        .unwrap();
+        reap();
+        crate::wait_until(Duration::from_secs(10), "the orphan to be killed", || {
+            matches!(orphan.try_wait(), Ok(Some(_)))
+        });
+        assert!(!record.exists());
+        assert!(
+            matches!(kept.try_wait(), Ok(None)),
+            "the kept server was killed"
+        );
+        assert!(kept_record.exists());
+        let _ = kept.kill();
+        let _ = kept.wait();
+        forget(kept.id());
+    }
+}
