@@ -73,7 +73,13 @@ fn reap() {
             .unwrap_or_default();
         if cmdline.contains("nats-server") && cmdline.contains(conf) {
             eprintln!("proto-tests: killing nats-server {server}, left by process {owner}");
-            let _ = Command::new("kill").arg("-9").arg(&server).status();
+            // nats-server's own way to send SIGKILL: no other tool needed.
+            let _ = Command::new(crate::nats_server_bin())
+                .arg("--signal")
+                .arg(format!("stop={server}"))
+                .stdout(std::process::Stdio::null())
+                .stderr(std::process::Stdio::null())
+                .status();
         }
         let _ = std::fs::remove_file(&path);
     }
