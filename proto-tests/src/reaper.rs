@@ -96,34 +96,27 @@ mod tests {
         let dir = crate::TempDir::new("reaper");
         let conf = dir.path().join("orphan.conf");
         std::fs::write(&conf, "listen: 127.0.0.1:-1\n").unwrap();
-        let mut orphan = Command::new(crate::nats_server_bin())
-            .arg("-c")
-            .arg(&conf)
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .unwrap();
+        let registry = registry();
+        std::fs::create_dir_all(&registry).unwrap();
+        // A nats-server on `conf`, recorded as started by `owner`.
+        let start = |owner: u32| {
+            let server = Command::new(crate::nats_server_bin())
+                .arg("-c")
+                .arg(&conf)
+                .stdout(Stdio::null())
+                .stderr(Stdio::null())
+                .spawn()
+                .unwrap();
+            let record = registry.join(server.id().to_string());
+            std::fs::write(&record, format!("{owner}\n{}\n", conf.display())).unwrap();
+            (server, record)
+        };
         // A starter that has exited: a process that is gone.
         let mut gone = Command::new("true").spawn().unwrap();
         gone.wait().unwrap();
-        let registry = registry();
-        std::fs::create_dir_all(&registry).unwrap();
-        let record = registry.join(orphan.id().to_string());
-        std::fs::write(&record, format!("{}\n{}\n", gone.id(), conf.display())).unwrap();
+        let (mut orphan, record) = start(gone.id());
         // One whose starter lives (this process): left alone.
-        let mut kept = Command::new(crate::nats_server_bin())
-            .arg("-c")
-            .arg(&conf)
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .unwrap();
-        let kept_record = registry.join(kept.id().to_string());
-        std::fs::write(
-            &kept_record,
-            format!("{}\n{}\n", std::process::id(), conf.display()),
-        )
-        .unwrap();
+        let (mut kept, kept_record) = start(std::process::id());
         reap();
         crate::wait_until(Duration::from_secs(10), "the orphan to be killed", || {
             matches!(orphan.try_wait(), Ok(Some(_)))
