@@ -115,7 +115,7 @@ def main():
     workdir = Path(tempfile.mkdtemp(prefix="arn-demo-"))
     try:
         try:
-            server, ports = start_nats_server([], workdir / "nats")
+            server, ports = start_nats_server([], workdir / "nats", new_session=True)
         except NatsServerError as e:
             print(f"demo: {e}", file=sys.stderr)
             return 1

@@ -14,7 +14,16 @@ venv="$root/.venv"
 req="$root/tools/requirements.txt"
 cons="$root/tools/constraints.txt"
 stamp="$venv/.requirements.sha256"
-python=${PYTHON:-python3}
+python=${PYTHON:-}
+if [ -z "$python" ]; then
+  # Unset: the interpreter .venv was made with, while it is healthy and new enough (a
+  # `make setup PYTHON=...` is remembered this way); python3 otherwise.
+  python=python3
+  base=$("$root/.venv/bin/python" -c 'import sys; print(sys._base_executable if sys.version_info >= (3, 11) else "")' 2>/dev/null || true)
+  if [ -n "$base" ] && [ -x "$base" ]; then
+    python=$base
+  fi
+fi
 fix="set PYTHON=/path/to/python3.11-or-newer and rerun make setup (e.g. make setup PYTHON=/usr/bin/python3.12)"
 
 die() {
@@ -38,7 +47,9 @@ venv_problem() {
   got=$("$venv/bin/python" -c 'import sys; print("%d.%d" % sys.version_info[:2])' 2>/dev/null) ||
     { echo "its bin/python does not run"; return; }
   [ "$got" = "$major.$minor" ] || { echo "it is Python $got's, not $major.$minor's ($python)"; return; }
-  "$venv/bin/python" -c 'import pip' >/dev/null 2>&1 || echo "it has no pip"
+  "$venv/bin/python" -c 'import pip' >/dev/null 2>&1 || { echo "it has no pip"; return; }
+  # pip would not put back a file of a package it sees installed.
+  [ ! -f "$stamp" ] || [ -x "$venv/bin/nats-server" ] || echo "its nats-server is gone"
 }
 
 want=$({ echo "python $ver"; cat "$0" "$req" "$cons"; } | sha256sum | cut -d' ' -f1)

@@ -15,15 +15,20 @@ fn registry() -> PathBuf {
         .join("proto-tests-servers")
 }
 
-/// Records a started server; see [`forget`].
+/// Records a started server; see [`forget`]. Written aside and renamed into place, so
+/// that another process's reaper never reads half a record.
 pub(crate) fn record(server_pid: u32, conf: &Path) {
     reap_once();
     let dir = registry();
     let _ = std::fs::create_dir_all(&dir);
-    let _ = std::fs::write(
-        dir.join(server_pid.to_string()),
+    let aside = dir.join(format!(".{server_pid}.{}", std::process::id()));
+    let written = std::fs::write(
+        &aside,
         format!("{}\n{}\n", std::process::id(), conf.display()),
     );
+    if written.is_ok() {
+        let _ = std::fs::rename(&aside, dir.join(server_pid.to_string()));
+    }
 }
 
 /// The server was stopped by its owner.
@@ -33,7 +38,10 @@ pub(crate) fn forget(server_pid: u32) {
 
 fn reap_once() {
     static ONCE: Once = Once::new();
-    ONCE.call_once(reap);
+    // Without /proc nothing here can tell a live process from a gone one: do nothing.
+    if cfg!(target_os = "linux") {
+        ONCE.call_once(reap);
+    }
 }
 
 /// Whether `pid` is a live process: a zombie (exited, not yet waited for; its parent may
@@ -55,7 +63,13 @@ fn reap() {
     };
     for entry in entries.flatten() {
         let path = entry.path();
-        let Some(server) = path.file_name().and_then(|n| n.to_str()).map(str::to_owned) else {
+        // Records are named by a pid (others are being written, or not ours).
+        let Some(server) = path
+            .file_name()
+            .and_then(|n| n.to_str())
+            .filter(|n| !n.is_empty() && n.bytes().all(|b| b.is_ascii_digit()))
+            .map(str::to_owned)
+        else {
             continue;
         };
         let record = std::fs::read_to_string(&path).unwrap_or_default();
@@ -71,7 +85,8 @@ fn reap() {
         let cmdline = std::fs::read(Path::new("/proc").join(&server).join("cmdline"))
             .map(|b| String::from_utf8_lossy(&b).replace('\0', " "))
             .unwrap_or_default();
-        if cmdline.contains("nats-server") && cmdline.contains(conf) {
+        let conf = Path::new(conf);
+        if cmdline.contains("nats-server") && cmdline.contains(&conf.display().to_string()) {
             eprintln!("proto-tests: killing nats-server {server}, left by process {owner}");
             // nats-server's own way to send SIGKILL: no other tool needed.
             let _ = Command::new(crate::nats_server_bin())
@@ -80,6 +95,14 @@ fn reap() {
                 .stdout(std::process::Stdio::null())
                 .stderr(std::process::Stdio::null())
                 .status();
+        }
+        // The orphan's own temp dir (config, log, JetStream store) goes too.
+        if let Some(dir) = conf.parent().filter(|d| {
+            d.file_name()
+                .and_then(|n| n.to_str())
+                .is_some_and(|n| n.starts_with("proto-tests-server-"))
+        }) {
+            let _ = std::fs::remove_dir_all(dir);
         }
         let _ = std::fs::remove_file(&path);
     }
@@ -92,6 +115,7 @@ mod tests {
     use std::time::Duration;
 
     #[test]
+    #[cfg(target_os = "linux")]
     fn a_server_whose_starter_is_gone_is_killed_and_others_are_left_alone() {
         let dir = crate::TempDir::new("reaper");
         let conf = dir.path().join("orphan.conf");

@@ -49,11 +49,13 @@ def url_port(url):
     return int(url.rsplit(":", 1)[1])
 
 
-def start_nats_server(args, directory, port=None, timeout=10):
+def start_nats_server(args, directory, port=None, timeout=10, new_session=False):
     """Starts nats-server with `args` on 127.0.0.1, on `port` or, when None, on a port the server
     picks itself (`-p -1`), logging to `directory`/server.log. Returns the process and the server's
     own ports file (`--ports_file_dir`: {"nats": [url], "monitoring": [url], ...}, written once
-    every listener is up) after a client connection got its INFO line. Fails with
+    every listener is up) after a client connection got its INFO line. With `new_session`, the
+    server is out of the caller's process group: a Ctrl-C at the terminal does not reach it, and
+    the caller stops it when it is done with it. Fails with
     NatsServerError, showing the log's tail, as soon as the server exits (a port in use, a bad
     configuration) or after `timeout` seconds."""
     directory = Path(directory)
@@ -64,7 +66,8 @@ def start_nats_server(args, directory, port=None, timeout=10):
     cmd = [str(nats_server_bin()), *args, "-a", "127.0.0.1", "-p", str(port or -1),
            "--ports_file_dir", str(ports_dir)]
     with open(log_path, "ab") as log:
-        proc = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=log, stderr=log)
+        proc = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=log, stderr=log,
+                                start_new_session=new_session)
 
     def fail(why):
         if proc.poll() is None:
