@@ -52,7 +52,11 @@ venv_problem() {
   [ ! -f "$stamp" ] || [ -x "$venv/bin/nats-server" ] || echo "its nats-server is gone"
 }
 
-want=$({ echo "python $ver"; cat "$0" "$req" "$cons"; } | sha256sum | cut -d' ' -f1)
+# sha256sum (GNU), else shasum (macOS, BSD): the same digest, the same first field.
+digest() {
+  if command -v sha256sum >/dev/null 2>&1; then sha256sum; else shasum -a 256; fi
+}
+want=$({ echo "python $ver"; cat "$0" "$req" "$cons"; } | digest | cut -d' ' -f1)
 problem=$(venv_problem)
 if [ -z "$problem" ] && [ -f "$stamp" ] && [ "$(cat "$stamp")" = "$want" ] && [ -x "$venv/bin/nats-server" ]; then
   exit 0
