@@ -39,8 +39,8 @@ fn read_pem(path: &Path) -> Result<Vec<u8>, Error> {
 }
 
 fn pem_error(path: &Path, e: &rustls::pki_types::pem::Error) -> Error {
+    // The file was read already (`read_pem`): what is left is its content.
     let why = match e {
-        rustls::pki_types::pem::Error::Io(io) => format!("cannot be read ({})", io.kind()),
         rustls::pki_types::pem::Error::NoItemsFound => "no PEM item found".to_owned(),
         other => format!("not valid PEM ({other:?})"),
     };

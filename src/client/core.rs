@@ -548,7 +548,6 @@ fn begin_connection(
         });
     }
 
-    let shutdown = read.shutdown_handle().ok();
     let s = Arc::clone(shared);
     match thread::Builder::new()
         .name("nats-reader".into())
@@ -556,8 +555,9 @@ fn begin_connection(
     {
         Ok(handle) => Some((generation, (write, handle))),
         Err(e) => {
-            if let Some(sock) = shutdown {
-                let _ = sock.shutdown(std::net::Shutdown::Both);
+            // The handle kept for `close` (`State::socket`) ends this connection too.
+            if let Some(sock) = shared.state().socket.take() {
+                let _ = sock.shutdown(Shutdown::Both);
             }
             lose_connection(
                 shared,

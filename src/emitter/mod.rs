@@ -901,16 +901,14 @@ fn redact_server_list(list: &str) -> Option<String> {
             let Some(at) = item.rfind('@') else {
                 return item.to_owned();
             };
-            changed = true;
             let userinfo_start = item
                 .find("://")
                 .map_or_else(|| item.len() - item.trim_start().len(), |i| i + 3);
             let start = userinfo_start.min(at);
-            // A user name stays, as in any URL; a token goes whole.
-            let user = item[start..at]
-                .split_once(':')
-                .map_or(String::new(), |(user, _)| format!("{user}:"));
-            format!("{}{user}{REDACTED}{}", &item[..start], &item[at..])
+            // As in any URL: a user name stays, a token goes whole.
+            let mut redacted = item[..start].to_owned();
+            changed |= redact_userinfo(&item[start..], "nats", &mut redacted);
+            redacted
         })
         .collect();
     changed.then(|| items.join(","))
