@@ -75,6 +75,21 @@ fn event_with_stdout(ident: &str, i: usize, stdout: usize) -> Vec<u8> {
     serde_json::to_vec(&e).unwrap()
 }
 
+/// The `starting` status, event 1 with `stdout` bytes of output, and a small event 2;
+/// the error lines of the three calls.
+fn start_with_a_big_and_a_small_event(
+    emitter: &Emitter,
+    vars: &HashMap<String, String>,
+    ident: &str,
+    stdout: usize,
+) -> Vec<String> {
+    let mut errors = send_status(emitter, vars, ident, "starting").errors;
+    let big = event_with_stdout(ident, 1, stdout);
+    errors.extend(send(emitter, vars, ident, Kind::Event, &big).errors);
+    errors.extend(send(emitter, vars, ident, Kind::Event, &event(ident, 2)).errors);
+    errors
+}
+
 /// `call` until it succeeds, for up to `WAIT`: right after a node died, a replicated
 /// stream answers only once it has elected a new leader.
 fn retrying<T>(what: &str, mut call: impl FnMut() -> ansible_runner_nats::Result<T>) -> T {
@@ -338,19 +353,7 @@ fn a_stream_that_cannot_be_made_and_a_refused_message_are_each_reported() {
     let v = vars(&server.url(), &[("RUNNER_NATS_FLUSH_TIMEOUT", "5")]);
     let emitter = Emitter::new();
     let ident = "refused";
-    let mut errors = Vec::new();
-    errors.extend(send_status(&emitter, &v, ident, "starting").errors);
-    errors.extend(
-        send(
-            &emitter,
-            &v,
-            ident,
-            Kind::Event,
-            &event_with_stdout(ident, 1, 600),
-        )
-        .errors,
-    );
-    errors.extend(send(&emitter, &v, ident, Kind::Event, &event(ident, 2)).errors);
+    let mut errors = start_with_a_big_and_a_small_event(&emitter, &v, ident, 600);
     let end = send_status(&emitter, &v, ident, "successful");
     errors.extend(end.errors);
     let js = end.summary.unwrap().counters.jetstream.unwrap();
@@ -389,19 +392,7 @@ fn an_event_over_the_limit_found_once_connected_is_counted_once() {
     v.remove("RUNNER_NATS_JETSTREAM_STREAM");
     let emitter = Emitter::new();
     let ident = "late-big";
-    let mut errors = Vec::new();
-    errors.extend(send_status(&emitter, &v, ident, "starting").errors);
-    errors.extend(
-        send(
-            &emitter,
-            &v,
-            ident,
-            Kind::Event,
-            &event_with_stdout(ident, 1, 5000),
-        )
-        .errors,
-    );
-    errors.extend(send(&emitter, &v, ident, Kind::Event, &event(ident, 2)).errors);
+    let mut errors = start_with_a_big_and_a_small_event(&emitter, &v, ident, 5000);
     proxy.set_mode(Mode::Forward);
     let end = send_status(&emitter, &v, ident, "successful");
     errors.extend(end.errors);
