@@ -403,9 +403,14 @@ impl Unconfirmed {
         }
     }
 
-    /// Everything kept, oldest first, followed by `newer`.
+    /// Everything kept, oldest first, followed by `newer`. With nothing kept, `newer` is
+    /// left as it is: it may be the whole reconnect buffer, and this runs under the lock.
     fn drain_before(&mut self, newer: &mut Vec<u8>) -> u64 {
-        let msgs = self.msgs;
+        let msgs = std::mem::take(&mut self.msgs);
+        if self.bytes == 0 {
+            self.batches.clear();
+            return msgs;
+        }
         let mut all = Vec::with_capacity(self.bytes + newer.len());
         for (_, data, _) in self.batches.drain(..) {
             all.extend_from_slice(&data);
@@ -413,7 +418,6 @@ impl Unconfirmed {
         all.extend_from_slice(newer);
         *newer = all;
         self.bytes = 0;
-        self.msgs = 0;
         msgs
     }
 }
@@ -1099,4 +1103,34 @@ fn route(shared: &Shared, msg: Msg<'_>) -> [Option<Event>; 2] {
         }
     }
     [malformed, None]
+}
+
+#[cfg(test)]
+mod tests {
+    use super::Unconfirmed;
+
+    #[test]
+    fn a_replay_puts_what_was_kept_before_the_newer_messages() {
+        let mut kept = Unconfirmed::default();
+        kept.push(1, b"A".to_vec(), 1);
+        kept.push(2, b"BC".to_vec(), 2);
+        kept.confirm(1);
+        let mut newer = b"D".to_vec();
+        assert_eq!(kept.drain_before(&mut newer), 2);
+        assert_eq!(newer, b"BCD");
+        assert_eq!((kept.bytes, kept.msgs, kept.batches.len()), (0, 0, 0));
+    }
+
+    #[test]
+    fn with_nothing_kept_the_buffer_is_neither_copied_nor_moved() {
+        let mut kept = Unconfirmed::default();
+        kept.push(1, b"A".to_vec(), 1);
+        kept.confirm(1);
+        let mut newer = Vec::with_capacity(1 << 20);
+        newer.extend_from_slice(b"PUB a 1\r\nx\r\n");
+        let at = newer.as_ptr();
+        assert_eq!(kept.drain_before(&mut newer), 0);
+        assert_eq!((newer.as_ptr(), newer.capacity()), (at, 1 << 20));
+        assert_eq!(newer, b"PUB a 1\r\nx\r\n");
+    }
 }
