@@ -26,6 +26,7 @@ import atexit
 import logging
 import os
 import sys
+import threading
 
 logger = logging.getLogger("ansible-runner.nats")
 
@@ -170,10 +171,42 @@ def stats():
     """Process-wide counters: ``dumps_fast``, ``dumps_fallback``, ``dumps_failed`` (the
     serializer's stages), ``handled_event``, ``handled_status``, ``handled_other``,
     ``handled_bytes``, ``late`` (messages after their run's end), ``no_ident`` (events
-    without a runner_ident) and ``handler_failures`` (our own failures, all types)."""
+    without a runner_ident), ``abandoned`` (runs closed because their ``runner_config``
+    was garbage-collected before their terminal status) and ``handler_failures`` (our own
+    failures, all types)."""
     counters = _native.stats() if _native is not None else {}
     counters["handler_failures"] = sum(_failures.values())
     return counters
+
+
+def _log_lines(lines):
+    if lines:
+        _ensure_level()
+        for level, line in lines:
+            _log(level, line)
+
+
+def _start_reaper():
+    """Called by the native side, from a handler call, with the first ``runner_config``
+    object that opens a run."""
+    threading.Thread(target=_reap_abandoned, name="ansible-runner-nats-reaper",
+                     daemon=True).start()
+
+
+def _reap_abandoned():
+    """Closes the runs whose ``runner_config`` object was garbage-collected before their
+    terminal status (ansible-runner raised, and the host let go of the ``Runner``): such
+    an object brings no more calls. Each is flushed and closed once
+    ``RUNNER_NATS_ABANDONED_GRACE`` (60 s) passed without a call for it, rather than
+    keeping a connection and two threads for the life of the process. The exit hook stops
+    this thread (a daemon: it never holds the exit up by itself)."""
+    while True:
+        try:
+            if not _native.reap():
+                return
+            _log_lines(_native.take_pending())
+        except Exception:
+            pass
 
 
 def _at_exit():
@@ -185,11 +218,7 @@ def _at_exit():
         # A forked child has none of the client threads: its copies are not its to close.
         return
     try:
-        lines = _native.close_all()
-        if lines:
-            _ensure_level()
-            for level, line in lines:
-                _log(level, line)
+        _log_lines(_native.close_all())
     except Exception:
         pass
 

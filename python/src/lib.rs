@@ -6,10 +6,12 @@
 //!   through the process-wide emitter (one connection per run); returns the lines to log.
 //! - `stats() -> dict`: counters (serializer stages, handled payloads).
 //! - `close_all() -> [(level, line)]`: flushes and closes the runs still open (at exit).
+//! - `config_gone(key)`, `reap() -> bool`, `take_pending() -> [(level, line)]`: the runs a
+//!   garbage-collected `runner_config` object left open (see the `runs` module).
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{Mutex, OnceLock};
+use std::sync::OnceLock;
 
 use ansible_runner_nats::emitter::{
     config, ConfigIssue, Emitter, Kind, Loaded, Report, TERMINAL_STATUSES,
@@ -20,6 +22,7 @@ use pyo3::intern;
 use pyo3::prelude::*;
 use pyo3::types::{PyBytes, PyDict, PyString};
 
+mod runs;
 pub mod ser;
 
 pub use ser::{dumps, dumps_into, Stage};
@@ -33,17 +36,6 @@ static NO_IDENT: AtomicU64 = AtomicU64::new(0);
 static NO_IDENT_REPORTED: AtomicBool = AtomicBool::new(false);
 /// Whether an event the serializer could only replace by an error document was reported.
 static UNSERIALIZABLE_REPORTED: AtomicBool = AtomicBool::new(false);
-
-/// The open runs of each `runner_config` object (by address), so that a broken worker
-/// stream closes the runs of its own `ansible-runner process`, not every run of the
-/// process. An address reused by a later object only maps to runs that have ended (they
-/// are removed at their terminal status) or to runs of the new object.
-fn runs_by_config() -> std::sync::MutexGuard<'static, HashMap<usize, Vec<String>>> {
-    static RUNS: OnceLock<Mutex<HashMap<usize, Vec<String>>>> = OnceLock::new();
-    RUNS.get_or_init(Default::default)
-        .lock()
-        .unwrap_or_else(|p| p.into_inner())
-}
 
 /// Serialize `obj` to JSON bytes. Parses equal to `json.dumps(obj)`; anything the fast path
 /// does not know goes through `json.dumps(obj, default=str)`, and if even that raises the
@@ -241,9 +233,7 @@ fn handle(
         // runner_ident. Nothing more will come for the runs it opened with this
         // configuration; other runs of the process go on.
         let explanation = text_item(data, intern!(py, "job_explanation"))?.unwrap_or_default();
-        let idents = runs_by_config()
-            .remove(&config_key(runner_config))
-            .unwrap_or_default();
+        let idents = runs::take(runs::key(runner_config));
         let mut out = lines(py.detach(|| emitter().close_runs(&idents)));
         out.insert(
             0,
@@ -287,11 +277,12 @@ fn handle(
     let terminal = status
         .as_deref()
         .is_some_and(|s| TERMINAL_STATUSES.contains(&s));
+    runs::called(&ident);
     // Statuses always; events only when they are not of the run this thread saw last,
     // so that a run's stream of events does not take the lock for each one.
-    let key = config_key(runner_config);
+    let key = runs::key(runner_config);
     if status.is_some() || !LAST_RUN.with(|last| last.borrow().is(key, &ident)) {
-        remember_run(key, &ident, opened && !terminal);
+        runs::remember(runner_config, &ident, opened && !terminal)?;
         LAST_RUN.with(|last| last.borrow_mut().set(key, &ident, opened && !terminal));
     }
     if !opened {
@@ -314,49 +305,8 @@ fn handle(
 
 thread_local! {
     static PAYLOAD: std::cell::Cell<Option<Vec<u8>>> = const { std::cell::Cell::new(None) };
-    static LAST_RUN: std::cell::RefCell<LastRun> = const {
-        std::cell::RefCell::new(LastRun { key: 0, ident: String::new(), open: false })
-    };
-}
-
-/// The open run this thread last recorded in `runs_by_config`.
-struct LastRun {
-    key: usize,
-    ident: String,
-    open: bool,
-}
-
-impl LastRun {
-    fn is(&self, key: usize, ident: &str) -> bool {
-        self.open && self.key == key && self.ident == ident
-    }
-
-    fn set(&mut self, key: usize, ident: &str, open: bool) {
-        self.key = key;
-        self.ident.clear();
-        self.ident.push_str(ident);
-        self.open = open;
-    }
-}
-
-fn config_key(runner_config: &Bound<'_, PyAny>) -> usize {
-    runner_config.as_ptr() as usize
-}
-
-/// Keeps (`open`) or drops `ident` among the open runs of the configuration `key`.
-fn remember_run(key: usize, ident: &str, open: bool) {
-    let mut runs = runs_by_config();
-    if open {
-        let idents = runs.entry(key).or_default();
-        if !idents.iter().any(|i| i == ident) {
-            idents.push(ident.to_owned());
-        }
-    } else if let Some(idents) = runs.get_mut(&key) {
-        idents.retain(|i| i != ident);
-        if idents.is_empty() {
-            runs.remove(&key);
-        }
-    }
+    static LAST_RUN: std::cell::RefCell<runs::LastRun> =
+        const { std::cell::RefCell::new(runs::LastRun::new()) };
 }
 
 /// A `job_explanation` as far as its first ':', at most 200 characters: what follows may
@@ -408,11 +358,45 @@ fn handle_payload(
 
 /// Flushes and closes every run still open (each bounded by its flush timeout): for the
 /// interpreter's exit, so that a run that never got its terminal status still delivers
-/// what it queued, or says what it could not.
+/// what it queued, or says what it could not. Stops the reaper of abandoned runs first,
+/// after the close it has under way (it is no longer among the open runs).
 #[pyfunction]
 fn close_all(py: Python<'_>) -> Lines {
-    runs_by_config().clear();
-    lines(py.detach(|| emitter().close_all()))
+    let mut out = py.detach(|| runs::stop(EXIT_WAIT));
+    out.extend(lines(py.detach(|| emitter().close_all())));
+    out
+}
+
+/// The longest the exit waits for the reaper's close under way; each close is bounded by
+/// its runs' flush timeout already.
+const EXIT_WAIT: std::time::Duration = std::time::Duration::from_secs(120);
+
+/// The reaper thread's step (`_reap_abandoned`): waits, without the GIL, until abandoned
+/// runs (see `runs`) are due, then flushes and closes them; their lines wait in
+/// `take_pending()`. False once the exit stopped the reaper.
+#[pyfunction]
+fn reap(py: Python<'_>) -> bool {
+    let Some(idents) = py.detach(runs::wait_due) else {
+        return false;
+    };
+    let report = py.detach(|| emitter().close_runs(&idents));
+    let mut out = vec![(
+        ERROR,
+        format!(
+            "the runner_config of {} open runs ({}) was garbage-collected before their terminal status (ansible-runner raised?); flushing and closing them",
+            idents.len(),
+            idents.join(", ")
+        ),
+    )];
+    out.extend(lines(report));
+    runs::closed(idents.len(), out);
+    true
+}
+
+/// The lines of closes the reaper made (and of an unreadable grace), not logged yet.
+#[pyfunction]
+fn take_pending() -> Lines {
+    runs::take_pending()
 }
 
 /// Process-wide counters.
@@ -429,6 +413,7 @@ fn stats(py: Python<'_>) -> PyResult<Bound<'_, PyDict>> {
     d.set_item("handled_bytes", get(&HANDLED_BYTES))?;
     d.set_item("late", emitter().late_messages())?;
     d.set_item("no_ident", get(&NO_IDENT))?;
+    d.set_item("abandoned", get(&runs::CLOSED_ABANDONED))?;
     Ok(d)
 }
 
@@ -442,6 +427,9 @@ fn native(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_function(wrap_pyfunction!(handle, m)?)?;
     m.add_function(wrap_pyfunction!(stats, m)?)?;
     m.add_function(wrap_pyfunction!(close_all, m)?)?;
+    m.add_function(wrap_pyfunction!(reap, m)?)?;
+    m.add_function(wrap_pyfunction!(take_pending, m)?)?;
+    m.add_function(wrap_pyfunction!(runs::config_gone, m)?)?;
     m.add("MAX_DEPTH", ser::MAX_DEPTH)?;
     m.add("ABI3", cfg!(feature = "abi3"))?;
     Ok(())

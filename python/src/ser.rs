@@ -711,7 +711,7 @@ fn write_escape(buf: &mut Vec<u8>, c: u8) {
 /// The common case, a string with nothing to escape, is copied a word (8 bytes) at a time
 /// straight into room reserved up front: each word is checked for bytes to escape and
 /// stored whole, the last, short one padded with spaces that the final length leaves out.
-/// From the first byte that needs escaping on, [`write_str_rest`] takes over.
+/// From the first byte that needs escaping on, `write_str_rest` takes over.
 #[inline(always)]
 pub fn write_str_utf8(buf: &mut Vec<u8>, s: &[u8]) {
     let n = s.len();

@@ -2,6 +2,7 @@
 and an independent nats-py subscriber checking what arrived."""
 
 import json
+import re
 import subprocess
 import sys
 import time
@@ -94,6 +95,53 @@ def test_python_api_run(tmp_path, server):
         )
         run_python(code, server.url, timeout=300)
         assert_every_event_once(pdd, "api-run", sub)
+    finally:
+        sub.close()
+
+
+def test_a_run_ansible_runner_gave_up_on_is_closed_once_the_host_lets_go_of_it(tmp_path, server):
+    # A cancel callback that raises makes ansible_runner.run() raise with no terminal
+    # status. In a long-lived host the run must not keep its connection and threads for the
+    # life of the process: once the Runner is collected (and the grace passed) it is
+    # flushed and closed, and what it published is delivered.
+    sub = Subscriber(server.url, "pub.ansible.runner.>")
+    try:
+        pdd = private_data_dir(tmp_path)
+        code = (
+            "import gc, json, os, sys, time, ansible_runner, ansible_runner_nats_rs as p\n"
+            "def client_threads():\n"
+            "    names = []\n"
+            "    for t in os.listdir('/proc/self/task'):\n"
+            "        with open(f'/proc/self/task/{t}/comm') as f:\n"
+            "            names.append(f.read().strip())\n"
+            "    return [n for n in names if n.startswith('nats-')]\n"
+            "def broken():\n"
+            "    raise RuntimeError('the cancel check broke')\n"
+            "try:\n"
+            f"    ansible_runner.run(private_data_dir={str(pdd)!r}, playbook='site.yml', ident='gave-up',\n"
+            "                       quiet=True, cancel_callback=broken)\n"
+            "except Exception as e:\n"
+            "    raised = type(e).__name__\n"
+            "gc.collect()\n"
+            "deadline = time.monotonic() + 30\n"
+            "while (p.stats()['abandoned'] < 1 or client_threads()) and time.monotonic() < deadline:\n"
+            "    time.sleep(0.01)\n"
+            "print(json.dumps({'raised': raised, 'abandoned': p.stats()['abandoned'],\n"
+            "                  'threads': client_threads()}))\n"
+        )
+        env = dict(plugin_env(server.url), RUNNER_NATS_ABANDONED_GRACE="0.2")
+        proc = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True,
+                              text=True, timeout=300)
+        assert proc.returncode == 0, proc.stderr
+        assert json.loads(proc.stdout) == {"raised": "CallbackError", "abandoned": 1, "threads": []}
+        published = re.search(r"run gave-up ended without a terminal status; closed with (\d+) "
+                              r"messages published", proc.stderr)
+        assert published, proc.stderr
+        assert proc.stderr.count("gave-up") == 2, proc.stderr
+        got = sub.wait_for(int(published.group(1)))
+        events, statuses = by_kind(sub.settle(), "gave-up")
+        assert len(events) + len(statuses) == len(got) == int(published.group(1))
+        assert [json.loads(m.data)["status"] for m in statuses] == ["starting", "running"]
     finally:
         sub.close()
 

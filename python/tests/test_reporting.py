@@ -188,6 +188,94 @@ def test_a_run_left_open_at_exit_is_flushed_and_said(server):
         sub.close()
 
 
+# ansible-runner's RunnerConfig (and the MockConfig of `ansible-runner process`) take weak
+# references; SimpleNamespace does not.
+ABANDONING = PRELUDE + (
+    "import gc, os, sys, time\n"
+    "class Config:\n"
+    "    settings = {}\n"
+    "def client_threads():\n"
+    "    names = []\n"
+    "    for t in os.listdir('/proc/self/task'):\n"
+    "        with open(f'/proc/self/task/{t}/comm') as f:\n"
+    "            names.append(f.read().strip())\n"
+    "    return [n for n in names if n.startswith('nats-')]\n"
+    "def wait_until(what, cond, timeout=20):\n"
+    "    deadline = time.monotonic() + timeout\n"
+    "    while not cond():\n"
+    "        assert time.monotonic() < deadline, what\n"
+    "        time.sleep(0.01)\n"
+)
+
+
+def test_a_run_whose_configuration_object_is_collected_is_closed_after_the_grace(server):
+    sub = Subscriber(server.url, "pub.ansible.runner.rep.>")
+    try:
+        code = ABANDONING + (
+            "a = Config()\n"
+            "p.status_handler(a, {'status': 'starting', 'runner_ident': 'dropped'})\n"
+            "for i in range(3):\n"
+            "    p.event_handler(a, {'event': 'runner_on_ok', 'runner_ident': 'dropped'})\n"
+            "wait_until('connected', lambda: len(client_threads()) == 2)\n"
+            # ansible-runner raised before the terminal status, and the host let go of it.
+            "del a\n"
+            "gc.collect()\n"
+            "wait_until('closed', lambda: p.stats()['abandoned'] == 1)\n"
+            "wait_until('threads ended', lambda: not client_threads())\n"
+            "print('MARK', file=sys.stderr, flush=True)\n"
+        )
+        proc = run(code, server.url, RUNNER_NATS_ABANDONED_GRACE="0.2")
+        before, _, after = proc.stderr.partition("MARK")
+        assert "the runner_config of 1 open runs (dropped) was garbage-collected" in before, \
+            proc.stderr
+        assert "run dropped ended without a terminal status; closed with 4 messages published" \
+            in before, proc.stderr
+        # Not closed a second time at exit.
+        assert "dropped" not in after, proc.stderr
+        got = sub.wait_for(4)
+        assert len(subjects(got, "dropped", "event")) == 3
+    finally:
+        sub.close()
+
+
+def test_a_call_within_the_grace_keeps_the_run_of_a_collected_configuration_open(server):
+    # A caller that makes a configuration object per call: its run goes on.
+    sub = Subscriber(server.url, "pub.ansible.runner.rep.>")
+    try:
+        code = ABANDONING + (
+            "a = Config()\n"
+            "p.status_handler(a, {'status': 'starting', 'runner_ident': 'renewed'})\n"
+            "del a\n"
+            "gc.collect()\n"
+            "b = Config()\n"
+            "p.event_handler(b, {'event': 'runner_on_ok', 'runner_ident': 'renewed'})\n"
+            "p.status_handler(b, {'status': 'successful', 'runner_ident': 'renewed'})\n"
+            "print(p.stats()['abandoned'])\n"
+        )
+        proc = run(code, server.url, RUNNER_NATS_ABANDONED_GRACE="30")
+        assert proc.stdout.strip() == "0"
+        assert "garbage-collected" not in proc.stderr, proc.stderr
+        assert "ended without a terminal status" not in proc.stderr, proc.stderr
+        got = sub.wait_for(3)
+        assert [s["status"] for s in subjects(got, "renewed", "status")] == ["starting", "successful"]
+    finally:
+        sub.close()
+
+
+def test_an_unreadable_grace_is_said_and_the_default_used(server):
+    code = ABANDONING + (
+        "a = Config()\n"
+        "p.status_handler(a, {'status': 'starting', 'runner_ident': 'graceless'})\n"
+        "del a\n"
+        "gc.collect()\n"
+    )
+    proc = run(code, server.url, RUNNER_NATS_ABANDONED_GRACE="soon")
+    assert proc.stderr.count("RUNNER_NATS_ABANDONED_GRACE is not a number of seconds") == 1, \
+        proc.stderr
+    # Closed at exit, before the grace ran out.
+    assert "run graceless ended without a terminal status" in proc.stderr, proc.stderr
+
+
 def test_a_host_name_python_cannot_tell_is_said_not_silently_localhost(server):
     sub = Subscriber(server.url, "pub.ansible.runner.>")
     try:
