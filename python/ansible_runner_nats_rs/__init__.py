@@ -26,7 +26,6 @@ import atexit
 import logging
 import os
 import sys
-import threading
 
 logger = logging.getLogger("ansible-runner.nats")
 
@@ -186,29 +185,6 @@ def _log_lines(lines):
             _log(level, line)
 
 
-def _start_reaper():
-    """Called by the native side, from a handler call, with the first ``runner_config``
-    object that opens a run."""
-    threading.Thread(target=_reap_abandoned, name="ansible-runner-nats-reaper",
-                     daemon=True).start()
-
-
-def _reap_abandoned():
-    """Closes the runs whose ``runner_config`` object was garbage-collected before their
-    terminal status (ansible-runner raised, and the host let go of the ``Runner``): such
-    an object brings no more calls. Each is flushed and closed once
-    ``RUNNER_NATS_ABANDONED_GRACE`` (60 s) passed without a call for it, rather than
-    keeping a connection and two threads for the life of the process. The exit hook stops
-    this thread (a daemon: it never holds the exit up by itself)."""
-    while True:
-        try:
-            if not _native.reap():
-                return
-            _log_lines(_native.take_pending())
-        except Exception:
-            pass
-
-
 def _at_exit():
     """A run that never got its terminal status (an exception in ansible-runner, an
     interrupt) still has its queued messages flushed, bounded by the flush timeout, and
@@ -225,3 +201,7 @@ def _at_exit():
 
 _PID = os.getpid()
 atexit.register(_at_exit)
+if _native is not None:
+    # The parent's configuration objects and the thread that closes abandoned runs (see
+    # python/src/runs.rs) are not a forked child's.
+    os.register_at_fork(after_in_child=_native.forked)

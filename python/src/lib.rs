@@ -6,7 +6,7 @@
 //!   through the process-wide emitter (one connection per run); returns the lines to log.
 //! - `stats() -> dict`: counters (serializer stages, handled payloads).
 //! - `close_all() -> [(level, line)]`: flushes and closes the runs still open (at exit).
-//! - `config_gone(key)`, `reap() -> bool`, `take_pending() -> [(level, line)]`: the runs a
+//! - `config_gone(key)`, `take_pending() -> [(level, line)]`, `forked()`: the runs a
 //!   garbage-collected `runner_config` object left open (see the `runs` module).
 
 use std::collections::HashMap;
@@ -206,6 +206,27 @@ fn handle(
     runner_config: &Bound<'_, PyAny>,
     data: &Bound<'_, PyAny>,
 ) -> PyResult<Lines> {
+    // What the reaper of abandoned runs had to say since the last call comes first: it
+    // happened first.
+    let mut out = runs::take_pending();
+    match handle_call(py, kind, runner_config, data) {
+        Ok(lines) => {
+            out.extend(lines);
+            Ok(out)
+        }
+        Err(e) => {
+            runs::pend(out);
+            Err(e)
+        }
+    }
+}
+
+fn handle_call(
+    py: Python<'_>,
+    kind: &str,
+    runner_config: &Bound<'_, PyAny>,
+    data: &Bound<'_, PyAny>,
+) -> PyResult<Lines> {
     let counter = match kind {
         "event" => &HANDLED_EVENT,
         "status" => &HANDLED_STATUS,
@@ -282,7 +303,7 @@ fn handle(
     // so that a run's stream of events does not take the lock for each one.
     let key = runs::key(runner_config);
     if status.is_some() || !LAST_RUN.with(|last| last.borrow().is(key, &ident)) {
-        runs::remember(runner_config, &ident, opened && !terminal)?;
+        runs::remember(runner_config, &ident, opened && !terminal, emitter())?;
         LAST_RUN.with(|last| last.borrow_mut().set(key, &ident, opened && !terminal));
     }
     if !opened {
@@ -371,29 +392,8 @@ fn close_all(py: Python<'_>) -> Lines {
 /// its runs' flush timeout already.
 const EXIT_WAIT: std::time::Duration = std::time::Duration::from_secs(120);
 
-/// The reaper thread's step (`_reap_abandoned`): waits, without the GIL, until abandoned
-/// runs (see `runs`) are due, then flushes and closes them; their lines wait in
-/// `take_pending()`. False once the exit stopped the reaper.
-#[pyfunction]
-fn reap(py: Python<'_>) -> bool {
-    let Some(idents) = py.detach(runs::wait_due) else {
-        return false;
-    };
-    let report = py.detach(|| emitter().close_runs(&idents));
-    let mut out = vec![(
-        ERROR,
-        format!(
-            "the runner_config of {} open runs ({}) was garbage-collected before their terminal status (ansible-runner raised?); flushing and closing them",
-            idents.len(),
-            idents.join(", ")
-        ),
-    )];
-    out.extend(lines(report));
-    runs::closed(idents.len(), out);
-    true
-}
-
-/// The lines of closes the reaper made (and of an unreadable grace), not logged yet.
+/// The lines of closes the reaper made (and of an unreadable grace) that no handler call
+/// returned yet; for tests and hosts that want them before the next call.
 #[pyfunction]
 fn take_pending() -> Lines {
     runs::take_pending()
@@ -427,8 +427,8 @@ fn native(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_function(wrap_pyfunction!(handle, m)?)?;
     m.add_function(wrap_pyfunction!(stats, m)?)?;
     m.add_function(wrap_pyfunction!(close_all, m)?)?;
-    m.add_function(wrap_pyfunction!(reap, m)?)?;
     m.add_function(wrap_pyfunction!(take_pending, m)?)?;
+    m.add_function(wrap_pyfunction!(runs::forked, m)?)?;
     m.add_function(wrap_pyfunction!(runs::config_gone, m)?)?;
     m.add("MAX_DEPTH", ser::MAX_DEPTH)?;
     m.add("ABI3", cfg!(feature = "abi3"))?;

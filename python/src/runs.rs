@@ -5,11 +5,16 @@
 //!   `ansible-runner process`, not every run of the process ([`take`]).
 //! - A configuration object that is garbage-collected before its runs got their terminal
 //!   status (ansible-runner raised, and the host dropped the `Runner`) can bring no more
-//!   calls: its runs are *abandoned*. After a grace period without a call for them they
-//!   are flushed and closed by the reaper thread ([`wait_abandoned`], [`close_abandoned`]),
-//!   instead of keeping a connection and two threads each for the life of the process. A
-//!   call for a run within the grace keeps it open (a caller that makes a new
-//!   configuration object per call).
+//!   calls: its runs are *abandoned*. After a grace period without a call for them, the
+//!   reaper thread ([`reap`]) flushes and closes them, instead of keeping a connection and
+//!   two threads each for the life of the process. A call for a run within the grace
+//!   keeps it open.
+//!
+//! A run belongs to the object that made the latest call for it: a retry under the same
+//! `runner_ident`, or a caller that makes a configuration object per call, takes it over,
+//! and the end of an older object does not touch it. (A caller that makes an object per
+//! call and then stays silent for longer than the grace cannot be told from an abandoned
+//! run: its later calls are refused as late, and said to be.)
 //!
 //! Objects are known by address. A weak reference (`weakref.finalize`) reports each
 //! object's end ([`config_gone`]) before its address can be reused; objects that take no
@@ -17,20 +22,31 @@
 //!
 //! [`config_gone`] runs in whichever thread collected the object, maybe inside the garbage
 //! collector, where Python code could deadlock (a collection inside `threading` holding
-//! its own lock): it runs no Python code, logs nothing and starts no thread; it records
-//! and wakes the reaper. No lock here is held while Python code runs: any Python call can
-//! collect garbage and so run [`config_gone`], which takes these locks.
+//! its own lock). It runs no Python code of ours, logs nothing and starts nothing: it
+//! records and wakes the reaper. The reaper is a thread of ours that never takes the GIL
+//! (so it works under gevent's monkey-patching, and at the interpreter's finalization);
+//! its lines wait for the next handler call or the exit hook ([`take_pending`]). No lock
+//! here is held while Python code runs: any Python call can collect garbage and so run
+//! [`config_gone`], which takes these locks.
 
-use std::collections::HashMap;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{Condvar, Mutex, MutexGuard, OnceLock};
+use std::collections::BTreeMap;
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
+use std::sync::{Condvar, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
 use pyo3::exceptions::PyException;
 use pyo3::prelude::*;
 use pyo3::sync::PyOnceLock;
 
-use crate::{Lines, ERROR};
+use ansible_runner_nats::emitter::Emitter;
+
+use crate::{lines, Lines, ERROR};
+
+/// The open runs of the configuration objects, and which object each run belongs to.
+struct Tracking {
+    configs: BTreeMap<usize, Config>,
+    owner: BTreeMap<String, usize>,
+}
 
 /// The open runs of one configuration object.
 #[derive(Default)]
@@ -50,18 +66,29 @@ enum Watch {
     Unable,
 }
 
-fn configs() -> MutexGuard<'static, HashMap<usize, Config>> {
-    static CONFIGS: OnceLock<Mutex<HashMap<usize, Config>>> = OnceLock::new();
-    lock(CONFIGS.get_or_init(Default::default))
+impl Tracking {
+    /// Forgets `ident` wherever it is, dropping an entry left empty that no finalizer
+    /// will remove.
+    fn forget(&mut self, ident: &str) {
+        let Some(key) = self.owner.remove(ident) else {
+            return;
+        };
+        if let Some(config) = self.configs.get_mut(&key) {
+            config.idents.retain(|i| i != ident);
+            if config.idents.is_empty() && config.watch != Watch::Watched {
+                self.configs.remove(&key);
+            }
+        }
+    }
 }
 
-fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
-    m.lock().unwrap_or_else(|p| p.into_inner())
-}
+static TRACKING: Mutex<Tracking> = Mutex::new(Tracking {
+    configs: BTreeMap::new(),
+    owner: BTreeMap::new(),
+});
 
 /// Runs whose configuration object is gone, each with the time its grace ends; and
 /// whether the exit stopped the reaper.
-#[derive(Default)]
 struct Abandoned {
     runs: Vec<(String, Instant)>,
     stopping: bool,
@@ -74,113 +101,115 @@ static ABANDONED: Mutex<Abandoned> = Mutex::new(Abandoned {
 /// Wakes the reaper: a run was abandoned, or the exit stops it.
 static REAPER_WAKE: Condvar = Condvar::new();
 
-fn abandoned() -> MutexGuard<'static, Abandoned> {
-    lock(&ABANDONED)
-}
-
-/// Lines for the reaper to log (closes, an unreadable grace): logged by the reaper after
-/// each close, or by the exit hook.
-static PENDING: Mutex<Lines> = Mutex::new(Vec::new());
-
-/// The process the weak references were made in: a forked child's copies of the runs
-/// have no threads, and are not its to close.
-static PID: OnceLock<u32> = OnceLock::new();
-
-/// Whether `abandoned()` may hold anything: the one check a handler call makes.
+/// Whether `ABANDONED` may hold runs: the one check a handler call makes.
 static ANY_ABANDONED: AtomicBool = AtomicBool::new(false);
 
-/// Bumped at each object's end, so that a thread's [`LastRun`] of an object that is gone
-/// does not stand for a new object at the same address.
+/// Lines of the reaper's closes (and of an unreadable grace), for the next handler call
+/// or the exit hook to log.
+static PENDING: Mutex<Lines> = Mutex::new(Vec::new());
+static ANY_PENDING: AtomicBool = AtomicBool::new(false);
+
+/// Closes the reaper has under way, for [`stop`].
+static CLOSING: Mutex<usize> = Mutex::new(0);
+static CLOSED: Condvar = Condvar::new();
+
+/// The process whose reaper runs (0: none started). A forked child has no reaper thread,
+/// and its copies of the parent's runs have no client threads: [`forked`] starts it over.
+static REAPER_PID: AtomicU32 = AtomicU32::new(0);
+
+/// Bumped when an object ends and when a run changes objects, so that a thread's
+/// [`LastRun`] does not stand for what changed.
 static GENERATION: AtomicU64 = AtomicU64::new(0);
 
 /// Runs closed because their configuration object was gone (`stats()['abandoned']`).
 pub(crate) static CLOSED_ABANDONED: AtomicU64 = AtomicU64::new(0);
 
-/// Abandoned runs being closed right now, for [`stop`].
-static CLOSING: Mutex<usize> = Mutex::new(0);
-static CLOSED: Condvar = Condvar::new();
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}
 
-/// Whether the reaper thread was started (with the first watched object).
-static REAPER: AtomicBool = AtomicBool::new(false);
+fn tracking() -> MutexGuard<'static, Tracking> {
+    lock(&TRACKING)
+}
 
 pub(crate) fn key(runner_config: &Bound<'_, PyAny>) -> usize {
     runner_config.as_ptr() as usize
 }
 
-/// Records that the run `ident` of the object `runner_config` is open (`open`) or not;
-/// the first run of an object also sets up the report of its end. Fails only with what
-/// must propagate (KeyboardInterrupt).
-pub(crate) fn remember(runner_config: &Bound<'_, PyAny>, ident: &str, open: bool) -> PyResult<()> {
+/// Records that the run `ident`, called for through `runner_config`, is open (`open`) or
+/// ended; the first run of an object also sets up the report of its end. Fails only with
+/// what must propagate (KeyboardInterrupt).
+pub(crate) fn remember(
+    runner_config: &Bound<'_, PyAny>,
+    ident: &str,
+    open: bool,
+    emitter: &'static Emitter,
+) -> PyResult<()> {
+    if OFF.load(Ordering::Relaxed) {
+        return Ok(());
+    }
     let key = key(runner_config);
     let watch = {
-        let mut configs = configs();
-        if open {
-            let config = configs.entry(key).or_default();
-            if !config.idents.iter().any(|i| i == ident) {
-                config.idents.push(ident.to_owned());
+        let mut t = tracking();
+        if !open {
+            t.forget(ident);
+            return Ok(());
+        }
+        if t.owner.get(ident) != Some(&key) {
+            if t.owner.contains_key(ident) {
+                // Taken over from another object: its end no longer concerns this run.
+                t.forget(ident);
+                GENERATION.fetch_add(1, Ordering::Relaxed);
             }
-            // Set before the finalizer exists: a second thread does not make another.
-            config.watch == Watch::Not && {
-                config.watch = Watch::Watched;
-                true
-            }
-        } else {
-            if let Some(config) = configs.get_mut(&key) {
-                config.idents.retain(|i| i != ident);
-                if config.idents.is_empty() && config.watch != Watch::Watched {
-                    configs.remove(&key);
-                }
-            }
-            false
+            t.owner.insert(ident.to_owned(), key);
+            t.configs
+                .entry(key)
+                .or_default()
+                .idents
+                .push(ident.to_owned());
+        }
+        let config = t.configs.entry(key).or_default();
+        // Set before the finalizer exists: a second thread does not make another.
+        config.watch == Watch::Not && {
+            config.watch = Watch::Watched;
+            true
         }
     };
     if !watch {
         return Ok(());
     }
     let py = runner_config.py();
-    match watch_end(runner_config, key) {
-        Ok(()) => return start_reaper(py),
-        Err(e) if !e.is_instance_of::<PyException>(py) => return Err(e),
-        Err(_) => {}
-    }
-    // No weak reference to this object: forgotten with its last run instead.
-    let mut configs = configs();
-    if let Some(config) = configs.get_mut(&key) {
-        config.watch = Watch::Unable;
+    let failed = match watch_end(runner_config, key) {
+        Ok(()) => {
+            start_reaper(emitter);
+            return Ok(());
+        }
+        Err(e) => e,
+    };
+    let interrupted = !failed.is_instance_of::<PyException>(py);
+    let mut t = tracking();
+    if let Some(config) = t.configs.get_mut(&key) {
+        // No weak reference to this object: forgotten with its last run instead. An
+        // interrupt may leave it without one too: tried again with its next run.
+        config.watch = if interrupted {
+            Watch::Not
+        } else {
+            Watch::Unable
+        };
         if config.idents.is_empty() {
-            configs.remove(&key);
+            t.configs.remove(&key);
         }
     }
-    Ok(())
-}
-
-/// Starts the reaper thread (`_reap_abandoned`, a daemon thread of Python's) once, from
-/// a handler call: not from the garbage collector.
-fn start_reaper(py: Python<'_>) -> PyResult<()> {
-    static START: PyOnceLock<Py<PyAny>> = PyOnceLock::new();
-    if REAPER.swap(true, Ordering::Relaxed) {
-        return Ok(());
-    }
-    PID.get_or_init(std::process::id);
-    let started = START
-        .import(py, "ansible_runner_nats_rs", "_start_reaper")
-        .and_then(|start| start.call0());
-    match started {
-        Ok(_) => Ok(()),
-        Err(e) => {
-            // Tried again with the next object; meanwhile runs are closed at exit.
-            REAPER.store(false, Ordering::Relaxed);
-            if e.is_instance_of::<PyException>(py) {
-                Ok(())
-            } else {
-                Err(e)
-            }
-        }
+    drop(t);
+    if interrupted {
+        Err(failed)
+    } else {
+        Ok(())
     }
 }
 
-/// `weakref.finalize(runner_config, _native.config_gone, key)`, not called at exit (the exit
-/// hook closes what is open then).
+/// `weakref.finalize(runner_config, _native.config_gone, key)`, not called at exit (the
+/// exit hook closes what is open then).
 fn watch_end(runner_config: &Bound<'_, PyAny>, key: usize) -> PyResult<()> {
     static FINALIZE: PyOnceLock<Py<PyAny>> = PyOnceLock::new();
     static GONE: PyOnceLock<Py<PyAny>> = PyOnceLock::new();
@@ -191,66 +220,74 @@ fn watch_end(runner_config: &Bound<'_, PyAny>, key: usize) -> PyResult<()> {
     finalizer.setattr("atexit", false)
 }
 
+/// Starts this process's reaper thread, once.
+fn start_reaper(emitter: &'static Emitter) {
+    let pid = std::process::id();
+    if REAPER_PID.swap(pid, Ordering::Relaxed) == pid {
+        return;
+    }
+    let started = std::thread::Builder::new()
+        .name("nats-reaper".into())
+        .spawn(move || reap(emitter));
+    if started.is_err() {
+        // Tried again with the next object; meanwhile runs are closed at exit.
+        REAPER_PID.store(0, Ordering::Relaxed);
+    }
+}
+
 /// The open runs of the object `key`, forgotten (a broken stream closes them).
 pub(crate) fn take(key: usize) -> Vec<String> {
-    let mut configs = configs();
-    match configs.get_mut(&key) {
-        Some(config) if config.watch == Watch::Watched => std::mem::take(&mut config.idents),
-        Some(_) => configs.remove(&key).map(|c| c.idents).unwrap_or_default(),
-        None => Vec::new(),
+    if OFF.load(Ordering::Relaxed) {
+        return Vec::new();
     }
-}
-
-/// The exit: forgets every object, stops the reaper and waits, at most `limit`, for a
-/// close it has under way (each bounded by its run's flush timeout), so that the process
-/// does not end in the middle of one. Returns the lines the reaper did not log.
-pub(crate) fn stop(limit: Duration) -> Lines {
-    configs().clear();
+    let mut t = tracking();
+    let idents = match t.configs.get_mut(&key) {
+        Some(config) => std::mem::take(&mut config.idents),
+        None => return Vec::new(),
+    };
+    for ident in &idents {
+        t.owner.remove(ident);
+    }
+    if t.configs
+        .get(&key)
+        .is_some_and(|c| c.watch != Watch::Watched)
     {
-        let mut list = abandoned();
-        list.runs.clear();
-        list.stopping = true;
+        t.configs.remove(&key);
     }
-    ANY_ABANDONED.store(false, Ordering::Relaxed);
-    REAPER_WAKE.notify_all();
-    let deadline = Instant::now().checked_add(limit);
-    let mut closing = lock(&CLOSING);
-    while *closing > 0 {
-        let left = deadline.map_or(limit, |d| d.saturating_duration_since(Instant::now()));
-        if left.is_zero() {
-            break;
-        }
-        closing = CLOSED
-            .wait_timeout(closing, left)
-            .unwrap_or_else(|p| p.into_inner())
-            .0;
-    }
-    drop(closing);
-    take_pending()
+    idents
 }
 
-/// The object `key` is gone: called by its finalizer (`weakref.finalize`). Its open runs
-/// are abandoned, to be closed once the grace passes without a call for them.
+/// The object `key` is gone: called by its finalizer (`weakref.finalize`). The runs it
+/// still owns are abandoned, to be closed once the grace passes without a call for them.
 #[pyfunction]
 pub(crate) fn config_gone(key: usize) {
-    if PID.get().is_some_and(|pid| *pid != std::process::id()) {
+    if OFF.load(Ordering::Relaxed) || REAPER_PID.load(Ordering::Relaxed) != std::process::id() {
+        // Without this process's reaper: an object inherited by a forked child.
         return;
     }
     GENERATION.fetch_add(1, Ordering::Relaxed);
-    let idents = configs().remove(&key).map(|c| c.idents).unwrap_or_default();
+    let idents = {
+        let mut t = tracking();
+        let idents = t.configs.remove(&key).map(|c| c.idents).unwrap_or_default();
+        for ident in &idents {
+            t.owner.remove(ident);
+        }
+        idents
+    };
     if idents.is_empty() {
         return;
     }
-    let until = Instant::now()
-        .checked_add(grace())
-        .unwrap_or_else(Instant::now);
-    let mut list = abandoned();
+    // A grace too long for the clock: never closed before the exit.
+    let Some(until) = Instant::now().checked_add(grace()) else {
+        return;
+    };
+    let mut list = lock(&ABANDONED);
     if list.stopping {
         return;
     }
-    for ident in &idents {
-        list.runs.retain(|(i, _)| i != ident);
-        list.runs.push((ident.clone(), until));
+    for ident in idents {
+        list.runs.retain(|(i, _)| *i != ident);
+        list.runs.push((ident, until));
     }
     ANY_ABANDONED.store(true, Ordering::Relaxed);
     REAPER_WAKE.notify_all();
@@ -259,24 +296,26 @@ pub(crate) fn config_gone(key: usize) {
 /// The grace when `RUNNER_NATS_ABANDONED_GRACE` is unset or unreadable.
 const DEFAULT_GRACE: Duration = Duration::from_secs(60);
 
-/// `RUNNER_NATS_ABANDONED_GRACE`, read when an object is gone (an unreadable value is
-/// said once, by the reaper).
+/// `RUNNER_NATS_ABANDONED_GRACE`, read when an object is gone; an unreadable value is said
+/// once. A value too long for a `Duration` means never.
 fn grace() -> Duration {
     static SAID: AtomicBool = AtomicBool::new(false);
     let Some(text) = std::env::var_os("RUNNER_NATS_ABANDONED_GRACE") else {
         return DEFAULT_GRACE;
     };
-    let seconds = text.to_str().and_then(|t| t.trim().parse::<f64>().ok());
-    if let Some(grace) = seconds.and_then(|s| Duration::try_from_secs_f64(s).ok()) {
-        return grace;
+    match text.to_str().and_then(|t| t.trim().parse::<f64>().ok()) {
+        Some(s) if s >= 0.0 => Duration::try_from_secs_f64(s).unwrap_or(Duration::MAX),
+        _ => {
+            if !SAID.swap(true, Ordering::Relaxed) {
+                pend(vec![(
+                    ERROR,
+                    "RUNNER_NATS_ABANDONED_GRACE is not a number of seconds (0 or more); using 60"
+                        .into(),
+                )]);
+            }
+            DEFAULT_GRACE
+        }
     }
-    if !SAID.swap(true, Ordering::Relaxed) {
-        lock(&PENDING).push((
-            ERROR,
-            "RUNNER_NATS_ABANDONED_GRACE is not a number of seconds (0 or more); using 60".into(),
-        ));
-    }
-    DEFAULT_GRACE
 }
 
 /// A call for the run `ident` came: it is not abandoned.
@@ -284,16 +323,52 @@ pub(crate) fn called(ident: &str) {
     if !ANY_ABANDONED.load(Ordering::Relaxed) {
         return;
     }
-    let mut list = abandoned();
+    let mut list = lock(&ABANDONED);
     list.runs.retain(|(i, _)| i != ident);
     ANY_ABANDONED.store(!list.runs.is_empty(), Ordering::Relaxed);
 }
 
-/// The reaper's wait (without the GIL) for abandoned runs whose grace is over: their
-/// idents, taken off the list (counted as a close under way until [`closed`]), or `None`
-/// once the exit stopped the reaper.
-pub(crate) fn wait_due() -> Option<Vec<String>> {
-    let mut list = abandoned();
+/// The reaper thread: closes abandoned runs as their grace ends, until the exit stops it.
+fn reap(emitter: &'static Emitter) {
+    while let Some(idents) = wait_due() {
+        // Decrements `CLOSING` however this ends, so that the exit does not wait for it.
+        struct Closing;
+        impl Drop for Closing {
+            fn drop(&mut self) {
+                let mut closing = lock(&CLOSING);
+                *closing = closing.saturating_sub(1);
+                CLOSED.notify_all();
+            }
+        }
+        let _closing = Closing;
+        // A run that ended meanwhile (its terminal status came after all) is not closed
+        // again, nor counted.
+        let open: Vec<String> = idents
+            .into_iter()
+            .filter(|ident| emitter.counters(ident).is_some())
+            .collect();
+        if open.is_empty() {
+            continue;
+        }
+        let report = emitter.close_runs(&open);
+        CLOSED_ABANDONED.fetch_add(open.len() as u64, Ordering::Relaxed);
+        let mut out = vec![(
+            ERROR,
+            format!(
+                "the runner_config of {} open runs ({}) was garbage-collected before their terminal status (ansible-runner raised?); flushed and closed them",
+                open.len(),
+                open.join(", ")
+            ),
+        )];
+        out.extend(lines(report));
+        pend(out);
+    }
+}
+
+/// Waits for abandoned runs whose grace is over: their idents, taken off the list (a
+/// close under way from here, see [`stop`]), or `None` once the exit stopped the reaper.
+fn wait_due() -> Option<Vec<String>> {
+    let mut list = lock(&ABANDONED);
     loop {
         if list.stopping {
             return None;
@@ -321,18 +396,95 @@ pub(crate) fn wait_due() -> Option<Vec<String>> {
     }
 }
 
-/// A close that [`wait_due`] began has ended, with `lines` to log.
-pub(crate) fn closed(runs: usize, lines: Lines) {
-    CLOSED_ABANDONED.fetch_add(runs as u64, Ordering::Relaxed);
-    lock(&PENDING).extend(lines);
-    let mut closing = lock(&CLOSING);
-    *closing = closing.saturating_sub(1);
-    CLOSED.notify_all();
+/// Adds lines to log with the next handler call (or at exit).
+pub(crate) fn pend(new: Lines) {
+    if new.is_empty() {
+        return;
+    }
+    lock(&PENDING).extend(new);
+    ANY_PENDING.store(true, Ordering::Relaxed);
 }
 
-/// The lines not logged yet.
+/// The lines not logged yet (none, at the cost of one atomic load, almost always).
 pub(crate) fn take_pending() -> Lines {
-    std::mem::take(&mut *lock(&PENDING))
+    if !ANY_PENDING.load(Ordering::Relaxed) {
+        return Vec::new();
+    }
+    let mut pending = lock(&PENDING);
+    ANY_PENDING.store(false, Ordering::Relaxed);
+    std::mem::take(&mut *pending)
+}
+
+/// The exit: forgets every object, stops the reaper and waits, at most `limit`, for a
+/// close it has under way (each bounded by its runs' flush timeout), so that the process
+/// does not end in the middle of one. Returns the lines not logged yet.
+pub(crate) fn stop(limit: Duration) -> Lines {
+    {
+        let mut t = tracking();
+        t.configs.clear();
+        t.owner.clear();
+    }
+    {
+        let mut list = lock(&ABANDONED);
+        list.runs.clear();
+        list.stopping = true;
+    }
+    ANY_ABANDONED.store(false, Ordering::Relaxed);
+    REAPER_WAKE.notify_all();
+    let deadline = Instant::now().checked_add(limit);
+    let mut closing = lock(&CLOSING);
+    while *closing > 0 {
+        let left = deadline.map_or(limit, |d| d.saturating_duration_since(Instant::now()));
+        if left.is_zero() {
+            break;
+        }
+        closing = CLOSED
+            .wait_timeout(closing, left)
+            .unwrap_or_else(|p| p.into_inner())
+            .0;
+    }
+    drop(closing);
+    take_pending()
+}
+
+/// In a forked child (`os.register_at_fork`): the parent's objects, abandoned runs and
+/// reaper are not the child's. Its copies of the parent's runs have no client threads and
+/// are never closed here; the child's own runs are tracked and reaped anew. If a thread of
+/// the parent's held one of these locks at the fork (the reaper holds them for moments),
+/// it stays held for good in the child: the child then leaves runs alone (`OFF`).
+#[pyfunction]
+pub(crate) fn forked() {
+    REAPER_PID.store(0, Ordering::Relaxed);
+    ANY_ABANDONED.store(false, Ordering::Relaxed);
+    ANY_PENDING.store(false, Ordering::Relaxed);
+    let free = (
+        unheld(&TRACKING),
+        unheld(&ABANDONED),
+        unheld(&PENDING),
+        unheld(&CLOSING),
+    );
+    let (Some(mut tracking), Some(mut abandoned), Some(mut pending), Some(mut closing)) = free
+    else {
+        OFF.store(true, Ordering::Relaxed);
+        return;
+    };
+    tracking.configs.clear();
+    tracking.owner.clear();
+    abandoned.runs.clear();
+    abandoned.stopping = false;
+    pending.clear();
+    *closing = 0;
+}
+
+/// Whether this process leaves runs alone (see [`forked`]).
+static OFF: AtomicBool = AtomicBool::new(false);
+
+fn unheld<T>(m: &Mutex<T>) -> Option<MutexGuard<'_, T>> {
+    match m.try_lock() {
+        Ok(guard) => Some(guard),
+        Err(std::sync::TryLockError::Poisoned(p)) => Some(p.into_inner()),
+        Err(std::sync::TryLockError::WouldBlock) => None,
+    }
 }
 
 /// The open run a thread last recorded, so that a run's stream of events does not take

@@ -216,20 +216,24 @@ def test_a_run_whose_configuration_object_is_collected_is_closed_after_the_grace
             "p.status_handler(a, {'status': 'starting', 'runner_ident': 'dropped'})\n"
             "for i in range(3):\n"
             "    p.event_handler(a, {'event': 'runner_on_ok', 'runner_ident': 'dropped'})\n"
-            "wait_until('connected', lambda: len(client_threads()) == 2)\n"
+            "wait_until('connected', lambda: len(client_threads()) == 3)\n"
             # ansible-runner raised before the terminal status, and the host let go of it.
             "del a\n"
             "gc.collect()\n"
             "wait_until('closed', lambda: p.stats()['abandoned'] == 1)\n"
-            "wait_until('threads ended', lambda: not client_threads())\n"
+            "wait_until('its threads ended', lambda: client_threads() == ['nats-reaper'])\n"
+            "print('CLOSED', file=sys.stderr, flush=True)\n"
+            # The reaper's lines come with the next handler call.
+            "p.status_handler(Config(), {'status': 'starting', 'runner_ident': 'next'})\n"
             "print('MARK', file=sys.stderr, flush=True)\n"
         )
         proc = run(code, server.url, RUNNER_NATS_ABANDONED_GRACE="0.2")
-        before, _, after = proc.stderr.partition("MARK")
-        assert "the runner_config of 1 open runs (dropped) was garbage-collected" in before, \
-            proc.stderr
+        _, _, said = proc.stderr.partition("CLOSED")
+        said, _, after = said.partition("MARK")
+        assert "the runner_config of 1 open runs (dropped) was garbage-collected before their " \
+            "terminal status (ansible-runner raised?); flushed and closed them" in said, proc.stderr
         assert "run dropped ended without a terminal status; closed with 4 messages published" \
-            in before, proc.stderr
+            in said, proc.stderr
         # Not closed a second time at exit.
         assert "dropped" not in after, proc.stderr
         got = sub.wait_for(4)
@@ -239,7 +243,7 @@ def test_a_run_whose_configuration_object_is_collected_is_closed_after_the_grace
 
 
 def test_a_call_within_the_grace_keeps_the_run_of_a_collected_configuration_open(server):
-    # A caller that makes a configuration object per call: its run goes on.
+    # A caller that makes a configuration object per call: its run goes on past the grace.
     sub = Subscriber(server.url, "pub.ansible.runner.rep.>")
     try:
         code = ABANDONING + (
@@ -249,15 +253,92 @@ def test_a_call_within_the_grace_keeps_the_run_of_a_collected_configuration_open
             "gc.collect()\n"
             "b = Config()\n"
             "p.event_handler(b, {'event': 'runner_on_ok', 'runner_ident': 'renewed'})\n"
+            # Nothing to wait for: the grace passing is the point.
+            "time.sleep(1.0)\n"
+            "p.event_handler(b, {'event': 'runner_on_ok', 'runner_ident': 'renewed'})\n"
             "p.status_handler(b, {'status': 'successful', 'runner_ident': 'renewed'})\n"
-            "print(p.stats()['abandoned'])\n"
+            "print(p.stats()['abandoned'], p.stats()['late'])\n"
         )
-        proc = run(code, server.url, RUNNER_NATS_ABANDONED_GRACE="30")
-        assert proc.stdout.strip() == "0"
+        proc = run(code, server.url, RUNNER_NATS_ABANDONED_GRACE="0.2")
+        assert proc.stdout.split() == ["0", "0"], proc.stderr
         assert "garbage-collected" not in proc.stderr, proc.stderr
         assert "ended without a terminal status" not in proc.stderr, proc.stderr
-        got = sub.wait_for(3)
+        got = sub.wait_for(4)
         assert [s["status"] for s in subjects(got, "renewed", "status")] == ["starting", "successful"]
+        assert len(subjects(got, "renewed", "event")) == 2
+    finally:
+        sub.close()
+
+
+def test_the_end_of_an_object_that_no_longer_owns_a_run_changes_nothing(server):
+    # A retry under the same ident while the first attempt's Runner is still alive (in a
+    # cycle), and a run ended through another object than the one that opened it.
+    sub = Subscriber(server.url, "pub.ansible.runner.rep.>")
+    try:
+        code = ABANDONING + (
+            "first = Config()\n"
+            "first.me = first\n"
+            "p.status_handler(first, {'status': 'starting', 'runner_ident': 'retried'})\n"
+            "del first\n"
+            "retry = Config()\n"
+            "p.status_handler(retry, {'status': 'starting', 'runner_ident': 'retried'})\n"
+            "a, b = Config(), Config()\n"
+            "p.status_handler(a, {'status': 'starting', 'runner_ident': 'moved'})\n"
+            "p.status_handler(b, {'status': 'successful', 'runner_ident': 'moved'})\n"
+            "del a\n"
+            "gc.collect()\n"
+            # The retry's long task is quiet past the grace.
+            "time.sleep(1.0)\n"
+            "p.event_handler(retry, {'event': 'runner_on_ok', 'runner_ident': 'retried'})\n"
+            "p.status_handler(retry, {'status': 'successful', 'runner_ident': 'retried'})\n"
+            "print(p.stats()['abandoned'], p.stats()['late'])\n"
+        )
+        proc = run(code, server.url, RUNNER_NATS_ABANDONED_GRACE="0.2")
+        assert proc.stdout.split() == ["0", "0"], proc.stderr
+        assert "garbage-collected" not in proc.stderr, proc.stderr
+        got = sub.wait_for(6)
+        assert [s["status"] for s in subjects(got, "retried", "status")] == \
+            ["starting", "starting", "successful"]
+        assert len(subjects(got, "retried", "event")) == 1
+    finally:
+        sub.close()
+
+
+def test_a_forked_child_closes_the_runs_it_abandons(server):
+    sub = Subscriber(server.url, "pub.ansible.runner.rep.>")
+    try:
+        code = ABANDONING + (
+            "import json\n"
+            "parent = Config()\n"
+            # The parent has its own reaper by now.
+            "p.status_handler(parent, {'status': 'starting', 'runner_ident': 'parent'})\n"
+            "pid = os.fork()\n"
+            "if pid == 0:\n"
+            "    c = Config()\n"
+            "    p.status_handler(c, {'status': 'starting', 'runner_ident': 'child'})\n"
+            "    p.event_handler(c, {'event': 'runner_on_ok', 'runner_ident': 'child'})\n"
+            "    del c\n"
+            "    gc.collect()\n"
+            "    wait_until('closed', lambda: p.stats()['abandoned'] == 1)\n"
+            "    said = p._native.take_pending()\n"
+            "    print(json.dumps({'said': [line for _, line in said]}), flush=True)\n"
+            "    os._exit(0)\n"
+            "_, status = os.waitpid(pid, 0)\n"
+            "assert status == 0, status\n"
+            "p.status_handler(parent, {'status': 'successful', 'runner_ident': 'parent'})\n"
+            "print(p.stats()['abandoned'])\n"
+        )
+        proc = run(code, server.url, RUNNER_NATS_ABANDONED_GRACE="0.2")
+        child, parent = proc.stdout.strip().splitlines()
+        said = json.loads(child)["said"]
+        assert any("(child) was garbage-collected" in line for line in said), said
+        assert any("run child ended without a terminal status; closed with 2 messages" in line
+                   for line in said), said
+        assert parent == "0"
+        got = sub.wait_for(4)
+        assert len(subjects(got, "child", "status")) == 1
+        assert len(subjects(got, "child", "event")) == 1
+        assert [s["status"] for s in subjects(got, "parent", "status")] == ["starting", "successful"]
     finally:
         sub.close()
 
