@@ -204,6 +204,18 @@ class Subscriber:
             self.loop.call_soon_threadsafe(self.loop.stop)
 
 
+# Code for a test's own Python process (it needs `os`): the names of that process's threads
+# of ours (nats-supervisor, nats-reader, nats-reaper), from /proc.
+CLIENT_THREADS = (
+    "def client_threads():\n"
+    "    names = []\n"
+    "    for t in os.listdir('/proc/self/task'):\n"
+    "        with open(f'/proc/self/task/{t}/comm') as f:\n"
+    "            names.append(f.read().strip())\n"
+    "    return [n for n in names if n.startswith('nats-')]\n"
+)
+
+
 def private_data_dir(tmp_path, name="pdd"):
     target = Path(tmp_path) / name
     shutil.copytree(EXAMPLE, target)

@@ -11,6 +11,7 @@ from pathlib import Path
 import pytest
 
 from e2e_support import (
+    CLIENT_THREADS,
     VENV_BIN,
     NatsServer,
     Subscriber,
@@ -109,12 +110,7 @@ def test_a_run_ansible_runner_gave_up_on_is_closed_once_the_host_lets_go_of_it(t
         pdd = private_data_dir(tmp_path)
         code = (
             "import gc, json, os, sys, time, ansible_runner, ansible_runner_nats_rs as p\n"
-            "def client_threads():\n"
-            "    names = []\n"
-            "    for t in os.listdir('/proc/self/task'):\n"
-            "        with open(f'/proc/self/task/{t}/comm') as f:\n"
-            "            names.append(f.read().strip())\n"
-            "    return [n for n in names if n.startswith('nats-')]\n"
+            + CLIENT_THREADS +
             "def broken():\n"
             "    raise RuntimeError('the cancel check broke')\n"
             "try:\n"

@@ -9,7 +9,7 @@ import sys
 
 import pytest
 
-from e2e_support import NatsServer, Subscriber, base_env
+from e2e_support import CLIENT_THREADS, NatsServer, Subscriber, base_env
 
 
 @pytest.fixture
@@ -190,16 +190,9 @@ def test_a_run_left_open_at_exit_is_flushed_and_said(server):
 
 # ansible-runner's RunnerConfig (and the MockConfig of `ansible-runner process`) take weak
 # references; SimpleNamespace does not.
-ABANDONING = PRELUDE + (
-    "import gc, os, sys, time\n"
+ABANDONING = PRELUDE + "import gc, os, sys, time\n" + CLIENT_THREADS + (
     "class Config:\n"
     "    settings = {}\n"
-    "def client_threads():\n"
-    "    names = []\n"
-    "    for t in os.listdir('/proc/self/task'):\n"
-    "        with open(f'/proc/self/task/{t}/comm') as f:\n"
-    "            names.append(f.read().strip())\n"
-    "    return [n for n in names if n.startswith('nats-')]\n"
     "def wait_until(what, cond, timeout=20):\n"
     "    deadline = time.monotonic() + timeout\n"
     "    while not cond():\n"
