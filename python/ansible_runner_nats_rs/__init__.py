@@ -190,10 +190,14 @@ def _at_exit():
     interrupt) still has its queued messages flushed, bounded by the flush timeout, and
     its lines logged. Registered after ``logging`` was imported, so it runs before
     ``logging.shutdown``."""
-    if _native is None or os.getpid() != _PID:
-        # A forked child has none of the client threads: its copies are not its to close.
+    if _native is None:
         return
     try:
+        if os.getpid() != _PID:
+            # A forked child has none of the client threads of the parent's runs: its copies
+            # are not its to close. What its own reaper said is still said.
+            _log_lines(_native.take_pending())
+            return
         _log_lines(_native.close_all())
     except Exception:
         pass

@@ -380,12 +380,16 @@ fn handle_payload(
 /// Flushes and closes every run still open (each bounded by its flush timeout): for the
 /// interpreter's exit, so that a run that never got its terminal status still delivers
 /// what it queued, or says what it could not. Stops the reaper of abandoned runs first,
-/// after the close it has under way (it is no longer among the open runs).
+/// and waits for the close it has under way (that run is no longer among the open ones).
 #[pyfunction]
 fn close_all(py: Python<'_>) -> Lines {
-    let mut out = py.detach(|| runs::stop(EXIT_WAIT));
-    out.extend(lines(py.detach(|| emitter().close_all())));
-    out
+    // The runs still open and the reaper's close under way (if any) end side by side:
+    // one flush timeout, not two.
+    runs::stop_reaper();
+    let mut out = lines(py.detach(|| emitter().close_all()));
+    let mut said = py.detach(|| runs::wait_for_reaper(EXIT_WAIT));
+    said.append(&mut out);
+    said
 }
 
 /// The longest the exit waits for the reaper's close under way; each close is bounded by

@@ -73,6 +73,7 @@ impl Tracking {
         let Some(key) = self.owner.remove(ident) else {
             return;
         };
+        GENERATION.fetch_add(1, Ordering::Relaxed);
         if let Some(config) = self.configs.get_mut(&key) {
             config.idents.retain(|i| i != ident);
             if config.idents.is_empty() && config.watch != Watch::Watched {
@@ -156,11 +157,9 @@ pub(crate) fn remember(
             return Ok(());
         }
         if t.owner.get(ident) != Some(&key) {
-            if t.owner.contains_key(ident) {
-                // Taken over from another object: its end no longer concerns this run.
-                t.forget(ident);
-                GENERATION.fetch_add(1, Ordering::Relaxed);
-            }
+            // Taken over from another object (if any): its end no longer concerns this run.
+            t.forget(ident);
+            GENERATION.fetch_add(1, Ordering::Relaxed);
             t.owner.insert(ident.to_owned(), key);
             t.configs
                 .entry(key)
@@ -248,6 +247,7 @@ pub(crate) fn take(key: usize) -> Vec<String> {
     for ident in &idents {
         t.owner.remove(ident);
     }
+    GENERATION.fetch_add(1, Ordering::Relaxed);
     if t.configs
         .get(&key)
         .is_some_and(|c| c.watch != Watch::Watched)
@@ -415,10 +415,9 @@ pub(crate) fn take_pending() -> Lines {
     std::mem::take(&mut *pending)
 }
 
-/// The exit: forgets every object, stops the reaper and waits, at most `limit`, for a
-/// close it has under way (each bounded by its runs' flush timeout), so that the process
-/// does not end in the middle of one. Returns the lines not logged yet.
-pub(crate) fn stop(limit: Duration) -> Lines {
+/// The exit, first: forgets every object and stops the reaper (the runs still open are
+/// then the exit's to close; see [`wait_for_reaper`]).
+pub(crate) fn stop_reaper() {
     {
         let mut t = tracking();
         t.configs.clear();
@@ -431,6 +430,12 @@ pub(crate) fn stop(limit: Duration) -> Lines {
     }
     ANY_ABANDONED.store(false, Ordering::Relaxed);
     REAPER_WAKE.notify_all();
+}
+
+/// The exit, last: waits, at most `limit`, for a close the reaper has under way (bounded
+/// by its runs' flush timeout, and meanwhile the exit closed the others), so that the
+/// process does not end in the middle of one. Returns the lines not logged yet.
+pub(crate) fn wait_for_reaper(limit: Duration) -> Lines {
     let deadline = Instant::now().checked_add(limit);
     let mut closing = lock(&CLOSING);
     while *closing > 0 {
@@ -450,13 +455,17 @@ pub(crate) fn stop(limit: Duration) -> Lines {
 /// In a forked child (`os.register_at_fork`): the parent's objects, abandoned runs and
 /// reaper are not the child's. Its copies of the parent's runs have no client threads and
 /// are never closed here; the child's own runs are tracked and reaped anew. If a thread of
-/// the parent's held one of these locks at the fork (the reaper holds them for moments),
-/// it stays held for good in the child: the child then leaves runs alone (`OFF`).
+/// the parent's held one of these four locks at the fork (the reaper holds them for
+/// moments), it stays held for good in the child: the child then leaves its runs' objects
+/// alone (`OFF`). (The emitter's own locks are another matter: a parent thread inside a
+/// handler call at the fork can leave one held; fork a process that runs playbooks in
+/// threads only where it is idle.)
 #[pyfunction]
 pub(crate) fn forked() {
     REAPER_PID.store(0, Ordering::Relaxed);
     ANY_ABANDONED.store(false, Ordering::Relaxed);
     ANY_PENDING.store(false, Ordering::Relaxed);
+    GENERATION.fetch_add(1, Ordering::Relaxed);
     let free = (
         unheld(&TRACKING),
         unheld(&ABANDONED),
@@ -468,6 +477,8 @@ pub(crate) fn forked() {
         OFF.store(true, Ordering::Relaxed);
         return;
     };
+    // An `OFF` parent's child whose locks are free after all.
+    OFF.store(false, Ordering::Relaxed);
     tracking.configs.clear();
     tracking.owner.clear();
     abandoned.runs.clear();

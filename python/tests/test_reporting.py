@@ -310,9 +310,14 @@ def test_a_forked_child_closes_the_runs_it_abandons(server):
             "    c = Config()\n"
             "    p.status_handler(c, {'status': 'starting', 'runner_ident': 'child'})\n"
             "    p.event_handler(c, {'event': 'runner_on_ok', 'runner_ident': 'child'})\n"
+            # The parent's object, inherited: the parent's run is not the child's to close
+            # (its copy has no client threads).
+            "    del parent\n"
             "    del c\n"
             "    gc.collect()\n"
             "    wait_until('closed', lambda: p.stats()['abandoned'] == 1)\n"
+            "    time.sleep(0.5)\n"
+            "    assert p.stats()['abandoned'] == 1, p.stats()\n"
             "    said = p._native.take_pending()\n"
             "    print(json.dumps({'said': [line for _, line in said]}), flush=True)\n"
             "    os._exit(0)\n"
@@ -328,6 +333,7 @@ def test_a_forked_child_closes_the_runs_it_abandons(server):
         assert any("run child ended without a terminal status; closed with 2 messages" in line
                    for line in said), said
         assert parent == "0"
+        assert "panicked" not in proc.stderr, proc.stderr
         got = sub.wait_for(4)
         assert len(subjects(got, "child", "status")) == 1
         assert len(subjects(got, "child", "event")) == 1
