@@ -110,7 +110,7 @@ static ANY_ABANDONED: AtomicBool = AtomicBool::new(false);
 static PENDING: Mutex<Lines> = Mutex::new(Vec::new());
 static ANY_PENDING: AtomicBool = AtomicBool::new(false);
 
-/// Closes the reaper has under way, for [`stop`].
+/// Closes the reaper has under way, for [`wait_for_reaper`].
 static CLOSING: Mutex<usize> = Mutex::new(0);
 static CLOSED: Condvar = Condvar::new();
 
@@ -366,7 +366,8 @@ fn reap(emitter: &'static Emitter) {
 }
 
 /// Waits for abandoned runs whose grace is over: their idents, taken off the list (a
-/// close under way from here, see [`stop`]), or `None` once the exit stopped the reaper.
+/// close under way from here, see [`wait_for_reaper`]), or `None` once the exit stopped
+/// the reaper.
 fn wait_due() -> Option<Vec<String>> {
     let mut list = lock(&ABANDONED);
     loop {
