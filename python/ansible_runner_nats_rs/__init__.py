@@ -190,22 +190,26 @@ def _at_exit():
     interrupt) still has its queued messages flushed, bounded by the flush timeout, and
     its lines logged. Registered after ``logging`` was imported, so it runs before
     ``logging.shutdown``."""
-    if _native is None:
+    if _native is None or os.getpid() != _PID:
+        # Forked without Python's at-fork hooks (see _forked): the runs are the parent's
+        # copies, without their threads, and not this process's to close.
         return
     try:
-        if os.getpid() != _PID:
-            # A forked child has none of the client threads of the parent's runs: its copies
-            # are not its to close. What its own reaper said is still said.
-            _log_lines(_native.take_pending())
-            return
         _log_lines(_native.close_all())
     except Exception:
         pass
 
 
+def _forked():
+    """In a forked child: the parent's runs, their configuration objects and the thread
+    that closes abandoned runs are not the child's. The child publishes through an emitter
+    of its own (its runs, its connections), and closes its own runs at exit."""
+    global _PID
+    _PID = os.getpid()
+    if _native is not None:
+        _native.forked()
+
+
 _PID = os.getpid()
 atexit.register(_at_exit)
-if _native is not None:
-    # The parent's configuration objects and the thread that closes abandoned runs (see
-    # python/src/runs.rs) are not a forked child's.
-    os.register_at_fork(after_in_child=_native.forked)
+os.register_at_fork(after_in_child=_forked)

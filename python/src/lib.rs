@@ -46,11 +46,18 @@ fn py_dumps<'py>(obj: &Bound<'py, PyAny>) -> PyResult<Bound<'py, PyBytes>> {
     ser::dumps(obj)
 }
 
-/// The process-wide emitter: one per process, one connection per run inside it.
+/// The process-wide emitter: one per process, one connection per run inside it. A forked
+/// child gets one of its own (`runs::forked` counts the forks): there the parent's runs
+/// are copies without their threads, and a thread of the parent's inside a handler call
+/// at the fork may have left one of that emitter's locks held for good. One slot per fork
+/// depth, so that a child's slot is one its parent never touched.
 fn emitter() -> &'static Emitter {
-    static EMITTER: OnceLock<Emitter> = OnceLock::new();
-    EMITTER.get_or_init(Emitter::new)
+    static EMITTERS: [OnceLock<Emitter>; FORK_DEPTHS] = [const { OnceLock::new() }; FORK_DEPTHS];
+    EMITTERS[runs::fork_depth().min(FORK_DEPTHS - 1)].get_or_init(Emitter::new)
 }
+
+/// Forks deeper than this share the last emitter.
+const FORK_DEPTHS: usize = 16;
 
 /// Log lines for Python: (level, message), level as in `logging` (40 = ERROR, 20 = INFO).
 type Lines = Vec<(u8, String)>;

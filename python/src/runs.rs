@@ -30,7 +30,7 @@
 //! [`config_gone`], which takes these locks.
 
 use std::collections::BTreeMap;
-use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Condvar, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
@@ -458,11 +458,12 @@ pub(crate) fn wait_for_reaper(limit: Duration) -> Lines {
 /// are never closed here; the child's own runs are tracked and reaped anew. If a thread of
 /// the parent's held one of these four locks at the fork (the reaper holds them for
 /// moments), it stays held for good in the child: the child then leaves its runs' objects
-/// alone (`OFF`). (The emitter's own locks are another matter: a parent thread inside a
-/// handler call at the fork can leave one held; fork a process that runs playbooks in
-/// threads only where it is idle.)
+/// alone (`OFF`). The emitter's own locks are no concern: the child gets an emitter of its
+/// own (see `emitter()` in lib.rs).
 #[pyfunction]
 pub(crate) fn forked() {
+    // First: the child's handler calls use an emitter of their own from here on.
+    FORK_DEPTH.fetch_add(1, Ordering::Relaxed);
     REAPER_PID.store(0, Ordering::Relaxed);
     ANY_ABANDONED.store(false, Ordering::Relaxed);
     ANY_PENDING.store(false, Ordering::Relaxed);
@@ -490,6 +491,14 @@ pub(crate) fn forked() {
 
 /// Whether this process leaves runs alone (see [`forked`]).
 static OFF: AtomicBool = AtomicBool::new(false);
+
+/// How many forks (with Python's at-fork hooks) separate this process from the one that
+/// imported the plugin.
+static FORK_DEPTH: AtomicUsize = AtomicUsize::new(0);
+
+pub(crate) fn fork_depth() -> usize {
+    FORK_DEPTH.load(Ordering::Relaxed)
+}
 
 fn unheld<T>(m: &Mutex<T>) -> Option<MutexGuard<'_, T>> {
     match m.try_lock() {

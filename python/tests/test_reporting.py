@@ -342,6 +342,52 @@ def test_a_forked_child_closes_the_runs_it_abandons(server):
         sub.close()
 
 
+def test_children_forked_while_the_parents_threads_publish_publish_their_own_runs(server):
+    # A thread of the parent's inside a handler call at the fork can leave one of the
+    # emitter's locks held for good in the child: the child publishes through its own.
+    sub = Subscriber(server.url, "pub.ansible.runner.rep.>")
+    try:
+        code = ABANDONING + (
+            "import json, signal, threading\n"
+            "stop = False\n"
+            "def churn(w):\n"
+            "    i = 0\n"
+            "    while not stop:\n"
+            "        c, ident = Config(), f'parent-{w}-{i}'\n"
+            "        p.status_handler(c, {'status': 'starting', 'runner_ident': ident})\n"
+            "        p.event_handler(c, {'event': 'runner_on_ok', 'runner_ident': ident})\n"
+            # Left open: the reaper closes them, while the next ones connect.
+            "        del c\n"
+            "        i += 1\n"
+            "threads = [threading.Thread(target=churn, args=(w,)) for w in range(3)]\n"
+            "for t in threads: t.start()\n"
+            "ended = []\n"
+            "for k in range(8):\n"
+            "    time.sleep(0.02)\n"
+            "    pid = os.fork()\n"
+            "    if pid == 0:\n"
+            "        signal.alarm(5)\n"
+            "        c, ident = Config(), f'child-{k}'\n"
+            "        p.status_handler(c, {'status': 'starting', 'runner_ident': ident})\n"
+            "        p.event_handler(c, {'event': 'runner_on_ok', 'runner_ident': ident})\n"
+            "        p.status_handler(c, {'status': 'successful', 'runner_ident': ident})\n"
+            "        os._exit(0)\n"
+            "    ended.append(os.waitpid(pid, 0)[1])\n"
+            "stop = True\n"
+            "for t in threads: t.join()\n"
+            "print(json.dumps(ended))\n"
+        )
+        proc = run(code, server.url, RUNNER_NATS_ABANDONED_GRACE="0.1")
+        # 0 for each child; SIGALRM (14) for a child that hung.
+        assert json.loads(proc.stdout) == [0] * 8, proc.stderr
+        got = sub.settle()
+        for k in range(8):
+            assert [s["status"] for s in subjects(got, f"child-{k}", "status")] == \
+                ["starting", "successful"], k
+    finally:
+        sub.close()
+
+
 def test_an_unreadable_grace_is_said_and_the_default_used(server):
     code = ABANDONING + (
         "a = Config()\n"
