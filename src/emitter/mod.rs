@@ -134,6 +134,9 @@ struct Run {
     /// Failure kinds already reported for this run, so a dead server gives one line,
     /// not one per event.
     reported: Vec<&'static str>,
+    /// Set by [`Run::finish`]: a close that raced the terminal status for the run (it took
+    /// the run from the map while the status was being handled) finds it done.
+    finished: bool,
 }
 
 enum Entry {
@@ -322,7 +325,7 @@ impl Emitter {
         let published = matches!(&*guard, Entry::Active(_));
         if let Entry::Active(run) = &mut *guard {
             run.send(ident, kind, uuid, payload, &mut report);
-            if terminal {
+            if terminal && !run.finished {
                 report.summary = Some(run.finish(ident, &mut report));
             }
         }
@@ -360,6 +363,9 @@ impl Emitter {
             let mut guard = entry.lock().unwrap_or_else(|p| p.into_inner());
             self.remember_ended(ident, matches!(&*guard, Entry::Active(_)));
             if let Entry::Active(run) = &mut *guard {
+                if run.finished {
+                    return report.errors;
+                }
                 let summary = run.finish(ident, &mut report);
                 report.errors.push(format!(
                     "run {ident} ended without a terminal status; closed with {} messages published",
@@ -422,7 +428,9 @@ impl Emitter {
         let mut guard = entry.lock().unwrap_or_else(|p| p.into_inner());
         self.remember_ended(ident, matches!(&*guard, Entry::Active(_)));
         if let Entry::Active(run) = &mut *guard {
-            report.summary = Some(run.finish(ident, &mut report));
+            if !run.finished {
+                report.summary = Some(run.finish(ident, &mut report));
+            }
         }
         report
     }
@@ -474,6 +482,7 @@ fn start_run(ident: &str, loaded: Loaded, report: &mut Report) -> Entry {
             client,
             counters: RunCounters::default(),
             reported: Vec::new(),
+            finished: false,
         })),
         Err(e) => {
             report
@@ -681,6 +690,7 @@ impl Run {
                 c.dropped, c.oversized
             ));
         }
+        self.finished = true;
         RunSummary {
             runner_ident: ident.to_owned(),
             counters: c,
@@ -946,6 +956,28 @@ pub fn truncate_event(payload: &[u8]) -> Option<Vec<u8>> {
 mod tests {
     use super::{config, looks_secret, redact_url_credentials, Emitter, Kind};
     use std::collections::HashMap;
+    use std::sync::Arc;
+
+    #[test]
+    fn a_close_that_raced_the_terminal_status_does_not_finish_the_run_again() {
+        let env: HashMap<String, String> = [
+            ("RUNNER_NATS_SUBJECT_ID", "s"),
+            ("RUNNER_NATS_SERVERS", "nats://127.0.0.1:1"),
+            ("RUNNER_NATS_FLUSH_TIMEOUT", "0.05"),
+        ]
+        .iter()
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .collect();
+        let emitter = Emitter::new();
+        let load = || config::load(&env, None, "h");
+        emitter.publish("raced", Kind::Status("starting"), b"{}", load);
+        // What a close had taken from the map before the terminal status ended the run.
+        let taken = Arc::clone(emitter.lock_runs().get("raced").expect("the run is open"));
+        let end = emitter.publish("raced", Kind::Status("successful"), b"{}", load);
+        assert!(end.summary.is_some());
+        let late = emitter.close_entries(vec![("raced".into(), taken)]);
+        assert!(late.errors.is_empty(), "{:?}", late.errors);
+    }
 
     #[test]
     fn an_unusable_runner_ident_is_reported_short_and_nothing_is_published() {
