@@ -261,8 +261,7 @@ pub(crate) fn take(key: usize) -> Vec<String> {
 /// still owns are abandoned, to be closed once the grace passes without a call for them.
 #[pyfunction]
 pub(crate) fn config_gone(key: usize) {
-    if OFF.load(Ordering::Relaxed) || REAPER_PID.load(Ordering::Relaxed) != std::process::id() {
-        // Without this process's reaper: an object inherited by a forked child.
+    if OFF.load(Ordering::Relaxed) {
         return;
     }
     GENERATION.fetch_add(1, Ordering::Relaxed);
@@ -274,7 +273,9 @@ pub(crate) fn config_gone(key: usize) {
         }
         idents
     };
-    if idents.is_empty() {
+    // Without a reaper of this process's (it could not be started, or a fork without
+    // Python's hooks inherited the object) the runs are closed at exit.
+    if idents.is_empty() || REAPER_PID.load(Ordering::Relaxed) != std::process::id() {
         return;
     }
     // A grace too long for the clock: never closed before the exit.
