@@ -52,12 +52,21 @@ fn py_dumps<'py>(obj: &Bound<'py, PyAny>) -> PyResult<Bound<'py, PyBytes>> {
 /// at the fork may have left one of that emitter's locks held for good. One slot per fork
 /// depth, so that a child's slot is one its parent never touched.
 fn emitter() -> &'static Emitter {
-    static EMITTERS: [OnceLock<Emitter>; FORK_DEPTHS] = [const { OnceLock::new() }; FORK_DEPTHS];
-    EMITTERS[runs::fork_depth().min(FORK_DEPTHS - 1)].get_or_init(Emitter::new)
+    static EMITTERS: [OnceLock<Emitter>; FORK_DEPTHS + 1] =
+        [const { OnceLock::new() }; FORK_DEPTHS + 1];
+    EMITTERS[runs::fork_depth().min(FORK_DEPTHS)].get_or_init(Emitter::new)
 }
 
-/// Forks deeper than this share the last emitter.
+/// The emitter of this process, `None` in a process forked more than [`FORK_DEPTHS`]
+/// levels deep, which publishes nothing: its slot would be its parent's.
+fn own_emitter() -> Option<&'static Emitter> {
+    (runs::fork_depth() < FORK_DEPTHS).then(emitter)
+}
+
+/// How many levels of forks get an emitter of their own.
 const FORK_DEPTHS: usize = 16;
+/// Whether a process forked too deep was told so.
+static TOO_DEEP_SAID: AtomicBool = AtomicBool::new(false);
 
 /// Log lines for Python: (level, message), level as in `logging` (40 = ERROR, 20 = INFO).
 type Lines = Vec<(u8, String)>;
@@ -213,6 +222,15 @@ fn handle(
     runner_config: &Bound<'_, PyAny>,
     data: &Bound<'_, PyAny>,
 ) -> PyResult<Lines> {
+    if own_emitter().is_none() {
+        if TOO_DEEP_SAID.swap(true, Ordering::Relaxed) {
+            return Ok(Vec::new());
+        }
+        return Ok(vec![(
+            ERROR,
+            format!("this process is forked more than {FORK_DEPTHS} levels deep from the one that imported the plugin: nothing is published here"),
+        )]);
+    }
     // What the reaper of abandoned runs had to say since the last call comes first: it
     // happened first.
     let mut out = runs::take_pending();
@@ -390,10 +408,18 @@ fn handle_payload(
 /// and waits for the close it has under way (that run is no longer among the open ones).
 #[pyfunction]
 fn close_all(py: Python<'_>) -> Lines {
+    let Some(emitter) = own_emitter() else {
+        return Vec::new();
+    };
+    // A child that found the tracking's locks held at the fork (`runs::forked`) leaves
+    // them alone: they stay held for good there.
+    if runs::off() {
+        return lines(py.detach(|| emitter.close_all()));
+    }
     // The runs still open and the reaper's close under way (if any) end side by side:
     // one flush timeout, not two.
     runs::stop_reaper();
-    let mut out = lines(py.detach(|| emitter().close_all()));
+    let mut out = lines(py.detach(|| emitter.close_all()));
     let mut said = py.detach(|| runs::wait_for_reaper(EXIT_WAIT));
     said.append(&mut out);
     said

@@ -501,6 +501,11 @@ pub(crate) fn fork_depth() -> usize {
     FORK_DEPTH.load(Ordering::Relaxed)
 }
 
+/// Whether this process leaves the tracking alone (see [`forked`]).
+pub(crate) fn off() -> bool {
+    OFF.load(Ordering::Relaxed)
+}
+
 fn unheld<T>(m: &Mutex<T>) -> Option<MutexGuard<'_, T>> {
     match m.try_lock() {
         Ok(guard) => Some(guard),

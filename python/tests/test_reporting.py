@@ -371,7 +371,8 @@ def test_children_forked_while_the_parents_threads_publish_publish_their_own_run
             "        p.status_handler(c, {'status': 'starting', 'runner_ident': ident})\n"
             "        p.event_handler(c, {'event': 'runner_on_ok', 'runner_ident': ident})\n"
             "        p.status_handler(c, {'status': 'successful', 'runner_ident': ident})\n"
-            "        os._exit(0)\n"
+            # Half of them through the interpreter's exit, and so the exit hook.
+            "        sys.exit(0) if k % 2 else os._exit(0)\n"
             "    ended.append(os.waitpid(pid, 0)[1])\n"
             "stop = True\n"
             "for t in threads: t.join()\n"
@@ -384,6 +385,37 @@ def test_children_forked_while_the_parents_threads_publish_publish_their_own_run
         for k in range(8):
             assert [s["status"] for s in subjects(got, f"child-{k}", "status")] == \
                 ["starting", "successful"], k
+    finally:
+        sub.close()
+
+
+def test_a_forked_childs_open_runs_are_flushed_at_its_exit(server):
+    sub = Subscriber(server.url, "pub.ansible.runner.rep.>")
+    try:
+        code = ABANDONING + (
+            "parent = Config()\n"
+            "p.status_handler(parent, {'status': 'starting', 'runner_ident': 'elder'})\n"
+            "pid = os.fork()\n"
+            "if pid == 0:\n"
+            "    c = Config()\n"
+            "    p.status_handler(c, {'status': 'starting', 'runner_ident': 'younger'})\n"
+            "    for i in range(2):\n"
+            "        p.event_handler(c, {'event': 'runner_on_ok', 'runner_ident': 'younger'})\n"
+            # No terminal status; the interpreter's exit, not os._exit.
+            "    sys.exit(0)\n"
+            "_, status = os.waitpid(pid, 0)\n"
+            "assert status == 0, status\n"
+            "p.status_handler(parent, {'status': 'successful', 'runner_ident': 'elder'})\n"
+        )
+        proc = run(code, server.url)
+        assert "run younger ended without a terminal status; closed with 3 messages published" \
+            in proc.stderr, proc.stderr
+        # The parent's run is the parent's: ended once, by its own status.
+        assert "elder ended without" not in proc.stderr, proc.stderr
+        assert "panicked" not in proc.stderr, proc.stderr
+        got = sub.wait_for(5)
+        assert len(subjects(got, "younger", "event")) == 2
+        assert [s["status"] for s in subjects(got, "elder", "status")] == ["starting", "successful"]
     finally:
         sub.close()
 

@@ -323,6 +323,15 @@ impl Emitter {
         };
         let mut guard = entry.lock().unwrap_or_else(|p| p.into_inner());
         let published = matches!(&*guard, Entry::Active(_));
+        if matches!(&*guard, Entry::Active(run) if run.finished) {
+            // A close (`close_runs`, `forget`) ended the run while this message was on its
+            // way: late, like any message after the run's end.
+            drop(guard);
+            if !self.is_late(ident, kind, &mut report) {
+                self.late.fetch_add(1, Ordering::Relaxed);
+            }
+            return report;
+        }
         if let Entry::Active(run) = &mut *guard {
             run.send(ident, kind, uuid, payload, &mut report);
             if terminal && !run.finished {
