@@ -200,15 +200,7 @@ pub fn header_block(data: &[u8]) {
 }
 
 /// A creds file as `nsc` writes one, with `newline` ending each line.
-fn render_creds(c: &crate::auth::Credentials, newline: &str) -> String {
-    render_creds_with(c.jwt(), c.seed(), newline)
-}
-
-fn render_creds_of(jwt: &str, seed: &str) -> String {
-    render_creds_with(jwt, seed, "\n")
-}
-
-fn render_creds_with(jwt: &str, seed: &str, newline: &str) -> String {
+fn render_creds(jwt: &str, seed: &str, newline: &str) -> String {
     [
         "-----BEGIN NATS USER JWT-----",
         jwt,
@@ -236,14 +228,14 @@ pub fn creds(data: &[u8]) {
     };
     assert_eq!(c.jwt().split('.').count(), 3);
     for newline in ["\n", "\r\n"] {
-        let again = crate::auth::parse_creds(&render_creds(&c, newline));
+        let again = crate::auth::parse_creds(&render_creds(c.jwt(), c.seed(), newline));
         assert!(
             again.as_ref() == Ok(&c),
             "rendered with {newline:?}: {again:?}"
         );
     }
     // Debug shows nothing of the file: it is the same for any.
-    let reference = crate::auth::parse_creds(&render_creds_of("a.b.c", "SU"));
+    let reference = crate::auth::parse_creds(&render_creds("a.b.c", "SU", "\n"));
     assert_eq!(
         Ok(format!("{c:?}")),
         reference.map(|r| format!("{r:?}")),
@@ -703,11 +695,20 @@ fn holds(haystack: &[u8], needle: &[u8]) -> bool {
 
 /// The 4-byte pieces of `secret` that `shown` holds and none of `allowed` does: what of a
 /// secret a text shows beyond what it may show anyway.
-fn leaked<'a>(secret: &'a [u8], shown: &[u8], allowed: &[&[u8]]) -> Vec<&'a [u8]> {
+fn leaked(secret: &[u8], shown: &[u8], allowed: &[&[u8]]) -> Vec<String> {
     secret
         .windows(4)
         .filter(|w| holds(shown, w) && !allowed.iter().any(|a| holds(a, w)))
+        .map(|w| String::from_utf8_lossy(w).into_owned())
         .collect()
+}
+
+/// What an error about a URL shows: its value, or its whole text.
+fn error_text(e: &Error) -> String {
+    match e {
+        Error::InvalidUrl(Invalid { value, .. }) => value.clone(),
+        other => other.to_string(),
+    }
 }
 
 /// `c` replaced by another character of its kind (digit, hex letter, other letter, of the
@@ -792,18 +793,12 @@ pub fn url_credentials(data: &[u8]) {
                 let bits = leaked(s, out.as_bytes(), &[kept.as_bytes()]);
                 assert!(
                     bits.is_empty(),
-                    "{text:?} redacted to {out:?} shows {:?} of its secret",
-                    bits.iter()
-                        .map(|b| String::from_utf8_lossy(b))
-                        .collect::<Vec<_>>()
+                    "{text:?} redacted to {out:?} shows {bits:?} of its secret"
                 );
             }
         }
         Err(e) => {
-            let shown = match &e {
-                Error::InvalidUrl(Invalid { value, .. }) => value.clone(),
-                other => other.to_string(),
-            };
+            let shown = error_text(&e);
             // What the error may show: the address without its credentials, and whatever
             // it shows for the same URL with another secret of the same shape.
             let nats = format!("nats://{host_part}");
@@ -813,19 +808,16 @@ pub fn url_credentials(data: &[u8]) {
                 .chain(text[from..to].chars().map(rotate))
                 .chain(text[to..].chars())
                 .collect();
-            let other_shown = match other.parse::<ServerAddr>() {
-                Err(Error::InvalidUrl(Invalid { value, .. })) => value,
-                Err(e) => e.to_string(),
-                Ok(_) => String::new(),
-            };
+            let other_shown = other
+                .parse::<ServerAddr>()
+                .err()
+                .map(|e| error_text(&e))
+                .unwrap_or_default();
             let allowed = [nats.as_bytes(), tls.as_bytes(), other_shown.as_bytes()];
             let bits = leaked(secret, shown.as_bytes(), &allowed);
             assert!(
                 bits.is_empty(),
-                "the error for {text:?} shows {:?} of its secret: {e}",
-                bits.iter()
-                    .map(|b| String::from_utf8_lossy(b))
-                    .collect::<Vec<_>>()
+                "the error for {text:?} shows {bits:?} of its secret: {e}"
             );
         }
     }
