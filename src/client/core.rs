@@ -271,7 +271,7 @@ impl Shared {
         }
     }
 
-    /// True on the supervisor's and the reader's threads (an event callback's).
+    /// Stamps `wrote_at`: the writer finished a chunk.
     fn note_written(&self) {
         let micros = u64::try_from(self.epoch.elapsed().as_micros()).unwrap_or(u64::MAX);
         self.wrote_at.store(micros, Ordering::Relaxed);
@@ -285,6 +285,7 @@ impl Shared {
         }
     }
 
+    /// True on the supervisor's and the reader's threads (an event callback's).
     pub(crate) fn on_own_thread(&self) -> bool {
         lock(&self.own_threads).contains(&thread::current().id())
     }

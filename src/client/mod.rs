@@ -308,10 +308,10 @@ impl Client {
                 // it took. Once neither happened for `publish_wait` (a server that stopped
                 // reading), every publish fails at once until the queue moves again: a
                 // stall costs the publishers one `publish_wait`, not one each.
-                let moved = match (st.out_moved, shared.written_at()) {
-                    (Some(a), Some(b)) => a.max(b),
-                    (a, b) => a.or(b).unwrap_or_else(Instant::now),
-                };
+                let moved = st
+                    .out_moved
+                    .max(shared.written_at())
+                    .unwrap_or_else(Instant::now);
                 let left = remaining(later(moved, opts.publish_wait));
                 if left.is_zero() {
                     st.stats.dropped += 1;
@@ -592,8 +592,11 @@ fn close(shared: &Shared, timeout: Duration) -> Result<()> {
         // only a TCP connect under way can hold it, for the connect timeout at most.
         let until = later(Instant::now(), shared.opts.connect_timeout);
         let mut st = shared.state();
-        while st.phase != Phase::Closed && !remaining(until).is_zero() {
+        loop {
             let left = remaining(until);
+            if st.phase == Phase::Closed || left.is_zero() {
+                break;
+            }
             st = wait(&shared.progress, st, left);
         }
     }
