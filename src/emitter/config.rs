@@ -906,4 +906,4 @@ fn load_tls(src: &mut Sources<'_>) -> Option<TlsOptions> {
 
 #[cfg(test)]
 #[path = "config_tests.rs"]
-mod tests;
+pub(super) mod tests;

@@ -10,7 +10,8 @@ use serde_json::{json, Value};
 use super::*;
 use crate::auth::Auth;
 
-fn env(pairs: &[(&str, &str)]) -> HashMap<String, String> {
+/// `pairs` as an environment (the emitter's own tests use it too).
+pub(in crate::emitter) fn env(pairs: &[(&str, &str)]) -> HashMap<String, String> {
     pairs
         .iter()
         .map(|(k, v)| (k.to_string(), v.to_string()))

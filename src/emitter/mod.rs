@@ -334,7 +334,7 @@ impl Emitter {
         }
         if let Entry::Active(run) = &mut *guard {
             run.send(ident, kind, uuid, payload, &mut report);
-            if terminal && !run.finished {
+            if terminal {
                 report.summary = Some(run.finish(ident, &mut report));
             }
         }
@@ -963,20 +963,17 @@ pub fn truncate_event(payload: &[u8]) -> Option<Vec<u8>> {
 
 #[cfg(test)]
 mod tests {
+    use super::config::tests::env;
     use super::{config, looks_secret, redact_url_credentials, Emitter, Kind};
-    use std::collections::HashMap;
     use std::sync::Arc;
 
     #[test]
     fn a_close_that_raced_the_terminal_status_does_not_finish_the_run_again() {
-        let env: HashMap<String, String> = [
+        let env = env(&[
             ("RUNNER_NATS_SUBJECT_ID", "s"),
             ("RUNNER_NATS_SERVERS", "nats://127.0.0.1:1"),
             ("RUNNER_NATS_FLUSH_TIMEOUT", "0.05"),
-        ]
-        .iter()
-        .map(|(k, v)| (k.to_string(), v.to_string()))
-        .collect();
+        ]);
         let emitter = Emitter::new();
         let load = || config::load(&env, None, "h");
         emitter.publish("raced", Kind::Status("starting"), b"{}", load);
@@ -990,13 +987,10 @@ mod tests {
 
     #[test]
     fn an_unusable_runner_ident_is_reported_short_and_nothing_is_published() {
-        let env: HashMap<String, String> = [
+        let env = env(&[
             ("RUNNER_NATS_SUBJECT_ID", "s"),
             ("RUNNER_NATS_SERVERS", "nats://127.0.0.1:1"),
-        ]
-        .iter()
-        .map(|(k, v)| (k.to_string(), v.to_string()))
-        .collect();
+        ]);
         let emitter = Emitter::new();
         let long = "x".repeat(100_000);
         for (ident, want) in [
