@@ -134,10 +134,9 @@ def _handle(kind, runner_config, data):
         if _native is None:
             return
         lines = _native.handle(kind, runner_config, data)
+        # Tested here: most calls have nothing to say, and pay no call for it.
         if lines:
-            _ensure_level()
-            for level, line in lines:
-                _log(level, line)
+            _log_lines(lines)
     except (KeyboardInterrupt, SystemExit):
         raise
     except BaseException as e:

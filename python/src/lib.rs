@@ -411,11 +411,6 @@ fn close_all(py: Python<'_>) -> Lines {
     let Some(emitter) = own_emitter() else {
         return Vec::new();
     };
-    // A child that found the tracking's locks held at the fork (`runs::forked`) leaves
-    // them alone: they stay held for good there.
-    if runs::off() {
-        return lines(py.detach(|| emitter.close_all()));
-    }
     // The runs still open and the reaper's close under way (if any) end side by side:
     // one flush timeout, not two.
     runs::stop_reaper();

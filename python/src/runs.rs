@@ -67,6 +67,20 @@ enum Watch {
 }
 
 impl Tracking {
+    /// The open runs of the object `key`, forgotten; its entry stays.
+    fn take_runs(&mut self, key: usize) -> Vec<String> {
+        let idents = self
+            .configs
+            .get_mut(&key)
+            .map(|c| std::mem::take(&mut c.idents))
+            .unwrap_or_default();
+        for ident in &idents {
+            self.owner.remove(ident);
+        }
+        GENERATION.fetch_add(1, Ordering::Relaxed);
+        idents
+    }
+
     /// Forgets `ident` wherever it is, dropping an entry left empty that no finalizer
     /// will remove.
     fn forget(&mut self, ident: &str) {
@@ -146,7 +160,7 @@ pub(crate) fn remember(
     open: bool,
     emitter: &'static Emitter,
 ) -> PyResult<()> {
-    if OFF.load(Ordering::Relaxed) {
+    if off() {
         return Ok(());
     }
     let key = key(runner_config);
@@ -236,18 +250,11 @@ fn start_reaper(emitter: &'static Emitter) {
 
 /// The open runs of the object `key`, forgotten (a broken stream closes them).
 pub(crate) fn take(key: usize) -> Vec<String> {
-    if OFF.load(Ordering::Relaxed) {
+    if off() {
         return Vec::new();
     }
     let mut t = tracking();
-    let idents = match t.configs.get_mut(&key) {
-        Some(config) => std::mem::take(&mut config.idents),
-        None => return Vec::new(),
-    };
-    for ident in &idents {
-        t.owner.remove(ident);
-    }
-    GENERATION.fetch_add(1, Ordering::Relaxed);
+    let idents = t.take_runs(key);
     if t.configs
         .get(&key)
         .is_some_and(|c| c.watch != Watch::Watched)
@@ -261,16 +268,13 @@ pub(crate) fn take(key: usize) -> Vec<String> {
 /// still owns are abandoned, to be closed once the grace passes without a call for them.
 #[pyfunction]
 pub(crate) fn config_gone(key: usize) {
-    if OFF.load(Ordering::Relaxed) {
+    if off() {
         return;
     }
-    GENERATION.fetch_add(1, Ordering::Relaxed);
     let idents = {
         let mut t = tracking();
-        let idents = t.configs.remove(&key).map(|c| c.idents).unwrap_or_default();
-        for ident in &idents {
-            t.owner.remove(ident);
-        }
+        let idents = t.take_runs(key);
+        t.configs.remove(&key);
         idents
     };
     // Without a reaper of this process's (it could not be started, or a fork without
@@ -420,6 +424,10 @@ pub(crate) fn take_pending() -> Lines {
 /// The exit, first: forgets every object and stops the reaper (the runs still open are
 /// then the exit's to close; see [`wait_for_reaper`]).
 pub(crate) fn stop_reaper() {
+    if off() {
+        // These locks may stay held for good here (see `forked`).
+        return;
+    }
     {
         let mut t = tracking();
         t.configs.clear();
@@ -438,6 +446,9 @@ pub(crate) fn stop_reaper() {
 /// by its runs' flush timeout, and meanwhile the exit closed the others), so that the
 /// process does not end in the middle of one. Returns the lines not logged yet.
 pub(crate) fn wait_for_reaper(limit: Duration) -> Lines {
+    if off() {
+        return Vec::new();
+    }
     let deadline = Instant::now().checked_add(limit);
     let mut closing = lock(&CLOSING);
     while *closing > 0 {
@@ -502,7 +513,7 @@ pub(crate) fn fork_depth() -> usize {
 }
 
 /// Whether this process leaves the tracking alone (see [`forked`]).
-pub(crate) fn off() -> bool {
+fn off() -> bool {
     OFF.load(Ordering::Relaxed)
 }
 
