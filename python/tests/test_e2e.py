@@ -36,10 +36,11 @@ def plugin_env(url):
     return base_env(RUNNER_NATS_SUBJECT_ID="e2e", RUNNER_NATS_SERVERS=url, RUNNER_NATS_HEADERS=HEADERS)
 
 
-def run_python(code, url, timeout):
-    """Runs `code` in a Python of its own with the plugin configured for `url`; it must succeed."""
-    proc = subprocess.run([sys.executable, "-c", code], env=plugin_env(url), capture_output=True, text=True,
-                          timeout=timeout)
+def run_python(code, url, timeout, **extra_env):
+    """Runs `code` in a Python of its own with the plugin configured for `url` (and
+    `extra_env`); it must succeed."""
+    proc = subprocess.run([sys.executable, "-c", code], env=dict(plugin_env(url), **extra_env),
+                          capture_output=True, text=True, timeout=timeout)
     assert proc.returncode == 0, proc.stderr
     return proc
 
@@ -126,10 +127,7 @@ def test_a_run_ansible_runner_gave_up_on_is_closed_once_the_host_lets_go_of_it(t
             "print(json.dumps({'raised': raised, 'abandoned': p.stats()['abandoned'],\n"
             "                  'threads': client_threads()}))\n"
         )
-        env = dict(plugin_env(server.url), RUNNER_NATS_ABANDONED_GRACE="0.2")
-        proc = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True,
-                              text=True, timeout=300)
-        assert proc.returncode == 0, proc.stderr
+        proc = run_python(code, server.url, timeout=300, RUNNER_NATS_ABANDONED_GRACE="0.2")
         # Its connection's threads are gone; the reaper stays for the next one.
         assert json.loads(proc.stdout) == {"raised": "CallbackError", "abandoned": 1,
                                            "threads": ["nats-reaper"]}
