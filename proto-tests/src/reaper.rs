@@ -40,7 +40,9 @@ fn reap_once() {
     static ONCE: Once = Once::new();
     // Without /proc nothing here can tell a live process from a gone one: do nothing.
     if cfg!(target_os = "linux") {
-        ONCE.call_once(reap);
+        ONCE.call_once(|| {
+            reap();
+        });
     }
 }
 
@@ -57,10 +59,34 @@ fn alive(pid: &str) -> bool {
     !matches!(state, Some('Z' | 'X') | None)
 }
 
-fn reap() {
+/// What [`reap`] did with one record.
+#[derive(Debug, PartialEq, Eq)]
+enum Reaped {
+    /// Its starter still runs: left alone.
+    OwnerAlive,
+    /// The recorded server was sent SIGKILL; `sent` is whether that succeeded.
+    Killed { sent: bool },
+    /// The pid is gone or is no longer that nats-server: only the record went.
+    NotTheServer { cmdline: String },
+    /// Not a whole record: removed.
+    Malformed,
+}
+
+/// The command line of `pid`, arguments joined by spaces; empty when it can't be read
+/// (gone, or between `execve`'s switch to the new program and its setting of the
+/// arguments).
+fn cmdline(pid: &str) -> String {
+    std::fs::read(Path::new("/proc").join(pid).join("cmdline"))
+        .map(|b| String::from_utf8_lossy(&b).replace('\0', " "))
+        .unwrap_or_default()
+}
+
+/// Handles every record; returns, per recorded server pid, what was done.
+fn reap() -> Vec<(String, Reaped)> {
     let Ok(entries) = std::fs::read_dir(registry()) else {
-        return;
+        return Vec::new();
     };
+    let mut done = Vec::new();
     for entry in entries.flatten() {
         let path = entry.path();
         // Records are named by a pid (others are being written, or not ours).
@@ -76,26 +102,31 @@ fn reap() {
         let mut lines = record.lines();
         let (Some(owner), Some(conf)) = (lines.next(), lines.next()) else {
             let _ = std::fs::remove_file(&path);
+            done.push((server, Reaped::Malformed));
             continue;
         };
         if alive(owner) {
+            done.push((server, Reaped::OwnerAlive));
             continue;
         }
         // Still the nats-server that was recorded, with its own config?
-        let cmdline = std::fs::read(Path::new("/proc").join(&server).join("cmdline"))
-            .map(|b| String::from_utf8_lossy(&b).replace('\0', " "))
-            .unwrap_or_default();
+        let cmdline = cmdline(&server);
         let conf = Path::new(conf);
-        if cmdline.contains("nats-server") && cmdline.contains(&conf.display().to_string()) {
-            eprintln!("proto-tests: killing nats-server {server}, left by process {owner}");
-            // nats-server's own way to send SIGKILL: no other tool needed.
-            let _ = Command::new(crate::nats_server_bin())
-                .arg("--signal")
-                .arg(format!("stop={server}"))
-                .stdout(std::process::Stdio::null())
-                .stderr(std::process::Stdio::null())
-                .status();
-        }
+        let outcome =
+            if cmdline.contains("nats-server") && cmdline.contains(&conf.display().to_string()) {
+                eprintln!("proto-tests: killing nats-server {server}, left by process {owner}");
+                // nats-server's own way to send SIGKILL: no other tool needed.
+                let sent = Command::new(crate::nats_server_bin())
+                    .arg("--signal")
+                    .arg(format!("stop={server}"))
+                    .stdout(std::process::Stdio::null())
+                    .stderr(std::process::Stdio::null())
+                    .status()
+                    .is_ok_and(|s| s.success());
+                Reaped::Killed { sent }
+            } else {
+                Reaped::NotTheServer { cmdline }
+            };
         // The orphan's own temp dir (config, log, JetStream store) goes too.
         if let Some(dir) = conf.parent().filter(|d| {
             d.file_name()
@@ -105,7 +136,9 @@ fn reap() {
             let _ = std::fs::remove_dir_all(dir);
         }
         let _ = std::fs::remove_file(&path);
+        done.push((server, outcome));
     }
+    done
 }
 
 #[cfg(test)]
@@ -122,7 +155,10 @@ mod tests {
         std::fs::write(&conf, "listen: 127.0.0.1:-1\n").unwrap();
         let registry = registry();
         std::fs::create_dir_all(&registry).unwrap();
-        // A nats-server on `conf`, recorded as started by `owner`.
+        // A nats-server on `conf`, recorded as started by `owner`, once its command line
+        // can be read: `spawn` returns when the child's `execve` has replaced its
+        // program, a moment before the kernel sets the new program's arguments, and in
+        // that moment `/proc/<pid>/cmdline` is empty.
         let start = |owner: u32| {
             let server = Command::new(crate::nats_server_bin())
                 .arg("-c")
@@ -131,7 +167,11 @@ mod tests {
                 .stderr(Stdio::null())
                 .spawn()
                 .unwrap();
-            let record = registry.join(server.id().to_string());
+            let pid = server.id().to_string();
+            crate::wait_until(Duration::from_secs(10), "the server's command line", || {
+                cmdline(&pid).contains(&conf.display().to_string())
+            });
+            let record = registry.join(&pid);
             std::fs::write(&record, format!("{owner}\n{}\n", conf.display())).unwrap();
             (server, record)
         };
@@ -141,7 +181,18 @@ mod tests {
         let (mut orphan, record) = start(gone.id());
         // One whose starter lives (this process): left alone.
         let (mut kept, kept_record) = start(std::process::id());
-        reap();
+        let done = reap();
+        let outcome = |server: &std::process::Child| {
+            let pid = server.id().to_string();
+            done.iter().find(|(p, _)| *p == pid).map(|(_, r)| r)
+        };
+        assert_eq!(
+            outcome(&orphan),
+            Some(&Reaped::Killed { sent: true }),
+            "the orphan ({}) was not killed; all records: {done:?}",
+            orphan.id()
+        );
+        assert_eq!(outcome(&kept), Some(&Reaped::OwnerAlive), "{done:?}");
         crate::wait_until(Duration::from_secs(10), "the orphan to be killed", || {
             matches!(orphan.try_wait(), Ok(Some(_)))
         });
