@@ -76,6 +76,15 @@ pub fn venv_python() -> PathBuf {
 /// on a start failure caused by a race with other processes; [`ServerConfig::start`]
 /// does.
 pub fn free_port() -> u16 {
+    let listener = loopback_listener();
+    listener.local_addr().expect("local_addr").port()
+}
+
+/// A listener on 127.0.0.1, on a port this process has not handed out before (see
+/// [`free_port`]), which it then counts as handed out: a port reserved by one test
+/// for a server it starts later is never the port of another test's proxy or fake
+/// server.
+pub fn loopback_listener() -> TcpListener {
     static GIVEN: std::sync::Mutex<Vec<u16>> = std::sync::Mutex::new(Vec::new());
     loop {
         let l = TcpListener::bind(("127.0.0.1", 0)).expect("bind 127.0.0.1:0");
@@ -83,7 +92,7 @@ pub fn free_port() -> u16 {
         let mut given = GIVEN.lock().unwrap_or_else(|p| p.into_inner());
         if !given.contains(&port) {
             given.push(port);
-            return port;
+            return l;
         }
     }
 }

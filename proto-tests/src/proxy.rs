@@ -36,7 +36,7 @@ pub struct Proxy {
 impl Proxy {
     /// Starts forwarding from a new free port to `target`.
     pub fn start(target: u16, mode: Mode) -> Proxy {
-        let listener = TcpListener::bind("127.0.0.1:0").expect("bind proxy port");
+        let listener = crate::loopback_listener();
         let port = listener.local_addr().expect("proxy address").port();
         listener
             .set_nonblocking(true)

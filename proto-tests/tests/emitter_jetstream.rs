@@ -410,13 +410,13 @@ fn an_event_over_the_limit_found_once_connected_is_counted_once() {
 
 #[test]
 fn an_outage_longer_than_the_ack_timeout_does_not_multiply_the_messages() {
-    // Events keep coming for 2 s while the server is away, 10 ack timeouts long: the
+    // Events keep coming for 3 s while the server is away, 6 ack timeouts long: the
     // client's buffers keep one copy of each for the next connection, not one per timeout.
     let server = ServerConfig::new().jetstream().start();
     let proxy = Proxy::start(server.port(), Mode::Forward);
     let v = vars(
         &proxy.url(),
-        &[("RUNNER_NATS_JETSTREAM_ACK_TIMEOUT", "0.2")],
+        &[("RUNNER_NATS_JETSTREAM_ACK_TIMEOUT", "0.5")],
     );
     let emitter = Emitter::new();
     let ident = "outage";
@@ -425,7 +425,8 @@ fn an_outage_longer_than_the_ack_timeout_does_not_multiply_the_messages() {
     proxy.set_mode(Mode::Refuse);
     proxy.cut_all();
     wait_until(WAIT, "disconnected", || !emitter.is_connected(ident));
-    for i in 1..=20 {
+    let events = 30;
+    for i in 1..=events {
         let r = send(&emitter, &v, ident, Kind::Event, &event(ident, i));
         assert!(r.errors.is_empty(), "{:?}", r.errors);
         thread::sleep(Duration::from_millis(100));
@@ -434,15 +435,18 @@ fn an_outage_longer_than_the_ack_timeout_does_not_multiply_the_messages() {
     let end = send_status(&emitter, &v, ident, "successful");
     let c = end.summary.unwrap().counters;
     let js = c.jetstream.unwrap();
+    let total = events as u64 + 2;
     assert_eq!(
         (js.acknowledged, c.undelivered, c.dropped),
-        (22, 0, 0),
+        (total, 0, 0),
         "{:?}",
         end.errors
     );
-    assert!(js.retries <= 2, "{js:?}");
+    // One copy per ack timeout would be about 2.5 retries per message. A loaded machine
+    // may still be slower than the ack timeout once after the reconnect: one each at most.
+    assert!(js.retries < total, "{js:?}");
     let ids = stored_ids(&server.url());
-    assert_eq!(ids.len(), 22, "{ids:?}");
+    assert_eq!(ids.len(), total as usize, "{ids:?}");
 }
 
 #[test]

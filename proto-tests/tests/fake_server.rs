@@ -3,7 +3,7 @@
 //! that never speaks, and what a lost connection does to a pending flush.
 
 use std::io::{Read, Write};
-use std::net::{TcpListener, TcpStream};
+use std::net::TcpStream;
 use std::sync::{mpsc, Arc, Mutex, OnceLock};
 use std::thread;
 use std::time::{Duration, Instant};
@@ -147,7 +147,7 @@ fn fake_server<F>(script: F) -> (String, thread::JoinHandle<()>)
 where
     F: FnOnce(FakeConn) + Send + 'static,
 {
-    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    let listener = proto_tests::loopback_listener();
     let url = format!("nats://{}", listener.local_addr().unwrap());
     let handle = thread::spawn(move || {
         let (stream, _) = listener.accept().unwrap();
@@ -1031,9 +1031,12 @@ fn close_is_bounded_by_its_timeout_while_a_write_is_stalled() {
 }
 
 /// A client connecting in the background to a server that accepts and then says nothing
-/// (until the client hangs up), with one message queued.
+/// (until the client hangs up), with one message queued; returned once the server has
+/// accepted the connection, so that the client is waiting for INFO.
 fn waiting_for_info_with_one_message() -> (Client, thread::JoinHandle<()>) {
-    let (url, server) = fake_server(|mut conn| {
+    let (accepted, on_accept) = mpsc::channel();
+    let (url, server) = fake_server(move |mut conn| {
+        let _ = accepted.send(());
         let _ = conn.try_next(Duration::from_secs(30));
     });
     let client = Options::new()
@@ -1044,6 +1047,9 @@ fn waiting_for_info_with_one_message() -> (Client, thread::JoinHandle<()>) {
         .connect()
         .unwrap();
     client.publish("waiting", b"never sent").unwrap();
+    on_accept
+        .recv_timeout(Duration::from_secs(30))
+        .expect("the client's background connect reached the fake server");
     (client, server)
 }
 

@@ -186,6 +186,18 @@ class Subscriber:
                 self.cond.wait(left)
             return list(self.messages)
 
+    def collect_until(self, done, timeout=60):
+        """The messages so far, once `done(messages)` holds or after `timeout` seconds:
+        the caller asserts on what came."""
+        deadline = time.monotonic() + timeout
+        with self.cond:
+            while not done(self.messages):
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    break
+                self.cond.wait(left)
+            return list(self.messages)
+
     def settle(self, quiet=0.5, timeout=30):
         """Everything so far, once no message arrived for `quiet` seconds."""
         deadline = time.monotonic() + timeout

@@ -269,7 +269,10 @@ def test_server_down_for_the_whole_run(tmp_path):
     assert len(errors) == 1, proc.stderr
     events = len(job_events(pdd, "down-run"))
     assert f"{events + 3} messages were not delivered" in errors[0], errors[0]
-    assert took < baseline_took + 1 + 3, f"{took:.1f}s with the plugin, {baseline_took:.1f}s without"
+    # The flush timeout (1 s) and room for two runs of several seconds on a loaded machine:
+    # a connect attempt waited out per event would take minutes.
+    slack = max(3, baseline_took / 2)
+    assert took < baseline_took + 1 + slack, f"{took:.1f}s with the plugin, {baseline_took:.1f}s without"
 
 
 @pytest.mark.parametrize(
@@ -317,7 +320,8 @@ def test_process_fed_a_truncated_stream_exits_as_fast_as_without_the_plugin(tmp_
         results[name] = (proc.returncode, time.monotonic() - started, proc.stderr.decode())
     (rc_without, t_without, _), (rc_with, t_with, err_with) = results["without"], results["with"]
     assert rc_with == rc_without, err_with
-    assert t_with < t_without + 1 + 2, f"{t_with:.1f}s with the plugin, {t_without:.1f}s without"
+    slack = max(2, t_without / 2)
+    assert t_with < t_without + 2 + slack, f"{t_with:.1f}s with the plugin, {t_without:.1f}s without"
     assert "without runner_ident" in err_with, err_with
 
 
@@ -378,11 +382,17 @@ def test_node_killed_and_restarted_mid_run_loses_nothing(tmp_path):
         _, stderr = run.communicate(timeout=300)
         assert run.returncode == 0, stderr
         expected = job_events(pdd, "kill-run")
+
+        def missing(messages):
+            uuids = {json.loads(m.data)["uuid"] for m in by_kind(messages, "kill-run")[0]}
+            return [e["counter"] for e in expected if e["uuid"] not in uuids]
+
+        # Everything, then a quiet second for late duplicates.
+        sub.collect_until(lambda messages: not missing(messages))
         got = sub.settle(quiet=1.0)
+        assert not missing(got), f"events lost: {missing(got)}"
         events, statuses = by_kind(got, "kill-run")
         uuids = [json.loads(m.data)["uuid"] for m in events]
-        missing = [e["counter"] for e in expected if e["uuid"] not in uuids]
-        assert not missing, f"events lost: {missing}"
         assert [json.loads(m.data)["status"] for m in statuses][-1] == "successful"
         duplicates = len(uuids) - len(set(uuids))
         print(f"node killed mid-run: {len(expected)} events, all arrived, {duplicates} duplicates")
