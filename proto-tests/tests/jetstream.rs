@@ -22,14 +22,15 @@ fn with_id(id: &str) -> HeaderMap {
     h
 }
 
-/// Answers every request on `subject` with its payload reversed, in its own thread.
+/// Answers every request on `subject` with its payload reversed, in its own thread,
+/// until `nc` is closed (or nothing came for `WAIT`).
 fn responder(nc: &Client, subject: &str) -> thread::JoinHandle<usize> {
     let sub = nc.subscribe(subject).unwrap();
     nc.flush(WAIT).unwrap();
     let nc = nc.clone();
     thread::spawn(move || {
         let mut answered = 0;
-        while let Ok(m) = sub.next_timeout(Duration::from_secs(2)) {
+        while let Ok(m) = sub.next_timeout(WAIT) {
             let mut body = m.payload.clone();
             body.reverse();
             nc.publish(m.reply.as_deref().unwrap(), &body).unwrap();
