@@ -25,7 +25,7 @@ STOP_GRACE = 15  # seconds ansible-runner gets to cancel its playbook before it 
 
 # nats-server is started the way the end-to-end tests start it (on a port it picks itself).
 sys.path.insert(0, str(ROOT / "python" / "tests"))
-from e2e_support import NatsServerError, start_nats_server  # noqa: E402
+from e2e_support import NatsServerError, start_nats_server, subscribe_confirmed  # noqa: E402
 
 SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
 
@@ -76,8 +76,7 @@ class Subscriber:
                 self.cond.notify_all()
             show(msg)
 
-        await self.nc.subscribe(self.subject, cb=on_msg)
-        await self.nc.flush()
+        await subscribe_confirmed(self.nc, self.subject, on_msg)
 
     def wait_for(self, n, timeout):
         deadline = time.monotonic() + timeout

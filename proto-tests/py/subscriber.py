@@ -8,7 +8,7 @@ Options (all but "servers" and "subject" optional):
   ca_file, cert_file, key_file, tls_hostname, tls_first, reconnect.
 
 Prints one JSON line per event on stdout:
-  {"ready": true}                  after SUB + flush
+  {"ready": true}                  once the server has the SUB
   {"msg": {"subject", "reply", "status", "headers": [[k, v], ...],
            "raw_headers_b64", "payload_b64"}}
   {"sign": "<nonce>"}              asks the parent to sign; the parent answers
@@ -152,6 +152,13 @@ async def main():
         )
 
     await nc.subscribe(opts["subject"], queue=opts.get("queue") or "", cb=cb)
+    # nats-py (2.16) writes a flush's PING straight to the socket, ahead of a SUB still in
+    # its pending buffer: that PONG alone does not prove the server has the subscription
+    # (a message published on the strength of "ready" could beat the SUB). Once the buffer
+    # is on the socket, the PING follows the SUB.
+    deadline = asyncio.get_running_loop().time() + 5
+    while nc.pending_data_size and asyncio.get_running_loop().time() < deadline:
+        await asyncio.sleep(0.001)
     await nc.flush(timeout=5)
     emit({"ready": True})
     await asyncio.Event().wait()

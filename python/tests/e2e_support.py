@@ -152,6 +152,20 @@ class NatsServer:
             self.proc.wait()
 
 
+async def subscribe_confirmed(nc, subject, cb):
+    """Subscribes `cb` to `subject`; returns once the server has the subscription.
+
+    nats-py (2.16) writes a flush's PING straight to the socket, ahead of a SUB still in its
+    pending buffer, so a PONG alone does not prove the SUB arrived: a message published
+    on the strength of it could beat the SUB. Once that buffer is on the socket, the PING
+    follows the SUB."""
+    await nc.subscribe(subject, cb=cb)
+    deadline = asyncio.get_running_loop().time() + 5
+    while nc.pending_data_size and asyncio.get_running_loop().time() < deadline:
+        await asyncio.sleep(0.001)
+    await nc.flush()
+
+
 class Subscriber:
     """An independent nats-py subscriber with its own event loop thread."""
 
@@ -173,8 +187,7 @@ class Subscriber:
                 self.messages.append(msg)
                 self.cond.notify_all()
 
-        await self.nc.subscribe(subject, cb=on_msg)
-        await self.nc.flush()
+        await subscribe_confirmed(self.nc, subject, on_msg)
 
     def wait_for(self, n, timeout=30):
         deadline = time.monotonic() + timeout
