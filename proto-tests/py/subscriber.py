@@ -25,8 +25,13 @@ import base64
 import json
 import ssl
 import sys
+from pathlib import Path
 
 from nats.aio.client import Client
+
+# A flush after a subscribe that proves the server has the SUB, shared with the plugin tests.
+sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "python" / "tests"))
+from e2e_support import subscribe_confirmed  # noqa: E402
 
 
 def emit(obj):
@@ -151,15 +156,9 @@ async def main():
             }
         )
 
-    await nc.subscribe(opts["subject"], queue=opts.get("queue") or "", cb=cb)
-    # nats-py (2.16) writes a flush's PING straight to the socket, ahead of a SUB still in
-    # its pending buffer: that PONG alone does not prove the server has the subscription
-    # (a message published on the strength of "ready" could beat the SUB). Once the buffer
-    # is on the socket, the PING follows the SUB.
-    deadline = asyncio.get_running_loop().time() + 5
-    while nc.pending_data_size and asyncio.get_running_loop().time() < deadline:
-        await asyncio.sleep(0.001)
-    await nc.flush(timeout=5)
+    await subscribe_confirmed(
+        nc, opts["subject"], cb, queue=opts.get("queue") or "", flush_timeout=5
+    )
     emit({"ready": True})
     await asyncio.Event().wait()
 

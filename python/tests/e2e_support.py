@@ -152,18 +152,19 @@ class NatsServer:
             self.proc.wait()
 
 
-async def subscribe_confirmed(nc, subject, cb):
-    """Subscribes `cb` to `subject`; returns once the server has the subscription.
+async def subscribe_confirmed(nc, subject, cb, queue="", flush_timeout=10):
+    """Subscribes `cb` to `subject` (in `queue`, if any); returns once the server has the
+    subscription (the proto-tests subscriber script and the demo use it too).
 
     nats-py (2.16) writes a flush's PING straight to the socket, ahead of a SUB still in its
     pending buffer, so a PONG alone does not prove the SUB arrived: a message published
     on the strength of it could beat the SUB. Once that buffer is on the socket, the PING
     follows the SUB."""
-    await nc.subscribe(subject, cb=cb)
+    await nc.subscribe(subject, queue=queue, cb=cb)
     deadline = asyncio.get_running_loop().time() + 5
     while nc.pending_data_size and asyncio.get_running_loop().time() < deadline:
         await asyncio.sleep(0.001)
-    await nc.flush()
+    await nc.flush(timeout=flush_timeout)
 
 
 class Subscriber:
