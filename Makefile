@@ -13,10 +13,14 @@ PLUGIN_STAMP := $(VENV)/.plugin-built
 # What the native module is built from. Not the .py files: the install is editable.
 PLUGIN_SOURCES := $(shell find src python/src -name '*.rs') \
 	Cargo.toml python/Cargo.toml python/Cargo.lock python/build.rs python/pyproject.toml
-BENCH_PEER_VERSION := 0.4.0
-BENCH_DEPS_STAMP := bench/.deps/.ansible-runner-nats-$(BENCH_PEER_VERSION)
+# The Python plugin ours replaces, for the parity test and the benchmarks: installed beside
+# the virtualenv's packages, not among them (its entry point is also named `nats`, and every
+# ansible-runner of the tests would load it), and put on sys.path by what compares with it.
+PEER_VERSION := 0.4.0
+PEER_DIR := $(VENV)/peer
+PEER_STAMP := $(PEER_DIR)/.ansible-runner-nats-$(PEER_VERSION)
 
-.PHONY: setup plugin demo test test-rust test-python lint bench FORCE
+.PHONY: setup plugin peer demo test test-rust test-python lint bench FORCE
 
 # One target for the set-up, so that `make -j` runs it once. It is out of date when
 # `tools/setup.sh --check` (run here, quick, changes nothing) fails: when the content of
@@ -40,6 +44,14 @@ $(PLUGIN_STAMP): $(PLUGIN_SOURCES) $(SETUP_STAMP)
 
 plugin: $(PLUGIN_STAMP)
 
+$(PEER_STAMP): $(SETUP_STAMP)
+	rm -rf $(PEER_DIR)
+	$(PY) -m pip install --quiet --disable-pip-version-check --no-deps --target $(PEER_DIR) \
+	  -c tools/constraints.txt ansible-runner-nats==$(PEER_VERSION)
+	touch "$@"
+
+peer: $(PEER_STAMP)
+
 demo: plugin
 	$(PY) tools/demo.py
 
@@ -49,7 +61,7 @@ test-rust: $(SETUP_STAMP)
 	cargo test --workspace --all-targets
 	cargo test --workspace --doc
 
-test-python: plugin
+test-python: plugin $(PEER_STAMP)
 	$(PY) -m pytest -q python/tests
 
 lint: $(SETUP_STAMP)
@@ -62,10 +74,9 @@ lint: $(SETUP_STAMP)
 
 # Benchmarks against the peers (not part of `make test`): see BENCHMARKS.md.
 # Sections 1, 3, 4 (client throughput, latency, memory) are Rust; 2 and 5 (plugin cost per
-# event, whole playbook run) Python, with the Python plugin beside the virtualenv (bench/.deps,
-# installed once). A Python benchmark's stderr goes to bench/target/<name>.stderr.log, shown
-# when it fails.
-bench: plugin $(BENCH_DEPS_STAMP)
+# event, whole playbook run) Python, with the Python plugin from $(PEER_DIR). A Python
+# benchmark's stderr goes to bench/target/<name>.stderr.log, shown when it fails.
+bench: plugin $(PEER_STAMP)
 	cd bench && BENCH_PYTHON="$(CURDIR)/$(PY)" cargo run --release --quiet
 	@mkdir -p bench/target
 	@for b in plugin_cost whole_run; do \
@@ -74,8 +85,3 @@ bench: plugin $(BENCH_DEPS_STAMP)
 	    echo "bench/py/$$b.py failed; the end of $$log:" >&2; tail -n 40 "$$log" >&2; exit 1; }; \
 	done
 
-$(BENCH_DEPS_STAMP): $(SETUP_STAMP)
-	rm -rf bench/.deps
-	$(PY) -m pip install --quiet --disable-pip-version-check --no-deps --target bench/.deps \
-	  -c tools/constraints.txt ansible-runner-nats==$(BENCH_PEER_VERSION)
-	touch "$@"

@@ -8,9 +8,9 @@ from contextlib import contextmanager
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[2]
-# The Python plugin lives beside, not in, the project virtualenv: installed there, its
-# entry point (also named `nats`) would be loaded by every ansible-runner of the tests too.
-PEER_DEPS = ROOT / "bench" / ".deps"
+# The Python plugin lives beside, not among, the virtualenv's packages (`make peer`): installed
+# there, its entry point (also named `nats`) would be loaded by every ansible-runner of the tests.
+PEER_DEPS = ROOT / ".venv" / "peer"
 
 # nats-server is started the way the end-to-end tests start it (on a port it picks itself).
 sys.path.insert(0, str(ROOT / "python" / "tests"))
