@@ -540,6 +540,59 @@ fn flush_confirms_what_was_published() {
 }
 
 #[test]
+fn publishes_the_server_denies_are_counted_and_the_rest_delivered() {
+    let server = ServerConfig::new()
+        .extra(
+            r#"authorization {
+  users = [
+    { user: "limited", password: "pw", permissions: { publish: { allow: ["ok.>"] } } }
+    { user: "watch", password: "pw" }
+  ]
+}"#,
+        )
+        .start();
+    let mut py = PySubscriber::start_with(
+        &[server.url()],
+        ">",
+        PySubOptions {
+            user: Some("watch".into()),
+            password: Some("pw".into()),
+            ..PySubOptions::default()
+        },
+    );
+    let client = Options::new()
+        .servers(&server.url())
+        .unwrap()
+        .user_password("limited", "pw")
+        .connect()
+        .unwrap();
+    for i in 0..30 {
+        let subject = if i % 3 == 0 { "ok.yes" } else { "no.denied" };
+        client.publish(subject, format!("{i}").as_bytes()).unwrap();
+    }
+    client.publish("ok.end", b"").unwrap();
+    client.flush(WAIT).unwrap();
+    // Counted by the time the flush returns: the server answers in order.
+    assert_eq!(client.statistics().publish_denied, 20);
+    assert_eq!(client.statistics().out_msgs, 31);
+    assert!(
+        client.is_connected(),
+        "a permission violation keeps the connection"
+    );
+    let last = client.last_error().expect("the refusal is the last error");
+    assert!(
+        last.contains("Permissions Violation for Publish to"),
+        "{last}"
+    );
+    assert!(last.contains("no.denied"), "{last}");
+    // In order, so anything else delivered would come before the last.
+    let got = py.wait_for(11, WAIT);
+    let subjects: Vec<&str> = got.iter().map(|m| m.subject.as_str()).collect();
+    assert_eq!(subjects, [vec!["ok.yes"; 10], vec!["ok.end"]].concat());
+    client.close().unwrap();
+}
+
+#[test]
 fn close_loses_nothing_published_before_it() {
     const N: usize = 100_000;
     let server = ServerConfig::new().start();

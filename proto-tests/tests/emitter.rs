@@ -6,7 +6,7 @@ use std::time::{Duration, Instant};
 
 use ansible_runner_nats::emitter::{config, Emitter, Kind, Report, REDACTED, TRUNCATED_HEADER};
 use proto_tests::proxy::{Mode, Proxy};
-use proto_tests::{PySubscriber, Received, ServerConfig};
+use proto_tests::{PySubOptions, PySubscriber, Received, ServerConfig};
 use serde_json::{json, Value};
 
 const WAIT: Duration = Duration::from_secs(60);
@@ -406,6 +406,59 @@ fn closing_every_open_run_takes_one_flush_timeout_not_one_per_run() {
         );
     }
     assert_eq!(emitter.open_runs(), 0);
+}
+
+#[test]
+fn messages_the_server_denies_are_counted_and_said_and_the_rest_arrive() {
+    // This user may publish the run's events, not its statuses.
+    let server = ServerConfig::new()
+        .extra(
+            r#"authorization {
+  users = [
+    { user: "runner", password: "runner-pw", permissions: { publish: { allow: ["pub.ansible.runner.perm.*.event"] } } }
+    { user: "watch", password: "pw" }
+  ]
+}"#,
+        )
+        .start();
+    let mut sub = PySubscriber::start_with(
+        &[server.url()],
+        "pub.ansible.runner.>",
+        PySubOptions {
+            user: Some("watch".into()),
+            password: Some("pw".into()),
+            ..PySubOptions::default()
+        },
+    );
+    let vars = env(&[
+        ("RUNNER_NATS_SUBJECT_ID", "perm"),
+        ("RUNNER_NATS_SERVERS", &server.url()),
+        ("RUNNER_NATS_USERNAME", "runner"),
+        ("RUNNER_NATS_PASSWORD", "runner-pw"),
+    ]);
+    let emitter = Emitter::new();
+    let ident = "r1";
+    let mut said = send_status(&emitter, &vars, ident, "starting").errors;
+    for i in 1..=3 {
+        said.extend(send(&emitter, &vars, ident, Kind::Event, &event(ident, i, 10)).errors);
+    }
+    let end = send_status(&emitter, &vars, ident, "successful");
+    said.extend(end.errors);
+    let c = end.summary.expect("the run's summary").counters;
+    assert_eq!((c.published, c.denied, c.undelivered), (5, 2, 0));
+    assert_eq!(
+        said,
+        [
+            "run r1: the server discarded 2 of 5 messages: this user may not publish them \
+          (server: Permissions Violation for Publish to \"pub.ansible.runner.perm.r1.status\")"
+        ]
+    );
+    let got = sub.wait_for(3, WAIT);
+    let counters: Vec<u64> = got
+        .iter()
+        .map(|m| json_of(m)["counter"].as_u64().unwrap())
+        .collect();
+    assert_eq!(counters, [1, 2, 3]);
 }
 
 #[test]

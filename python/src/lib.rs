@@ -79,8 +79,8 @@ fn lines(report: Report) -> Lines {
     if let Some(s) = report.summary {
         let c = s.counters;
         let mut line = format!(
-            "run {}: {} messages published ({} bytes), {} dropped, {} oversized, {} truncated, {} undelivered",
-            s.runner_ident, c.published, c.bytes, c.dropped, c.oversized, c.truncated, c.undelivered
+            "run {}: {} messages published ({} bytes), {} dropped, {} oversized, {} truncated, {} undelivered, {} denied",
+            s.runner_ident, c.published, c.bytes, c.dropped, c.oversized, c.truncated, c.undelivered, c.denied
         );
         if let Some(js) = c.jetstream {
             line.push_str(&format!(

@@ -275,6 +275,26 @@ def test_server_down_for_the_whole_run(tmp_path):
     assert took < baseline_took + 1 + slack, f"{took:.1f}s with the plugin, {baseline_took:.1f}s without"
 
 
+def test_a_user_who_may_not_publish_is_said_with_the_count(tmp_path):
+    # The server takes every message and discards it with a permissions violation,
+    # connection open: nothing arrives, and the run must say so.
+    server = NatsServer(tmp_path, extra=(
+        'authorization { users = [{user: "runner", password: "pw", '
+        'permissions: {publish: {allow: ["elsewhere.>"]}}}] }'))
+    try:
+        pdd = private_data_dir(tmp_path)
+        env = base_env(RUNNER_NATS_SUBJECT_ID="e2e", RUNNER_NATS_SERVERS=server.url,
+                       RUNNER_NATS_USERNAME="runner", RUNNER_NATS_PASSWORD="pw")
+        proc, _ = run_cli(pdd, env, "denied")
+    finally:
+        server.stop()
+    assert proc.returncode == 0, proc.stderr
+    errors = [line for line in proc.stderr.splitlines() if "ERROR" in line]
+    n = len(job_events(pdd, "denied")) + 3
+    assert len(errors) == 1, proc.stderr
+    assert f"run denied: the server discarded {n} of {n} messages: this user may not publish them" in errors[0]
+
+
 @pytest.mark.parametrize(
     "variable, value, expected",
     [

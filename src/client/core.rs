@@ -1031,10 +1031,23 @@ fn handle_op(shared: &Shared, op: ServerOp<'_>, generation: u64) {
         }
         ServerOp::Err(text) => {
             let err = server_error(text);
-            shared.state().last_error = Some(err.to_string());
+            let mut st = shared.state();
+            if denies_publish(text) {
+                st.stats.publish_denied += 1;
+            }
+            st.last_error = Some(err.to_string());
+            drop(st);
             shared.emit(Event::ServerError(text.to_owned()));
         }
     }
+}
+
+/// Whether an `-ERR` refuses one publish: `Permissions Violation for Publish to "<subject>"`,
+/// or `… for Publish with Reply of "<reply>"`.
+fn denies_publish(text: &str) -> bool {
+    const PREFIX: &str = "permissions violation for publish";
+    text.get(..PREFIX.len())
+        .is_some_and(|p| p.eq_ignore_ascii_case(PREFIX))
 }
 
 fn deliver(shared: &Shared, msg: Msg<'_>) {

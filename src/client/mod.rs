@@ -93,8 +93,9 @@ pub enum Event {
         /// Why it failed.
         reason: String,
     },
-    /// The server sent `-ERR`. Permission violations leave the connection open; most
-    /// other errors are followed by [`Event::Disconnected`].
+    /// The server sent `-ERR`. Permission violations leave the connection open (a refused
+    /// publish is counted in [`Statistics::publish_denied`]); most other errors are
+    /// followed by [`Event::Disconnected`].
     ServerError(String),
     /// The server entered lame duck mode and will soon close the connection: the client
     /// confirms what it wrote there and moves to another server of the pool.
@@ -135,6 +136,11 @@ pub struct Statistics {
     /// Messages buffered while the server's `max_payload` was unknown and then found over
     /// it: dropped when the connection came up (also counted in `dropped`).
     pub oversized: u64,
+    /// Publishes the server discarded because this user may not publish to their subject
+    /// or reply subject (`-ERR 'Permissions Violation for Publish …'`, one per message; the
+    /// connection stays open). Those messages went to nobody. The server answers in order:
+    /// once a flush returned, every refusal of what was published before it is counted.
+    pub publish_denied: u64,
 }
 
 /// A connection to a NATS server. Cheap to clone: clones share the connection, which

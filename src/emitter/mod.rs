@@ -93,6 +93,10 @@ pub struct RunCounters {
     /// Messages queued but never confirmed by the server when the run ended (with
     /// JetStream: never acknowledged by a stream).
     pub undelivered: u64,
+    /// Messages the server discarded because the run's user may not publish to their
+    /// subject: they went to nobody. (With JetStream such messages are never
+    /// acknowledged, and counted in `undelivered` instead.)
+    pub denied: u64,
     /// With JetStream: what the stream acknowledged, repeated, refused.
     pub jetstream: Option<AckCounters>,
 }
@@ -691,6 +695,24 @@ impl Run {
                 ));
             }
             Err(e) => report.errors.push(format!("run {ident}: close: {e}")),
+        }
+        // The close's flush came back after the server's answer to every message before it.
+        let denied = match self.acked {
+            Some(_) => 0,
+            None => self.client.statistics().publish_denied,
+        };
+        if denied > 0 {
+            self.counters.denied = denied;
+            let why = self
+                .client
+                .last_error()
+                .filter(|e| e.contains("Permissions Violation"))
+                .map(|e| format!(" ({e})"))
+                .unwrap_or_default();
+            report.errors.push(format!(
+                "run {ident}: the server discarded {denied} of {} messages: this user may not publish them{why}",
+                self.counters.published
+            ));
         }
         let c = self.counters;
         if c.dropped > 0 || c.oversized > 0 {
