@@ -170,15 +170,17 @@ def redacted(names):
 
 
 def test_variables_give_the_same_subjects_headers_and_payloads(tmp_path, servers):
+    # Headers with spaces around names and values, a non-ASCII value and an empty one.
+    header_list = "producer=ansible-runner, team = infra , note=caf\u00e9 \u2713, empty="
     got, stderr = run_both(
         tmp_path, servers, "parity-env", {}, long=True,
-        RUNNER_NATS_SUBJECT_ID="parity", RUNNER_NATS_HEADERS="producer=ansible-runner, team = infra ",
-        RUNNER_NATS_USERNAME="parity", RUNNER_NATS_PASSWORD="pw s3cret", RUNNER_NATS_CLIENT_NAME="parity",
+        RUNNER_NATS_SUBJECT_ID="parity", RUNNER_NATS_HEADERS=header_list, RUNNER_NATS_USERNAME="parity",
+        RUNNER_NATS_PASSWORD="pw s3cret", RUNNER_NATS_CLIENT_NAME="parity",
     )
     assert_same(got, redacted({"RUNNER_NATS_PASSWORD"}))
     subject, headers, starting = got["peer"][0]
     assert subject == "pub.ansible.runner.parity.parity-env.status"
-    assert headers == {"producer": "ansible-runner", "team": "infra"}
+    assert headers == {"producer": "ansible-runner", "team": "infra", "note": "caf\u00e9 \u2713", "empty": ""}
     assert starting["env"]["RUNNER_NATS_PASSWORD"] == "pw s3cret", "the Python plugin publishes it"
     assert "ansible-runner.nats" not in stderr, stderr
     sizes = [len(json.dumps(p)) for _, _, p in got["ours"]]
