@@ -593,6 +593,40 @@ fn publishes_the_server_denies_are_counted_and_the_rest_delivered() {
 }
 
 #[test]
+fn a_server_without_header_support_takes_plain_messages_and_headers_fail_at_the_call() {
+    // Such a server refuses a CONNECT that asks for no-responder replies, and closes: the
+    // client asks for headers and those replies only where the INFO offers headers.
+    let server = ServerConfig::new().extra("no_header_support: true").start();
+    // The independent subscriber: the protocol over a plain socket (nats-py asks for
+    // headers whatever the server says, and is refused).
+    let mut raw = proto_tests::RawConn::connect(server.port());
+    assert_eq!(raw.info()["headers"], serde_json::Value::Bool(false));
+    raw.send(b"CONNECT {\"verbose\":false}\r\nSUB nh.> 1\r\nPING\r\n");
+    raw.read_until(b"PONG\r\n", WAIT);
+    let client = connect(&server.url());
+    client.publish("nh.plain", b"first").unwrap();
+    let mut headers = HeaderMap::new();
+    headers.append("a", "b").unwrap();
+    let err = client
+        .publish_with_headers("nh.headers", &headers, b"x")
+        .unwrap_err();
+    assert_eq!(
+        err.to_string(),
+        "config: headers: the server does not support headers"
+    );
+    client.publish("nh.plain", b"last").unwrap();
+    client.flush(WAIT).unwrap();
+    let got = raw.read_until(b"last\r\n", WAIT);
+    assert_eq!(
+        String::from_utf8_lossy(&got),
+        "MSG nh.plain 1 5\r\nfirst\r\nMSG nh.plain 1 4\r\nlast\r\n"
+    );
+    assert!(client.is_connected());
+    assert_eq!(client.statistics().reconnects, 0);
+    client.close().unwrap();
+}
+
+#[test]
 fn close_loses_nothing_published_before_it() {
     const N: usize = 100_000;
     let server = ServerConfig::new().start();

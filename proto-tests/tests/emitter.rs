@@ -462,6 +462,47 @@ fn messages_the_server_denies_are_counted_and_said_and_the_rest_arrive() {
 }
 
 #[test]
+fn headers_queued_for_a_server_without_header_support_are_dropped_and_said_not_sent_in_a_loop() {
+    // Queued before the server was known, they would make it close the connection, again
+    // after every reconnect, until the run's end.
+    let port = proto_tests::free_port();
+    let proxy = Proxy::start(port, Mode::Refuse);
+    let vars = env(&[
+        ("RUNNER_NATS_SUBJECT_ID", "nh"),
+        ("RUNNER_NATS_SERVERS", &proxy.url()),
+        ("RUNNER_NATS_HEADERS", "a=b"),
+        ("RUNNER_NATS_RECONNECT_TIME_WAIT", "0.1"),
+    ]);
+    let emitter = Emitter::new();
+    let ident = "nh1";
+    let mut said = send_status(&emitter, &vars, ident, "starting").errors;
+    for i in 1..=3 {
+        said.extend(send(&emitter, &vars, ident, Kind::Event, &event(ident, i, 10)).errors);
+    }
+    let _server = ServerConfig::new()
+        .port(port)
+        .extra("no_header_support: true")
+        .start();
+    proxy.set_mode(Mode::Forward);
+    proto_tests::wait_until(WAIT, "the run's connection", || emitter.is_connected(ident));
+    for i in 4..=5 {
+        said.extend(send(&emitter, &vars, ident, Kind::Event, &event(ident, i, 10)).errors);
+    }
+    let end = send_status(&emitter, &vars, ident, "successful");
+    said.extend(end.errors);
+    let c = end.summary.expect("the run's summary").counters;
+    assert_eq!((c.published, c.dropped, c.undelivered), (0, 7, 0));
+    assert_eq!(
+        said,
+        [
+            "run nh1: publish failed: config: headers: the server does not support headers",
+            "run nh1: 4 messages were queued with headers before connecting to a server without header support: not sent",
+            "run nh1: 7 messages dropped (buffers full, or refused as said above), 0 oversized events not sent",
+        ]
+    );
+}
+
+#[test]
 fn oversized_event_is_reported_and_the_rest_arrive() {
     let server = ServerConfig::new().max_payload(64 * 1024).start();
     let mut sub = PySubscriber::start(&server.url(), "pub.ansible.runner.big.>");

@@ -59,8 +59,12 @@ pub(crate) struct State {
     pub(crate) info: ServerInfo,
     /// No message queued or kept for a resend is larger than this: the highest
     /// `max_payload` in force since the last connection checked them (see
-    /// `drop_oversized`).
+    /// `drop_unsendable`).
     pub(crate) accepted_max: usize,
+    /// Whether messages with headers may be queued or kept for a resend: false only while
+    /// connected to servers without header support since the last check (see
+    /// `drop_unsendable`).
+    pub(crate) accepted_headers: bool,
     /// Changes with every new connection and every loss, so waiters can tell theirs ended.
     pub(crate) generation: u64,
     /// PINGs requested on this connection (flushes, keep-alives, confirmations), in order.
@@ -238,6 +242,7 @@ impl Shared {
                 valid_subject: None,
                 info: ServerInfo::default(),
                 accepted_max: DEFAULT_MAX_PAYLOAD,
+                accepted_headers: true,
                 generation: 0,
                 pings_requested: 0,
                 pongs_received: 0,
@@ -529,9 +534,9 @@ fn begin_connection(
         st.stats.reconnects += 1;
     }
     st.info = info;
-    // Messages buffered before this server's limit was known: one over it would make the
-    // server close the connection, again after every reconnect.
-    let oversized = drop_oversized(&mut st);
+    // Messages buffered before this server was known: one over its limit, or with headers
+    // it does not support, would make it close the connection, again after every reconnect.
+    let (oversized, headers) = drop_unsendable(&mut st);
     st.pool.add_discovered(&urls, &entry);
     st.pool.record(&entry.addr, true, Instant::now());
     st.current = Some(entry);
@@ -550,6 +555,12 @@ fn begin_connection(
         shared.emit(Event::Dropped {
             messages: oversized,
             reason: "buffered while the server's max_payload was unknown, and over it".into(),
+        });
+    }
+    if headers > 0 {
+        shared.emit(Event::Dropped {
+            messages: headers,
+            reason: "buffered with headers, which the server does not support".into(),
         });
     }
 
@@ -574,41 +585,51 @@ fn begin_connection(
     }
 }
 
-/// Removes buffered messages larger than the server's `max_payload`; returns how many.
-fn drop_oversized(st: &mut State) -> u64 {
+/// Removes the buffered messages the server just connected would refuse by closing the
+/// connection: larger than its `max_payload`, or with headers where it has no header
+/// support. Returns how many of each.
+fn drop_unsendable(st: &mut State) -> (u64, u64) {
     let max = st.max_payload();
     let before = std::mem::replace(&mut st.accepted_max, max);
-    if max >= before {
-        // Each message was accepted against a limit no higher than this one.
-        return 0;
+    let had_headers = std::mem::replace(&mut st.accepted_headers, st.info.headers);
+    // Each message was accepted against a limit no higher than this one, and with headers
+    // only where this server has them too.
+    let check_size = max < before;
+    let check_headers = had_headers && !st.info.headers;
+    if !check_size && !check_headers {
+        return (0, 0);
     }
     let mut kept = Vec::with_capacity(st.out.len());
-    let mut dropped = 0;
+    let (mut oversized, mut headers) = (0, 0);
     let mut rest = st.out.as_slice();
     // `out` holds only PUB and HPUB that we encoded ourselves.
     while let Ok(Status::Complete((op, used))) = parse_client_op(rest, usize::MAX) {
-        let size = match op {
-            ClientOp::Pub { payload, .. } => payload.len(),
+        let (size, has_headers) = match op {
+            ClientOp::Pub { payload, .. } => (payload.len(), false),
             ClientOp::Hpub {
                 header, payload, ..
-            } => header.len() + payload.len(),
-            _ => 0,
+            } => (header.len() + payload.len(), true),
+            _ => (0, false),
         };
         let (this, after) = rest.split_at(used.min(rest.len()));
-        if size > max {
-            dropped += 1;
+        if check_size && size > max {
+            oversized += 1;
+        } else if check_headers && has_headers {
+            headers += 1;
         } else {
             kept.extend_from_slice(this);
         }
         rest = after;
     }
+    let dropped = oversized + headers;
     if dropped > 0 {
         st.out = kept;
         st.out_msgs = st.out_msgs.saturating_sub(dropped);
         st.stats.dropped += dropped;
-        st.stats.oversized += dropped;
+        st.stats.oversized += oversized;
+        st.stats.headers_unsupported += headers;
     }
-    dropped
+    (oversized, headers)
 }
 
 /// Bookkeeping after a connection ended: fail its waiters, keep what must be replayed.
@@ -1023,6 +1044,7 @@ fn handle_op(shared: &Shared, op: ServerOp<'_>, generation: u64) {
             st.lame_duck |= info.ldm;
             st.info = *info;
             st.accepted_max = st.accepted_max.max(st.max_payload());
+            st.accepted_headers |= st.info.headers;
             drop(st);
             if ldm {
                 shared.work.notify_one();

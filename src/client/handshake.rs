@@ -219,6 +219,11 @@ fn connect_info(opts: &Options, addr: &ServerAddr, info: &ServerInfo) -> Result<
         sig: fields.sig,
         jwt: fields.jwt,
         nkey: fields.nkey,
+        // Asked for only where the server has them: one without headers support refuses a
+        // CONNECT that asks for no-responder replies ("no responders requires headers
+        // support") and closes the connection.
+        headers: info.headers,
+        no_responders: info.headers,
         ..ConnectInfo::default()
     })
 }

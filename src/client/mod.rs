@@ -105,7 +105,8 @@ pub enum Event {
         /// The subscription's id.
         sid: u64,
     },
-    /// Buffered messages were dropped (see [`Statistics::oversized`]).
+    /// Buffered messages were dropped (see [`Statistics::oversized`] and
+    /// [`Statistics::headers_unsupported`]).
     Dropped {
         /// How many.
         messages: u64,
@@ -136,6 +137,10 @@ pub struct Statistics {
     /// Messages buffered while the server's `max_payload` was unknown and then found over
     /// it: dropped when the connection came up (also counted in `dropped`).
     pub oversized: u64,
+    /// Messages with headers buffered before the connection to a server without header
+    /// support: dropped when the connection came up (also counted in `dropped`). Once
+    /// the server is known, such publishes fail at the call.
+    pub headers_unsupported: u64,
     /// Publishes the server discarded because this user may not publish to their subject
     /// or reply subject (`-ERR 'Permissions Violation for Publish …'`, one per message; the
     /// connection stays open). Those messages went to nobody. The server answers in order:

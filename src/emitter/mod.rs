@@ -671,10 +671,18 @@ impl Run {
         // Events buffered before the server's limit was known are dropped by the client.
         // With JetStream their acknowledgements never came, and the retry was refused or
         // they count as unacknowledged: counted there, not again here.
-        let late = match self.acked {
-            Some(_) => 0,
-            None => self.client.statistics().oversized,
+        let stats = self.client.statistics();
+        let (late, headerless) = match self.acked {
+            Some(_) => (0, 0),
+            None => (stats.oversized, stats.headers_unsupported),
         };
+        if headerless > 0 {
+            self.counters.dropped += headerless;
+            self.counters.published = self.counters.published.saturating_sub(headerless);
+            report.errors.push(format!(
+                "run {ident}: {headerless} messages were queued with headers before connecting to a server without header support: not sent"
+            ));
+        }
         if late > 0 {
             self.counters.oversized += late;
             self.counters.published = self.counters.published.saturating_sub(late);
@@ -699,7 +707,7 @@ impl Run {
         // The close's flush came back after the server's answer to every message before it.
         let denied = match self.acked {
             Some(_) => 0,
-            None => self.client.statistics().publish_denied,
+            None => stats.publish_denied,
         };
         if denied > 0 {
             self.counters.denied = denied;
@@ -717,7 +725,7 @@ impl Run {
         let c = self.counters;
         if c.dropped > 0 || c.oversized > 0 {
             report.errors.push(format!(
-                "run {ident}: {} messages dropped (buffers full), {} oversized events not sent",
+                "run {ident}: {} messages dropped (buffers full, or refused as said above), {} oversized events not sent",
                 c.dropped, c.oversized
             ));
         }
