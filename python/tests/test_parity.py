@@ -135,24 +135,24 @@ def key(message):
 
 def assert_same(got, expect_ours=lambda theirs: theirs):
     """Ours delivered what the Python plugin delivered, message for message and in the same
-    order, `expect_ours(theirs)` being the documented difference. Here (a small playbook, a
-    live server) the Python plugin delivers everything too; should it not, the test says
-    so instead of blaming ours."""
+    order, `expect_ours(theirs)` being the documented difference. Ours delivered everything
+    (`run_both`); the Python plugin, which can lose messages, is compared on what it
+    delivered, which must include its `starting` status and events."""
     ours = {key(m): m for m in got["ours"]}
     assert len(ours) == len(got["ours"]), "ours published a message twice"
-    assert len(got["peer"]) == len(got["ours"]), (
-        f"the Python plugin delivered {len(got['peer'])} of {len(got['ours'])}: compare with "
-        "its losses in BENCHMARKS.md")
+    theirs_keys = [key(m) for m in got["peer"]]
+    assert len(set(theirs_keys)) == len(theirs_keys), "the Python plugin published a message twice"
     for theirs in got["peer"]:
         mine = ours.get(key(theirs))
         assert mine is not None, f"ours did not publish {key(theirs)}"
         assert mine == expect_ours(theirs), key(theirs)
-    for side in ("peer", "ours"):
-        kinds = [subject.rsplit(".", 1)[1] for subject, _, _ in got[side]]
-        statuses = [p["status"] for s, _, p in got[side] if s.endswith(".status")]
-        assert statuses == STATUSES and kinds[0] == "status" and kinds[-1] == "status", side
-        uuids = [p["uuid"] for s, _, p in got[side] if s.endswith(".event")]
-        assert uuids == [p["uuid"] for s, _, p in got["ours"] if s.endswith(".event")], side
+    delivered = set(theirs_keys)
+    order = [key(m) for m in got["ours"] if key(m) in delivered]
+    assert order == theirs_keys, "the same messages in another order"
+    assert [p["status"] for s, _, p in got["ours"] if s.endswith(".status")] == STATUSES
+    assert got["ours"][0][2].get("status") == "starting" and got["ours"][-1][2].get("status") == STATUSES[-1]
+    assert got["peer"] and got["peer"][0][2].get("status") == "starting", "the Python plugin's first message"
+    assert any(s.endswith(".event") for s, _, _ in got["peer"]), "no event from the Python plugin"
 
 
 def redacted(names):
