@@ -82,8 +82,9 @@ STATUSES = ["starting", "running", "successful"]
 
 @pytest.fixture
 def servers(tmp_path):
-    """A nats-server for each plugin, both with the same users."""
-    auth = 'authorization {\n  users = [{user: "parity", password: "pw s3cret"}, {user: "t", password: "tok"}]\n}\n'
+    """A nats-server for each plugin, both with the same users (one for the variables, one
+    for the settings)."""
+    auth = 'authorization {\n  users = [{user: "parity", password: "pw s3cret"}, {user: "from-settings", password: "pw"}]\n}\n'
     pair = {}
     try:
         for side in ("peer", "ours"):
@@ -95,8 +96,9 @@ def servers(tmp_path):
 
 
 def run_both(tmp_path, servers, ident, settings, long=False, **nats_vars):
-    """Runs the playbook (`long`: the 13 s one) once through the tee; returns, for each plugin, what its subscriber
-    received as (subject, headers, parsed payload), in order of arrival."""
+    """Runs the playbook (`long`: the fixtures' one, 13 s) once through the tee; returns, for
+    each plugin, what its subscriber received as (subject, headers, parsed payload), in order
+    of arrival."""
     if not (PEER / "ansible_runner_nats" / "__init__.py").exists():
         raise AssertionError(f"the Python plugin is not in {PEER}: run `make peer` "
                              "(`make test` installs it)")
@@ -189,7 +191,7 @@ def test_variables_give_the_same_subjects_headers_and_payloads(tmp_path, servers
 
 def test_settings_and_the_variable_merge_the_same(tmp_path, servers):
     settings = {"nats_subject_id": "from-settings", "nats_headers": {"a": "1", "team": "settings"},
-                "nats_options": {"user": "t", "password": "tok"}}
+                "nats_options": {"user": "from-settings", "password": "pw"}}
     got, stderr = run_both(tmp_path, servers, "parity-settings", settings, RUNNER_NATS_HEADERS="team=env")
     assert_same(got)
     subject, headers, _ = got["ours"][-1]
