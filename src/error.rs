@@ -132,6 +132,9 @@ pub enum Error {
     AuthenticationExpired,
     /// Any other `-ERR` from the server, with its text.
     Server(String),
+    /// The server refused a subscription for lack of permission (`-ERR 'Permissions
+    /// Violation for Subscription to …'`), with its text: the subscription has ended.
+    PermissionDenied(String),
     /// The peer broke the protocol.
     Protocol(ProtoError),
     /// A message is larger than the server's `max_payload`.
@@ -245,7 +248,7 @@ impl fmt::Display for Error {
                 f.write_str("auth: authorization violation (the server refused the credentials)")
             }
             Error::AuthenticationExpired => f.write_str("auth: user authentication expired"),
-            Error::Server(text) => write!(f, "server: {text}"),
+            Error::Server(text) | Error::PermissionDenied(text) => write!(f, "server: {text}"),
             Error::Protocol(e) => write!(f, "protocol: {e}"),
             Error::MaxPayload { size, max } => write!(
                 f,

@@ -593,6 +593,60 @@ fn publishes_the_server_denies_are_counted_and_the_rest_delivered() {
 }
 
 #[test]
+fn a_subscription_the_server_refuses_ends_with_its_reason_and_the_others_go_on() {
+    let server = ServerConfig::new()
+        .extra(
+            r#"authorization {
+  users = [
+    { user: "limited", password: "pw", permissions: { subscribe: { allow: ["ok.>", "jobs.* workers"] } } }
+  ]
+}"#,
+        )
+        .start();
+    let client = Options::new()
+        .servers(&server.url())
+        .unwrap()
+        .user_password("limited", "pw")
+        .connect()
+        .unwrap();
+    let ok = client.subscribe("ok.x").unwrap();
+    let denied = client.subscribe("no.x").unwrap();
+    let denied_too = client.subscribe("no.x").unwrap();
+    let in_queue = client.queue_subscribe("jobs.a", "workers").unwrap();
+    let other_queue = client.queue_subscribe("jobs.a", "others").unwrap();
+    // The server answers in order: its refusals come before this flush's PONG.
+    client.flush(WAIT).unwrap();
+    for (sub, text) in [
+        (
+            &denied,
+            "Permissions Violation for Subscription to \"no.x\"",
+        ),
+        (
+            &denied_too,
+            "Permissions Violation for Subscription to \"no.x\"",
+        ),
+        (
+            &other_queue,
+            "Permissions Violation for Subscription to \"jobs.a\" using queue \"others\"",
+        ),
+    ] {
+        match sub.next_timeout(Duration::ZERO) {
+            Err(Error::PermissionDenied(t)) => assert_eq!(t, text),
+            other => panic!("sid {}: {other:?}", sub.sid()),
+        }
+    }
+    client.publish("ok.x", b"1").unwrap();
+    client.publish("jobs.a", b"2").unwrap();
+    assert_eq!(ok.next_timeout(WAIT).unwrap().payload, b"1");
+    assert_eq!(in_queue.next_timeout(WAIT).unwrap().payload, b"2");
+    assert!(
+        client.is_connected(),
+        "a refused subscription keeps the connection"
+    );
+    client.close().unwrap();
+}
+
+#[test]
 fn a_server_without_header_support_takes_plain_messages_and_headers_fail_at_the_call() {
     // Such a server refuses a CONNECT that asks for no-responder replies, and closes: the
     // client asks for headers and those replies only where the INFO offers headers.

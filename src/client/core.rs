@@ -11,7 +11,7 @@ use std::collections::{HashMap, VecDeque};
 use std::net::{Shutdown, TcpStream};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::mpsc::{SyncSender, TrySendError};
-use std::sync::{Arc, Condvar, Mutex, MutexGuard};
+use std::sync::{Arc, Condvar, Mutex, MutexGuard, OnceLock};
 use std::thread::{self, JoinHandle, ThreadId};
 use std::time::{Duration, Instant};
 
@@ -102,6 +102,9 @@ pub(crate) struct Sub {
     /// Messages still to deliver before an automatic unsubscribe.
     pub(crate) remaining: Option<u64>,
     pub(crate) dropped: Arc<AtomicU64>,
+    /// Why the server ended it (set once, before the sink is dropped): see
+    /// `deny_subscription`.
+    pub(crate) denied: Arc<OnceLock<String>>,
 }
 
 /// Where a subscription's messages go.
@@ -1059,6 +1062,9 @@ fn handle_op(shared: &Shared, op: ServerOp<'_>, generation: u64) {
             }
             st.last_error = Some(err.to_string());
             drop(st);
+            if let Some((subject, queue)) = denied_subscription(text) {
+                deny_subscription(shared, subject, queue, text);
+            }
             shared.emit(Event::ServerError(text.to_owned()));
         }
     }
@@ -1070,6 +1076,49 @@ fn denies_publish(text: &str) -> bool {
     const PREFIX: &str = "permissions violation for publish";
     text.get(..PREFIX.len())
         .is_some_and(|p| p.eq_ignore_ascii_case(PREFIX))
+}
+
+/// The subject and queue group of a refused subscription: `Permissions Violation for
+/// Subscription to "<subject>"`, maybe followed by ` using queue "<queue>"`.
+fn denied_subscription(text: &str) -> Option<(&str, Option<&str>)> {
+    const PREFIX: &str = "permissions violation for subscription to ";
+    let rest = text
+        .get(..PREFIX.len())
+        .filter(|p| p.eq_ignore_ascii_case(PREFIX))
+        .and_then(|_| text.get(PREFIX.len()..))?;
+    let (subject, rest) = quoted(rest)?;
+    let queue = rest
+        .strip_prefix(" using queue ")
+        .and_then(quoted)
+        .map(|(q, _)| q);
+    Some((subject, queue))
+}
+
+/// The text between a leading `"` and the next one, and what follows.
+fn quoted(text: &str) -> Option<(&str, &str)> {
+    let inner = text.strip_prefix('"')?;
+    let end = inner.find('"')?;
+    Some((inner.get(..end)?, inner.get(end + 1..)?))
+}
+
+/// Ends the first subscription on `subject` (in `queue`) that the server refused: it will
+/// get no messages. The server sends one refusal per subscription, so a second one on the
+/// same subject ends the next. The request inbox is left alone: its requests time out.
+fn deny_subscription(shared: &Shared, subject: &str, queue: Option<&str>, text: &str) {
+    let mut subs = lock(&shared.subs);
+    let first = subs
+        .iter()
+        .filter(|(_, s)| {
+            matches!(s.sink, Sink::Channel(_))
+                && s.subject == subject
+                && s.queue.as_deref() == queue
+        })
+        .map(|(sid, _)| *sid)
+        .min();
+    if let Some(sub) = first.and_then(|sid| subs.remove(&sid)) {
+        // Before the sink goes: its `Subscription` reads why once the channel ends.
+        let _ = sub.denied.set(text.to_owned());
+    }
 }
 
 fn deliver(shared: &Shared, msg: Msg<'_>) {
@@ -1143,7 +1192,42 @@ fn route(shared: &Shared, msg: Msg<'_>) -> [Option<Event>; 2] {
 
 #[cfg(test)]
 mod tests {
-    use super::Unconfirmed;
+    use super::{denied_subscription, denies_publish, Unconfirmed};
+
+    #[test]
+    fn permission_violations_are_told_apart() {
+        let sub = |t| denied_subscription(t);
+        assert_eq!(
+            sub("Permissions Violation for Subscription to \"a.>\""),
+            Some(("a.>", None))
+        );
+        assert_eq!(
+            sub("Permissions Violation for Subscription to \"a.b\" using queue \"q\""),
+            Some(("a.b", Some("q")))
+        );
+        assert_eq!(
+            sub("permissions violation for subscription to \"x\""),
+            Some(("x", None))
+        );
+        for other in [
+            "Permissions Violation for Publish to \"a\"",
+            "Permissions Violation for Subscription to a",
+            "Permissions Violation for Subscription to \"unterminated",
+            "Permissions Violation for Subscription",
+            "Authorization Violation",
+            "",
+        ] {
+            assert_eq!(sub(other), None, "{other:?}");
+        }
+        assert!(denies_publish("Permissions Violation for Publish to \"a\""));
+        assert!(denies_publish(
+            "Permissions Violation for Publish with Reply of \"r\""
+        ));
+        assert!(!denies_publish(
+            "Permissions Violation for Subscription to \"a\""
+        ));
+        assert!(!denies_publish("Permissions"));
+    }
 
     #[test]
     fn a_replay_puts_what_was_kept_before_the_newer_messages() {

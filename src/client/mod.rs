@@ -29,7 +29,7 @@ pub(crate) mod transport;
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::mpsc::{self, Receiver, RecvTimeoutError};
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 use std::time::{Duration, Instant};
 
 pub use options::{EventCallback, Options};
@@ -398,6 +398,7 @@ impl Client {
         let sid = shared.next_sid.fetch_add(1, Ordering::Relaxed);
         let (tx, rx) = mpsc::sync_channel(shared.opts.subscription_capacity);
         let dropped = Arc::new(AtomicU64::new(0));
+        let denied = Arc::new(OnceLock::new());
         let mut st = shared.state();
         check_open(&st)?;
         lock(&shared.subs).insert(
@@ -408,6 +409,7 @@ impl Client {
                 sink: Sink::Channel(tx),
                 remaining: None,
                 dropped: Arc::clone(&dropped),
+                denied: Arc::clone(&denied),
             },
         );
         // While reconnecting, the new connection subscribes from the table above.
@@ -424,6 +426,7 @@ impl Client {
             subject: subject.to_owned(),
             rx,
             dropped,
+            denied,
             shared: Arc::clone(shared),
             active: true,
         })
@@ -630,6 +633,8 @@ pub struct Subscription {
     subject: String,
     rx: Receiver<Message>,
     dropped: Arc<AtomicU64>,
+    /// Set when the server refused the subscription.
+    denied: Arc<OnceLock<String>>,
     shared: Arc<Shared>,
     active: bool,
 }
@@ -655,9 +660,10 @@ impl Subscription {
     }
 
     /// Waits up to `timeout` for the next message. Fails with [`Error::Timeout`] when
-    /// none came, and with [`Error::Closed`] once the subscription has ended (client
-    /// closed, or its automatic unsubscribe limit reached) and every message received
-    /// before has been taken.
+    /// none came; once the subscription has ended and every message received before has
+    /// been taken, with [`Error::PermissionDenied`] if the server refused it (this user
+    /// may not subscribe to its subject, or in its queue group), else with
+    /// [`Error::Closed`] (client closed, or its automatic unsubscribe limit reached).
     pub fn next_timeout(&self, timeout: Duration) -> Result<Message> {
         match self.rx.recv_timeout(timeout) {
             Ok(m) => Ok(m),
@@ -665,7 +671,10 @@ impl Subscription {
                 what: "receive",
                 after: timeout,
             }),
-            Err(RecvTimeoutError::Disconnected) => Err(Error::Closed),
+            Err(RecvTimeoutError::Disconnected) => Err(self
+                .denied
+                .get()
+                .map_or(Error::Closed, |text| Error::PermissionDenied(text.clone()))),
         }
     }
 

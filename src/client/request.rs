@@ -181,6 +181,7 @@ impl Client {
                 sink: Sink::Replies,
                 remaining: None,
                 dropped: Arc::new(AtomicU64::new(0)),
+                denied: Arc::default(),
             },
         );
         // While reconnecting, the next connection subscribes from the table.
