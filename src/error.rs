@@ -132,8 +132,9 @@ pub enum Error {
     AuthenticationExpired,
     /// Any other `-ERR` from the server, with its text.
     Server(String),
-    /// The server refused a subscription for lack of permission (`-ERR 'Permissions
-    /// Violation for Subscription to …'`), with its text: the subscription has ended.
+    /// The server refused a subscription or a request for lack of permission (`-ERR
+    /// 'Permissions Violation for Subscription to …'` or `… for Publish …'`), with its
+    /// text: the subscription has ended, or the request gets no reply.
     PermissionDenied(String),
     /// The peer broke the protocol.
     Protocol(ProtoError),

@@ -647,6 +647,41 @@ fn a_subscription_the_server_refuses_ends_with_its_reason_and_the_others_go_on()
 }
 
 #[test]
+fn a_request_the_server_refuses_says_so_instead_of_timing_out() {
+    let server = ServerConfig::new()
+        .extra(
+            r#"authorization {
+  users = [ { user: "limited", password: "pw", permissions: { publish: { allow: ["ok.>"] } } } ]
+}"#,
+        )
+        .start();
+    let client = Options::new()
+        .servers(&server.url())
+        .unwrap()
+        .user_password("limited", "pw")
+        .connect()
+        .unwrap();
+    // Two in flight on the same subject: one refusal each, oldest first.
+    let first = client.request_async("no.svc", None, b"1").unwrap();
+    let second = client.request_async("no.svc", None, b"2").unwrap();
+    let allowed = client.request_async("ok.nobody", None, b"3").unwrap();
+    for pending in [&first, &second] {
+        match pending.wait(WAIT) {
+            Err(Error::PermissionDenied(text)) => {
+                assert_eq!(text, "Permissions Violation for Publish to \"no.svc\"")
+            }
+            other => panic!("{other:?}"),
+        }
+    }
+    assert!(matches!(
+        allowed.wait(WAIT),
+        Err(Error::NoResponders { .. })
+    ));
+    assert_eq!(client.statistics().publish_denied, 2);
+    client.close().unwrap();
+}
+
+#[test]
 fn a_server_without_header_support_takes_plain_messages_and_headers_fail_at_the_call() {
     // Such a server refuses a CONNECT that asks for no-responder replies, and closes: the
     // client asks for headers and those replies only where the INFO offers headers.

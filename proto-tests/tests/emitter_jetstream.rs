@@ -335,6 +335,50 @@ fn bad_jetstream_settings_are_reported_not_fatal() {
 }
 
 #[test]
+fn messages_this_user_may_not_publish_are_refused_at_once_not_retried_until_the_flush_timeout() {
+    // The user may use the JetStream API (the stream is made) but not publish events.
+    let server = ServerConfig::new()
+        .jetstream()
+        .extra(
+            r#"authorization {
+  users = [ { user: "runner", password: "pw", permissions: { publish: { allow: ["$JS.API.>"] } } } ]
+}"#,
+        )
+        .start();
+    let v = vars(
+        &server.url(),
+        &[
+            ("RUNNER_NATS_USERNAME", "runner"),
+            ("RUNNER_NATS_PASSWORD", "pw"),
+        ],
+    );
+    let emitter = Emitter::new();
+    let ident = "denied";
+    let mut errors = send_status(&emitter, &v, ident, "starting").errors;
+    for i in 1..=3 {
+        errors.extend(send(&emitter, &v, ident, Kind::Event, &event(ident, i)).errors);
+    }
+    let end = send_status(&emitter, &v, ident, "successful");
+    errors.extend(end.errors);
+    let c = end.summary.unwrap().counters;
+    let js = c.jetstream.unwrap();
+    // Within the 60 s flush timeout nothing was left waiting for an ack.
+    assert_eq!(
+        (js.acknowledged, js.refused, js.retries, c.undelivered),
+        (0, 5, 0, 0),
+        "{errors:?}"
+    );
+    assert_eq!(
+        errors,
+        [
+            "run denied: the server refused a message on pub.ansible.runner.js.denied.status for \
+          lack of permission: server: Permissions Violation for Publish to \
+          \"pub.ansible.runner.js.denied.status\""
+        ]
+    );
+}
+
+#[test]
 fn a_stream_that_cannot_be_made_and_a_refused_message_are_each_reported() {
     // Another stream already captures the subjects, with a small message limit: ours
     // cannot be created (overlap), and JetStream refuses a larger event.

@@ -107,6 +107,16 @@ pub(crate) struct Sub {
     pub(crate) denied: Arc<OnceLock<String>>,
 }
 
+/// A request waiting for its reply (see [`Shared::replies`]).
+pub(crate) struct Waiter {
+    /// The subject the request went to.
+    pub(crate) subject: String,
+    pub(crate) tx: SyncSender<Message>,
+    /// Why the server refused the request (set once, before the waiter is dropped): see
+    /// `deny_request`.
+    pub(crate) denied: Arc<OnceLock<String>>,
+}
+
 /// Where a subscription's messages go.
 pub(crate) enum Sink {
     /// A [`crate::client::Subscription`]'s queue.
@@ -127,7 +137,7 @@ pub(crate) struct Shared {
     pub(crate) subs: Mutex<HashMap<u64, Sub>>,
     /// Requests waiting for a reply, by the reply subject's last token. Locked after
     /// `subs` when both are held.
-    pub(crate) replies: Mutex<HashMap<String, SyncSender<Message>>>,
+    pub(crate) replies: Mutex<HashMap<String, Waiter>>,
     /// The request inbox prefix (`_INBOX.<random>`), subscribed on the first request.
     pub(crate) inbox: Mutex<Option<String>>,
     pub(crate) next_sid: AtomicU64,
@@ -1057,11 +1067,15 @@ fn handle_op(shared: &Shared, op: ServerOp<'_>, generation: u64) {
         ServerOp::Err(text) => {
             let err = server_error(text);
             let mut st = shared.state();
-            if denies_publish(text) {
+            let denied = denied_publish(text);
+            if denied.is_some() {
                 st.stats.publish_denied += 1;
             }
             st.last_error = Some(err.to_string());
             drop(st);
+            if let Some(denied) = denied {
+                deny_request(shared, denied, text);
+            }
             if let Some((subject, queue)) = denied_subscription(text) {
                 deny_subscription(shared, subject, queue, text);
             }
@@ -1070,22 +1084,61 @@ fn handle_op(shared: &Shared, op: ServerOp<'_>, generation: u64) {
     }
 }
 
-/// Whether an `-ERR` refuses one publish: `Permissions Violation for Publish to "<subject>"`,
-/// or `… for Publish with Reply of "<reply>"`.
-fn denies_publish(text: &str) -> bool {
-    const PREFIX: &str = "permissions violation for publish";
-    text.get(..PREFIX.len())
-        .is_some_and(|p| p.eq_ignore_ascii_case(PREFIX))
+/// What a refused publish was refused for.
+#[derive(Debug, PartialEq, Eq)]
+enum DeniedPublish<'a> {
+    /// `Permissions Violation for Publish to "<subject>"`.
+    Subject(&'a str),
+    /// `Permissions Violation for Publish with Reply of "<reply>"`.
+    Reply(&'a str),
+    /// Another text of that kind: counted, matched to no request.
+    Other,
+}
+
+/// Whether an `-ERR` refuses one publish, and for what.
+fn denied_publish(text: &str) -> Option<DeniedPublish<'_>> {
+    let rest = strip_prefix_ignore_case(text, "permissions violation for publish")?;
+    let subject = |prefix| strip_prefix_ignore_case(rest, prefix).and_then(quoted);
+    Some(if let Some((s, _)) = subject(" to ") {
+        DeniedPublish::Subject(s)
+    } else if let Some((r, _)) = subject(" with reply of ") {
+        DeniedPublish::Reply(r)
+    } else {
+        DeniedPublish::Other
+    })
+}
+
+fn strip_prefix_ignore_case<'a>(text: &'a str, prefix: &str) -> Option<&'a str> {
+    text.get(..prefix.len())
+        .filter(|p| p.eq_ignore_ascii_case(prefix))
+        .and_then(|_| text.get(prefix.len()..))
+}
+
+/// Ends the oldest request the refused publish was: the one sent to that subject, or the
+/// one with that reply subject. Its wait returns the refusal instead of timing out.
+fn deny_request(shared: &Shared, denied: DeniedPublish<'_>, text: &str) {
+    let mut replies = lock(&shared.replies);
+    let token = match denied {
+        // Tokens count up: the shortest, then the smallest, is the oldest.
+        DeniedPublish::Subject(subject) => replies
+            .iter()
+            .filter(|(_, w)| w.subject == subject)
+            .map(|(t, _)| t)
+            .min_by(|a, b| (a.len(), a.as_str()).cmp(&(b.len(), b.as_str())))
+            .cloned(),
+        DeniedPublish::Reply(reply) => reply.rsplit('.').next().map(str::to_owned),
+        DeniedPublish::Other => None,
+    };
+    if let Some(waiter) = token.and_then(|t| replies.remove(&t)) {
+        // Before the channel goes: the waiting request reads why once it ends.
+        let _ = waiter.denied.set(text.to_owned());
+    }
 }
 
 /// The subject and queue group of a refused subscription: `Permissions Violation for
 /// Subscription to "<subject>"`, maybe followed by ` using queue "<queue>"`.
 fn denied_subscription(text: &str) -> Option<(&str, Option<&str>)> {
-    const PREFIX: &str = "permissions violation for subscription to ";
-    let rest = text
-        .get(..PREFIX.len())
-        .filter(|p| p.eq_ignore_ascii_case(PREFIX))
-        .and_then(|_| text.get(PREFIX.len()..))?;
+    let rest = strip_prefix_ignore_case(text, "permissions violation for subscription to ")?;
     let (subject, rest) = quoted(rest)?;
     let queue = rest
         .strip_prefix(" using queue ")
@@ -1164,7 +1217,7 @@ fn route(shared: &Shared, msg: Msg<'_>) -> [Option<Event>; 2] {
             let token = msg.subject.rsplit('.').next().unwrap_or_default();
             // A reply nobody waits for any more (timed out, or a second reply) is dropped.
             if let Some(waiting) = lock(&shared.replies).remove(token) {
-                let _ = waiting.try_send(message);
+                let _ = waiting.tx.try_send(message);
             }
             return [malformed, None];
         }
@@ -1192,7 +1245,7 @@ fn route(shared: &Shared, msg: Msg<'_>) -> [Option<Event>; 2] {
 
 #[cfg(test)]
 mod tests {
-    use super::{denied_subscription, denies_publish, Unconfirmed};
+    use super::{denied_publish, denied_subscription, DeniedPublish, Unconfirmed};
 
     #[test]
     fn permission_violations_are_told_apart() {
@@ -1219,14 +1272,24 @@ mod tests {
         ] {
             assert_eq!(sub(other), None, "{other:?}");
         }
-        assert!(denies_publish("Permissions Violation for Publish to \"a\""));
-        assert!(denies_publish(
-            "Permissions Violation for Publish with Reply of \"r\""
-        ));
-        assert!(!denies_publish(
-            "Permissions Violation for Subscription to \"a\""
-        ));
-        assert!(!denies_publish("Permissions"));
+        let publish = |t| denied_publish(t);
+        assert_eq!(
+            publish("Permissions Violation for Publish to \"a.b\""),
+            Some(DeniedPublish::Subject("a.b"))
+        );
+        assert_eq!(
+            publish("Permissions Violation for Publish with Reply of \"_INBOX.x.7\""),
+            Some(DeniedPublish::Reply("_INBOX.x.7"))
+        );
+        assert_eq!(
+            publish("Permissions Violation for Publish to a"),
+            Some(DeniedPublish::Other)
+        );
+        assert_eq!(
+            publish("Permissions Violation for Subscription to \"a\""),
+            None
+        );
+        assert_eq!(publish("Permissions"), None);
     }
 
     #[test]

@@ -8,10 +8,10 @@
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::mpsc::{self, Receiver, RecvTimeoutError};
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
-use super::core::{lock, Phase, Shared, Sink, Sub};
+use super::core::{lock, Phase, Shared, Sink, Sub, Waiter};
 use super::{check_open, Client, Message};
 use crate::error::{Error, Result};
 use crate::headers::HeaderMap;
@@ -27,6 +27,8 @@ pub struct PendingReply {
     subject: String,
     token: String,
     rx: Receiver<Message>,
+    /// Set when the server refused the request.
+    denied: Arc<OnceLock<String>>,
     shared: Arc<Shared>,
 }
 
@@ -46,8 +48,10 @@ impl PendingReply {
     }
 
     /// Waits up to `timeout` for the reply. Fails with [`Error::NoResponders`] when the
-    /// server reported that nobody listens on the subject, with [`Error::Timeout`] when
-    /// no reply came, and with [`Error::Closed`] if the client closed meanwhile.
+    /// server reported that nobody listens on the subject, with [`Error::PermissionDenied`]
+    /// when it refused the request (this user may not publish to the subject, or use its
+    /// reply subject), with [`Error::Timeout`] when no reply came, and with
+    /// [`Error::Closed`] if the client closed meanwhile.
     pub fn wait(&self, timeout: Duration) -> Result<Message> {
         if !timeout.is_zero() {
             // Waiting on the reply: the request must not linger in the writer's batch.
@@ -62,7 +66,10 @@ impl PendingReply {
                 what: "request",
                 after: timeout,
             }),
-            Err(RecvTimeoutError::Disconnected) => Err(Error::Closed),
+            Err(RecvTimeoutError::Disconnected) => Err(self
+                .denied
+                .get()
+                .map_or(Error::Closed, |text| Error::PermissionDenied(text.clone()))),
         }
     }
 
@@ -149,11 +156,18 @@ impl Client {
         let token = next_token();
         let reply = format!("{prefix}.{token}");
         let (tx, rx) = mpsc::sync_channel(1);
-        lock(&self.shared().replies).insert(token.clone(), tx);
+        let denied = Arc::new(OnceLock::new());
+        let waiter = Waiter {
+            subject: subject.to_owned(),
+            tx,
+            denied: Arc::clone(&denied),
+        };
+        lock(&self.shared().replies).insert(token.clone(), waiter);
         let pending = PendingReply {
             subject: subject.to_owned(),
             token,
             rx,
+            denied,
             shared: Arc::clone(&self.inner.shared),
         };
         // On failure `pending` is dropped, which forgets the token.

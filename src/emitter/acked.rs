@@ -330,6 +330,17 @@ impl Acked {
                 self.forget(i);
                 (true, Some(line))
             }
+            // This user may not publish it (or use its reply subject): sending it again
+            // would be refused again.
+            Err(e @ Error::PermissionDenied(_)) => {
+                self.counters.refused += 1;
+                let line = format!(
+                    "the server refused a message on {} for lack of permission: {e}",
+                    self.queue[i].subject
+                );
+                self.forget(i);
+                (true, Some(line))
+            }
             Err(e) => {
                 // No ack: publish it again (same id), after a pause when nobody answered
                 // at all or JetStream said it is unavailable.

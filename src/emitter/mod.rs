@@ -94,8 +94,8 @@ pub struct RunCounters {
     /// JetStream: never acknowledged by a stream).
     pub undelivered: u64,
     /// Messages the server discarded because the run's user may not publish to their
-    /// subject: they went to nobody. (With JetStream such messages are never
-    /// acknowledged, and counted in `undelivered` instead.)
+    /// subject: they went to nobody. (With JetStream they are counted as refused, in
+    /// `jetstream`.)
     pub denied: u64,
     /// With JetStream: what the stream acknowledged, repeated, refused.
     pub jetstream: Option<AckCounters>,
