@@ -1117,6 +1117,7 @@ fn strip_prefix_ignore_case<'a>(text: &'a str, prefix: &str) -> Option<&'a str> 
 /// Ends the oldest request the refused publish was: the one sent to that subject, or the
 /// one with that reply subject. Its wait returns the refusal instead of timing out.
 fn deny_request(shared: &Shared, denied: DeniedPublish<'_>, text: &str) {
+    let inbox = lock(&shared.inbox).clone();
     let mut replies = lock(&shared.replies);
     let token = match denied {
         // Tokens count up: the shortest, then the smallest, is the oldest.
@@ -1126,7 +1127,13 @@ fn deny_request(shared: &Shared, denied: DeniedPublish<'_>, text: &str) {
             .map(|(t, _)| t)
             .min_by(|a, b| (a.len(), a.as_str()).cmp(&(b.len(), b.as_str())))
             .cloned(),
-        DeniedPublish::Reply(reply) => reply.rsplit('.').next().map(str::to_owned),
+        // Only a reply subject of this client's inbox names one of its requests.
+        DeniedPublish::Reply(reply) => inbox.as_deref().and_then(|prefix| {
+            reply
+                .strip_prefix(prefix)
+                .and_then(|t| t.strip_prefix('.'))
+                .map(str::to_owned)
+        }),
         DeniedPublish::Other => None,
     };
     if let Some(waiter) = token.and_then(|t| replies.remove(&t)) {
