@@ -197,6 +197,16 @@ impl PySubscriber {
         Self::start_with(&[url.to_string()], subject, PySubOptions::default())
     }
 
+    /// Subscribes to `subject` on `url` as `user` with `password`.
+    pub fn start_as(url: &str, subject: &str, user: &str, password: &str) -> Self {
+        let opts = PySubOptions {
+            user: Some(user.into()),
+            password: Some(password.into()),
+            ..PySubOptions::default()
+        };
+        Self::start_with(&[url.to_string()], subject, opts)
+    }
+
     /// Subscribes with options to a server list; waits (bounded, 20 s) until
     /// the script reports its subscription flushed.
     ///

@@ -18,6 +18,15 @@ fn connect(url: &str) -> Client {
         .unwrap_or_else(|e| panic!("connect to {url}: {e}"))
 }
 
+fn connect_as(url: &str, user: &str, password: &str) -> Client {
+    Options::new()
+        .servers(url)
+        .unwrap()
+        .user_password(user, password)
+        .connect()
+        .unwrap_or_else(|e| panic!("connect to {url} as {user}: {e}"))
+}
+
 /// Publishes one message and checks the independent subscriber got exactly it.
 fn assert_delivers(client: &Client, sub: &mut PySubscriber, subject: &str) {
     client.publish(subject, b"proof").unwrap();
@@ -221,21 +230,8 @@ fn user_password_auth() {
     let server = ServerConfig::new()
         .user_password("alice", "wonder-pw")
         .start();
-    let mut py = PySubscriber::start_with(
-        &[server.url()],
-        "auth.up",
-        PySubOptions {
-            user: Some("alice".into()),
-            password: Some("wonder-pw".into()),
-            ..PySubOptions::default()
-        },
-    );
-    let good = Options::new()
-        .servers(&server.url())
-        .unwrap()
-        .user_password("alice", "wonder-pw")
-        .connect()
-        .unwrap();
+    let mut py = PySubscriber::start_as(&server.url(), "auth.up", "alice", "wonder-pw");
+    let good = connect_as(&server.url(), "alice", "wonder-pw");
     assert_delivers(&good, &mut py, "auth.up");
 
     let err = Options::new()
@@ -551,21 +547,8 @@ fn publishes_the_server_denies_are_counted_and_the_rest_delivered() {
 }"#,
         )
         .start();
-    let mut py = PySubscriber::start_with(
-        &[server.url()],
-        ">",
-        PySubOptions {
-            user: Some("watch".into()),
-            password: Some("pw".into()),
-            ..PySubOptions::default()
-        },
-    );
-    let client = Options::new()
-        .servers(&server.url())
-        .unwrap()
-        .user_password("limited", "pw")
-        .connect()
-        .unwrap();
+    let mut py = PySubscriber::start_as(&server.url(), ">", "watch", "pw");
+    let client = connect_as(&server.url(), "limited", "pw");
     for i in 0..30 {
         let subject = if i % 3 == 0 { "ok.yes" } else { "no.denied" };
         client.publish(subject, format!("{i}").as_bytes()).unwrap();
@@ -603,12 +586,7 @@ fn a_subscription_the_server_refuses_ends_with_its_reason_and_the_others_go_on()
 }"#,
         )
         .start();
-    let client = Options::new()
-        .servers(&server.url())
-        .unwrap()
-        .user_password("limited", "pw")
-        .connect()
-        .unwrap();
+    let client = connect_as(&server.url(), "limited", "pw");
     let ok = client.subscribe("ok.x").unwrap();
     let denied = client.subscribe("no.x").unwrap();
     let denied_too = client.subscribe("no.x").unwrap();
@@ -655,12 +633,7 @@ fn a_request_the_server_refuses_says_so_instead_of_timing_out() {
 }"#,
         )
         .start();
-    let client = Options::new()
-        .servers(&server.url())
-        .unwrap()
-        .user_password("limited", "pw")
-        .connect()
-        .unwrap();
+    let client = connect_as(&server.url(), "limited", "pw");
     // Two in flight on the same subject: one refusal each, oldest first.
     let first = client.request_async("no.svc", None, b"1").unwrap();
     let second = client.request_async("no.svc", None, b"2").unwrap();

@@ -6,7 +6,7 @@ use std::time::{Duration, Instant};
 
 use ansible_runner_nats::emitter::{config, Emitter, Kind, Report, REDACTED, TRUNCATED_HEADER};
 use proto_tests::proxy::{Mode, Proxy};
-use proto_tests::{PySubOptions, PySubscriber, Received, ServerConfig};
+use proto_tests::{PySubscriber, Received, ServerConfig};
 use serde_json::{json, Value};
 
 const WAIT: Duration = Duration::from_secs(60);
@@ -421,15 +421,7 @@ fn messages_the_server_denies_are_counted_and_said_and_the_rest_arrive() {
 }"#,
         )
         .start();
-    let mut sub = PySubscriber::start_with(
-        &[server.url()],
-        "pub.ansible.runner.>",
-        PySubOptions {
-            user: Some("watch".into()),
-            password: Some("pw".into()),
-            ..PySubOptions::default()
-        },
-    );
+    let mut sub = PySubscriber::start_as(&server.url(), "pub.ansible.runner.>", "watch", "pw");
     let vars = env(&[
         ("RUNNER_NATS_SUBJECT_ID", "perm"),
         ("RUNNER_NATS_SERVERS", &server.url()),

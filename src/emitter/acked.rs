@@ -315,29 +315,25 @@ impl Acked {
                 self.forget(i);
                 (true, None)
             }
-            // Refused for good only by the API's own word: an answer we cannot read (code
-            // 0) proves nothing either way, and goes again like a missing one.
-            Err(Error::JetStream {
-                code,
-                err_code,
-                description,
-            }) if code != 503 && code != 0 => {
+            // Refused for good: by the API's own word (an answer we cannot read, code 0,
+            // proves nothing either way, and goes again like a missing one, as do the
+            // answers that mean "not now"), or because this user may not publish it,
+            // which a second try would not change.
+            Err(e) if refused_for_good(&e) => {
                 self.counters.refused += 1;
-                let line = format!(
-                    "JetStream refused a message on {}: {description} (code {code}, err_code {err_code})",
-                    self.queue[i].subject
-                );
-                self.forget(i);
-                (true, Some(line))
-            }
-            // This user may not publish it (or use its reply subject): sending it again
-            // would be refused again.
-            Err(e @ Error::PermissionDenied(_)) => {
-                self.counters.refused += 1;
-                let line = format!(
-                    "the server refused a message on {} for lack of permission: {e}",
-                    self.queue[i].subject
-                );
+                let subject = &self.queue[i].subject;
+                let line = match e {
+                    Error::JetStream {
+                        code,
+                        err_code,
+                        description,
+                    } => format!(
+                        "JetStream refused a message on {subject}: {description} (code {code}, err_code {err_code})"
+                    ),
+                    other => format!(
+                        "the server refused a message on {subject} for lack of permission: {other}"
+                    ),
+                };
                 self.forget(i);
                 (true, Some(line))
             }
@@ -400,5 +396,52 @@ impl Acked {
                 None => std::thread::sleep(step),
             }
         }
+    }
+}
+
+/// JetStream errors that say "not now" rather than "never": the message may yet be
+/// stored, or is being stored, so it goes again (same `Nats-Msg-Id`) after a pause.
+/// 10158: a copy with this id is still being proposed (a retry while the first one is in
+/// flight, typically around a leader change; answered with 409). 10167: the stream's
+/// ingest queue is full. (10077, a failed store, is left a refusal: it also stands for a
+/// full stream that discards new messages.)
+const NOT_NOW: [u64; 2] = [10158, 10167];
+
+/// Whether an ack's error means the message will never be stored, however often sent.
+fn refused_for_good(e: &Error) -> bool {
+    match e {
+        Error::JetStream { code, err_code, .. } => {
+            *code != 503 && *code != 0 && !NOT_NOW.contains(err_code)
+        }
+        Error::PermissionDenied(_) => true,
+        _ => false,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::refused_for_good;
+    use crate::Error;
+
+    fn api(code: u16, err_code: u64) -> Error {
+        Error::JetStream {
+            code,
+            err_code,
+            description: String::new(),
+        }
+    }
+
+    #[test]
+    fn only_answers_that_cannot_change_are_refusals() {
+        // Over the stream's limits, a stream that does not match, no permission: never.
+        assert!(refused_for_good(&api(400, 10054)));
+        assert!(refused_for_good(&api(400, 10060)));
+        assert!(refused_for_good(&Error::PermissionDenied("x".into())));
+        assert!(refused_for_good(&api(500, 10077)));
+        // Unavailable, unreadable, still being proposed, too busy: again.
+        for retried in [api(503, 10008), api(0, 0), api(409, 10158), api(429, 10167)] {
+            assert!(!refused_for_good(&retried), "{retried:?}");
+        }
+        assert!(!refused_for_good(&Error::Disconnected));
     }
 }
