@@ -36,6 +36,21 @@ fn send_status(emitter: &Emitter, vars: &HashMap<String, String>, ident: &str, s
     send(emitter, vars, ident, Kind::Status(s), &status(ident, s))
 }
 
+/// Starts the run `ident` and sends it the events `counters` (small ones); returns what
+/// the calls said.
+fn start_with_events(
+    emitter: &Emitter,
+    vars: &HashMap<String, String>,
+    ident: &str,
+    counters: std::ops::RangeInclusive<usize>,
+) -> Vec<String> {
+    let mut said = send_status(emitter, vars, ident, "starting").errors;
+    for i in counters {
+        said.extend(send(emitter, vars, ident, Kind::Event, &event(ident, i, 10)).errors);
+    }
+    said
+}
+
 fn event(ident: &str, counter: usize, filler: usize) -> Vec<u8> {
     serde_json::to_vec(&json!({
         "uuid": format!("00000000-0000-0000-0000-{counter:012}"),
@@ -430,10 +445,7 @@ fn messages_the_server_denies_are_counted_and_said_and_the_rest_arrive() {
     ]);
     let emitter = Emitter::new();
     let ident = "r1";
-    let mut said = send_status(&emitter, &vars, ident, "starting").errors;
-    for i in 1..=3 {
-        said.extend(send(&emitter, &vars, ident, Kind::Event, &event(ident, i, 10)).errors);
-    }
+    let mut said = start_with_events(&emitter, &vars, ident, 1..=3);
     let end = send_status(&emitter, &vars, ident, "successful");
     said.extend(end.errors);
     let c = end.summary.expect("the run's summary").counters;
@@ -467,10 +479,7 @@ fn headers_queued_for_a_server_without_header_support_are_dropped_and_said_not_s
     ]);
     let emitter = Emitter::new();
     let ident = "nh1";
-    let mut said = send_status(&emitter, &vars, ident, "starting").errors;
-    for i in 1..=3 {
-        said.extend(send(&emitter, &vars, ident, Kind::Event, &event(ident, i, 10)).errors);
-    }
+    let mut said = start_with_events(&emitter, &vars, ident, 1..=3);
     let _server = ServerConfig::new()
         .port(port)
         .extra("no_header_support: true")
