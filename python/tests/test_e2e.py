@@ -86,6 +86,26 @@ def test_cli_run_publishes_every_event_exactly_once(tmp_path, server):
         sub.close()
 
 
+def test_cli_run_configured_by_the_private_data_dirs_settings_file(tmp_path, server):
+    # The runner settings as operators write them: env/settings (YAML) in the private
+    # data dir, no RUNNER_NATS_* variable at all.
+    sub = Subscriber(server.url, "pub.ansible.runner.>")
+    try:
+        pdd = private_data_dir(tmp_path)
+        (pdd / "env").mkdir()
+        (pdd / "env" / "settings").write_text(
+            "nats_subject_id: e2e\n"
+            f"nats_options:\n  servers: [\"{server.url}\"]\n  name: from-settings\n"
+            "nats_headers:\n  producer: ansible-runner\n  foo: bar\n"
+        )
+        proc, _ = run_cli(pdd, base_env(), "settings-file")
+        assert proc.returncode == 0, proc.stderr
+        assert "ansible-runner.nats" not in proc.stderr, proc.stderr
+        assert_every_event_once(pdd, "settings-file", sub)
+    finally:
+        sub.close()
+
+
 def test_python_api_run(tmp_path, server):
     sub = Subscriber(server.url, "pub.ansible.runner.>")
     try:
