@@ -369,7 +369,9 @@ def test_process_fed_a_truncated_stream_exits_as_fast_as_without_the_plugin(tmp_
 def test_wheel_installs_into_a_fresh_virtualenv(tmp_path):
     dist = tmp_path / "dist"
     build = subprocess.run(
-        [str(VENV_BIN / "maturin"), "build", "--release", "--quiet", "--out", str(dist)],
+        # For this interpreter: maturin on its own builds for the first Python on PATH.
+        [str(VENV_BIN / "maturin"), "build", "--release", "--quiet", "--out", str(dist),
+         "--interpreter", sys.executable],
         cwd=Path(__file__).resolve().parents[1], capture_output=True, text=True, timeout=900,
     )
     assert build.returncode == 0, build.stderr
