@@ -102,25 +102,42 @@ pub(crate) struct Sub {
     /// Messages still to deliver before an automatic unsubscribe.
     pub(crate) remaining: Option<u64>,
     pub(crate) dropped: Arc<AtomicU64>,
-    /// Why the server ended it (set once, before the sink is dropped): see
-    /// `deny_subscription`.
-    pub(crate) denied: Arc<OnceLock<String>>,
 }
 
 /// A request waiting for its reply (see [`Shared::replies`]).
 pub(crate) struct Waiter {
     /// The subject the request went to.
     pub(crate) subject: String,
+    pub(crate) outlet: Outlet,
+}
+
+/// The sending end of a subscription's or a request's channel, and why the server ended
+/// it, if it did: set once, before the sender goes, so that the receiver finds it when the
+/// channel ends (see [`ended`]).
+pub(crate) struct Outlet {
     pub(crate) tx: SyncSender<Message>,
-    /// Why the server refused the request (set once, before the waiter is dropped): see
-    /// `deny_request`.
     pub(crate) denied: Arc<OnceLock<String>>,
+}
+
+impl Outlet {
+    /// Ends the channel with the server's refusal `text`.
+    fn deny(self, text: &str) {
+        let _ = self.denied.set(text.to_owned());
+    }
+}
+
+/// What the end of a receiver's channel means: the refusal it was ended with
+/// ([`Error::PermissionDenied`]), or else that the client closed it ([`Error::Closed`]).
+pub(crate) fn ended(denied: &OnceLock<String>) -> Error {
+    denied
+        .get()
+        .map_or(Error::Closed, |text| Error::PermissionDenied(text.clone()))
 }
 
 /// Where a subscription's messages go.
 pub(crate) enum Sink {
     /// A [`crate::client::Subscription`]'s queue.
-    Channel(SyncSender<Message>),
+    Channel(Outlet),
     /// The request inbox (`_INBOX.<id>.*`): each reply goes to the request waiting for
     /// its last subject token, see [`Shared::replies`].
     Replies,
@@ -1137,8 +1154,7 @@ fn deny_request(shared: &Shared, denied: DeniedPublish<'_>, text: &str) {
         DeniedPublish::Other => None,
     };
     if let Some(waiter) = token.and_then(|t| replies.remove(&t)) {
-        // Before the channel goes: the waiting request reads why once it ends.
-        let _ = waiter.denied.set(text.to_owned());
+        waiter.outlet.deny(text);
     }
 }
 
@@ -1175,9 +1191,12 @@ fn deny_subscription(shared: &Shared, subject: &str, queue: Option<&str>, text: 
         })
         .map(|(sid, _)| *sid)
         .min();
-    if let Some(sub) = first.and_then(|sid| subs.remove(&sid)) {
-        // Before the sink goes: its `Subscription` reads why once the channel ends.
-        let _ = sub.denied.set(text.to_owned());
+    if let Some(Sub {
+        sink: Sink::Channel(outlet),
+        ..
+    }) = first.and_then(|sid| subs.remove(&sid))
+    {
+        outlet.deny(text);
     }
 }
 
@@ -1218,13 +1237,13 @@ fn route(shared: &Shared, msg: Msg<'_>) -> [Option<Event>; 2] {
         payload: msg.payload.to_vec(),
     };
     let tx = match &sub.sink {
-        Sink::Channel(tx) => tx,
+        Sink::Channel(outlet) => &outlet.tx,
         Sink::Replies => {
             drop(subs);
             let token = msg.subject.rsplit('.').next().unwrap_or_default();
             // A reply nobody waits for any more (timed out, or a second reply) is dropped.
             if let Some(waiting) = lock(&shared.replies).remove(token) {
-                let _ = waiting.tx.try_send(message);
+                let _ = waiting.outlet.tx.try_send(message);
             }
             return [malformed, None];
         }

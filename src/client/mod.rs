@@ -35,7 +35,7 @@ use std::time::{Duration, Instant};
 pub use options::{EventCallback, Options};
 pub use request::PendingReply;
 
-use self::core::{lock, wait, Phase, Shared, Sink, State, Sub, LINGER_MAX_BATCH};
+use self::core::{ended, lock, wait, Outlet, Phase, Shared, Sink, State, Sub, LINGER_MAX_BATCH};
 use crate::error::{Error, Result};
 use crate::headers::HeaderMap;
 use crate::proto::{encode_pub, ClientOp, ServerInfo};
@@ -406,10 +406,12 @@ impl Client {
             Sub {
                 subject: subject.to_owned(),
                 queue: queue.map(str::to_owned),
-                sink: Sink::Channel(tx),
+                sink: Sink::Channel(Outlet {
+                    tx,
+                    denied: Arc::clone(&denied),
+                }),
                 remaining: None,
                 dropped: Arc::clone(&dropped),
-                denied: Arc::clone(&denied),
             },
         );
         // While reconnecting, the new connection subscribes from the table above.
@@ -671,10 +673,7 @@ impl Subscription {
                 what: "receive",
                 after: timeout,
             }),
-            Err(RecvTimeoutError::Disconnected) => Err(self
-                .denied
-                .get()
-                .map_or(Error::Closed, |text| Error::PermissionDenied(text.clone()))),
+            Err(RecvTimeoutError::Disconnected) => Err(ended(&self.denied)),
         }
     }
 

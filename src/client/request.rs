@@ -11,7 +11,7 @@ use std::sync::mpsc::{self, Receiver, RecvTimeoutError};
 use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
-use super::core::{lock, Phase, Shared, Sink, Sub, Waiter};
+use super::core::{ended, lock, Outlet, Phase, Shared, Sink, Sub, Waiter};
 use super::{check_open, Client, Message};
 use crate::error::{Error, Result};
 use crate::headers::HeaderMap;
@@ -66,10 +66,7 @@ impl PendingReply {
                 what: "request",
                 after: timeout,
             }),
-            Err(RecvTimeoutError::Disconnected) => Err(self
-                .denied
-                .get()
-                .map_or(Error::Closed, |text| Error::PermissionDenied(text.clone()))),
+            Err(RecvTimeoutError::Disconnected) => Err(ended(&self.denied)),
         }
     }
 
@@ -159,8 +156,10 @@ impl Client {
         let denied = Arc::new(OnceLock::new());
         let waiter = Waiter {
             subject: subject.to_owned(),
-            tx,
-            denied: Arc::clone(&denied),
+            outlet: Outlet {
+                tx,
+                denied: Arc::clone(&denied),
+            },
         };
         lock(&self.shared().replies).insert(token.clone(), waiter);
         let pending = PendingReply {
@@ -195,7 +194,6 @@ impl Client {
                 sink: Sink::Replies,
                 remaining: None,
                 dropped: Arc::new(AtomicU64::new(0)),
-                denied: Arc::default(),
             },
         );
         // While reconnecting, the next connection subscribes from the table.

@@ -668,14 +668,15 @@ impl Run {
         let closed = self
             .client
             .close_within(crate::client::transport::remaining(deadline));
-        // Events buffered before the server's limit was known are dropped by the client.
-        // With JetStream their acknowledgements never came, and the retry was refused or
-        // they count as unacknowledged: counted there, not again here.
-        let stats = self.client.statistics();
-        let (late, headerless) = match self.acked {
-            Some(_) => (0, 0),
-            None => (stats.oversized, stats.headers_unsupported),
+        // What the client dropped when the server became known (over its limit, headers it
+        // does not support) and what the server discarded (no permission). With JetStream
+        // none of those was acknowledged, and the retry was refused or they count as
+        // unacknowledged: counted there, not again here.
+        let stats = match self.acked {
+            Some(_) => crate::client::Statistics::default(),
+            None => self.client.statistics(),
         };
+        let (late, headerless) = (stats.oversized, stats.headers_unsupported);
         if headerless > 0 {
             self.counters.dropped += headerless;
             self.counters.published = self.counters.published.saturating_sub(headerless);
@@ -706,10 +707,7 @@ impl Run {
         }
         // The close's flush came back after the server's answer to every message before it.
         // (A message written again after a reconnect can be refused twice.)
-        let denied = match self.acked {
-            Some(_) => 0,
-            None => stats.publish_denied.min(self.counters.published),
-        };
+        let denied = stats.publish_denied.min(self.counters.published);
         if denied > 0 {
             self.counters.denied = denied;
             let why = self
