@@ -191,14 +191,10 @@ class Subscriber:
         await subscribe_confirmed(self.nc, subject, on_msg)
 
     def wait_for(self, n, timeout=30):
-        deadline = time.monotonic() + timeout
-        with self.cond:
-            while len(self.messages) < n:
-                left = deadline - time.monotonic()
-                if left <= 0:
-                    raise AssertionError(f"{len(self.messages)} of {n} messages after {timeout}s")
-                self.cond.wait(left)
-            return list(self.messages)
+        got = self.collect_until(lambda messages: len(messages) >= n, timeout)
+        if len(got) < n:
+            raise AssertionError(f"{len(got)} of {n} messages after {timeout}s")
+        return got
 
     def collect_until(self, done, timeout=60):
         """The messages so far, once `done(messages)` holds or after `timeout` seconds:
