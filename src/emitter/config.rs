@@ -351,6 +351,15 @@ fn show(v: &Value) -> String {
     }
 }
 
+/// The longest subject the emitter publishes to: nats-server reads control lines of
+/// 4 KiB by default, and an HPUB line adds its verb and two byte counts to the subject.
+pub(crate) const MAX_SUBJECT: usize = 4000;
+
+/// The length of the longest subject of a run: `pub.ansible.runner.{subject_id}.{ident}.status`.
+pub(crate) fn subject_len(subject_id: &str, ident: &str) -> usize {
+    "pub.ansible.runner...status".len() + subject_id.len() + ident.len()
+}
+
 /// Reads the configuration from `env` (the process environment, or any map of
 /// variables) and the runner `settings` (a JSON object; `None` when there are none).
 ///
@@ -394,10 +403,19 @@ pub fn load(env: &HashMap<String, String>, settings: Option<&Value>, hostname: &
     } else {
         subject_id
     };
-    if let Err(e) = validate_token(&subject_id) {
+    let invalid = match validate_token(&subject_id) {
+        Err(e) => Some(strip_area(&e.to_string()).to_owned()),
+        // The shortest runner_ident still has to fit.
+        Ok(()) if subject_len(&subject_id, "x") > MAX_SUBJECT => Some(format!(
+            "{} bytes long: subjects with it are over the {MAX_SUBJECT} bytes a server reads",
+            subject_id.len()
+        )),
+        Ok(()) => None,
+    };
+    if let Some(problem) = invalid {
         issues.push(ConfigIssue {
             source: source.into(),
-            problem: format!("{}; emitter disabled", strip_area(&e.to_string())),
+            problem: format!("{problem}; emitter disabled"),
             disables: true,
         });
         return Loaded {

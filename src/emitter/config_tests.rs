@@ -120,6 +120,21 @@ fn invalid_subject_ids_disable_with_the_variable_named() {
         assert_eq!(text, want);
         assert!(disables && loaded.config.is_none());
     }
+    // The longest id that leaves room for a one-character runner_ident, and one byte more.
+    let longest = "i".repeat(4000 - "pub.ansible.runner...status".len() - 1);
+    assert!(
+        load(&env(&[("RUNNER_NATS_SUBJECT_ID", &longest)]), None, "h")
+            .issues
+            .is_empty()
+    );
+    let over = format!("{longest}i");
+    let (text, disables, loaded) = only_issue(&[("RUNNER_NATS_SUBJECT_ID", &over)], None);
+    assert_eq!(
+        text,
+        "RUNNER_NATS_SUBJECT_ID: 3973 bytes long: subjects with it are over the 4000 bytes a \
+         server reads; emitter disabled"
+    );
+    assert!(disables && loaded.config.is_none());
     let loaded = load(&HashMap::new(), Some(&json!({"nats_subject_id": 5})), "h");
     assert_eq!(
         issues(&loaded),

@@ -44,6 +44,7 @@ use crate::client::Client;
 use crate::error::Error;
 use crate::headers::HeaderMap;
 pub use acked::{AckCounters, STREAM_SUBJECTS};
+use config::MAX_SUBJECT;
 pub use config::{ConfigIssue, EmitterConfig, JetStreamConfig, Loaded, Oversize};
 
 /// What a message is.
@@ -472,15 +473,16 @@ fn start_run(ident: &str, loaded: Loaded, report: &mut Report) -> Entry {
         ));
         return Entry::Disabled;
     }
-    let base = format!("pub.ansible.runner.{}.{ident}", config.subject_id);
-    if base.len() + ".status".len() > MAX_SUBJECT {
+    let longest = config::subject_len(&config.subject_id, ident);
+    if longest > MAX_SUBJECT {
         report.errors.push(format!(
-            "run {}: runner_ident makes subjects of {} bytes, over the {MAX_SUBJECT} a server reads; nothing published for it",
+            "run {}: runner_ident ({} bytes) makes subjects of {longest} bytes, over the {MAX_SUBJECT} a server reads; nothing published for it",
             shown_ident(ident),
-            base.len() + ".status".len()
+            ident.len()
         ));
         return Entry::Disabled;
     }
+    let base = format!("pub.ansible.runner.{}.{ident}", config.subject_id);
     match config.options.clone().connect() {
         Ok(client) => Entry::Active(Box::new(Run {
             event_subject: format!("{base}.event").into(),
@@ -759,10 +761,6 @@ fn describe(payload: &[u8]) -> String {
     }
 }
 
-/// The longest subject the emitter publishes to: nats-server reads control lines of
-/// 4 KiB by default, and an HPUB line adds its verb and two byte counts to the subject.
-const MAX_SUBJECT: usize = 4000;
-
 /// A runner_ident as log lines show it: whole when short, else its start and its length.
 fn shown_ident(ident: &str) -> String {
     const SHOWN: usize = 64;
@@ -1025,7 +1023,7 @@ mod tests {
         for (ident, want) in [
             (
                 long.as_str(),
-                "(100000 characters): runner_ident makes subjects of 100028 bytes",
+                "(100000 characters): runner_ident (100000 bytes) makes subjects of 100028 bytes",
             ),
             (
                 "a b",
