@@ -1,8 +1,10 @@
 //! TLS client configuration with rustls (ring provider) and the webpki roots.
 //!
-//! Certificates are always verified: against the webpki roots plus any CA files given.
+//! Certificates are always verified: against the webpki roots, the operating system's CA
+//! certificates (unless [`TlsOptions::system_roots`] is off) and any CA files given.
 //! There is deliberately no option to skip verification.
 
+use std::ffi::OsString;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
@@ -13,9 +15,10 @@ use rustls::{CertificateError, ClientConfig, RootCertStore};
 use crate::error::{shown_path, Error};
 
 /// TLS settings of a client.
-#[derive(Debug, Clone, Default)]
+#[derive(Debug, Clone)]
 pub struct TlsOptions {
-    /// PEM files with CA certificates to trust besides the webpki roots. Default: none.
+    /// PEM files with CA certificates to trust besides the webpki roots (and the system's).
+    /// Default: none.
     pub ca_files: Vec<PathBuf>,
     /// PEM file with the client certificate chain, for mutual TLS. Default: none.
     pub client_cert: Option<PathBuf>,
@@ -28,6 +31,88 @@ pub struct TlsOptions {
     /// The name to verify in the server's certificate, instead of the URL's host.
     /// Default: the URL's host.
     pub server_name: Option<String>,
+    /// Trust the operating system's CA certificates too, found where OpenSSL (and so
+    /// Python's `ssl.create_default_context`) finds them: the file `SSL_CERT_FILE` names,
+    /// or else the first of the usual bundles that exists (`/etc/ssl/certs/ca-certificates.crt`,
+    /// `/etc/pki/tls/certs/ca-bundle.crt`, ...), and the files in the directories of
+    /// `SSL_CERT_DIR`. They are read at each connect; one that cannot be read or parsed is
+    /// passed over, as OpenSSL does. Default: true.
+    pub system_roots: bool,
+}
+
+impl Default for TlsOptions {
+    fn default() -> Self {
+        TlsOptions {
+            ca_files: Vec::new(),
+            client_cert: None,
+            client_key: None,
+            tls_first: false,
+            required: false,
+            server_name: None,
+            system_roots: true,
+        }
+    }
+}
+
+/// Where Linux distributions and the BSDs keep the bundle of the system's CA certificates
+/// (Debian, Ubuntu, Arch, Alpine; Fedora and RHEL; openSUSE; RHEL 7 and later; Alpine, the
+/// BSDs and macOS).
+const SYSTEM_BUNDLES: &[&str] = &[
+    "/etc/ssl/certs/ca-certificates.crt",
+    "/etc/pki/tls/certs/ca-bundle.crt",
+    "/etc/ssl/ca-bundle.pem",
+    "/etc/pki/ca-trust/extracted/pem/tls-ca-bundle.pem",
+    "/etc/ssl/cert.pem",
+];
+
+/// The files holding the system's CA certificates, given the environment (`var`) and which
+/// paths exist: `SSL_CERT_FILE`, else the first bundle of [`SYSTEM_BUNDLES`] that exists; then
+/// every entry of each directory `SSL_CERT_DIR` lists (colon-separated), in name order.
+fn system_root_files(
+    var: impl Fn(&str) -> Option<OsString>,
+    exists: impl Fn(&Path) -> bool,
+    list_dir: impl Fn(&Path) -> Vec<PathBuf>,
+) -> Vec<PathBuf> {
+    let set = |name: &str| var(name).filter(|v| !v.is_empty());
+    let mut files: Vec<PathBuf> = match set("SSL_CERT_FILE") {
+        Some(file) => vec![PathBuf::from(file)],
+        None => SYSTEM_BUNDLES
+            .iter()
+            .map(PathBuf::from)
+            .find(|p| exists(p))
+            .into_iter()
+            .collect(),
+    };
+    if let Some(dirs) = set("SSL_CERT_DIR") {
+        for dir in std::env::split_paths(&dirs) {
+            let mut entries = list_dir(&dir);
+            entries.sort();
+            files.extend(entries);
+        }
+    }
+    files
+}
+
+fn list_dir(dir: &Path) -> Vec<PathBuf> {
+    std::fs::read_dir(dir)
+        .map(|entries| entries.filter_map(|e| e.ok().map(|e| e.path())).collect())
+        .unwrap_or_default()
+}
+
+/// Adds the system's CA certificates to `roots`; what cannot be read or parsed is passed
+/// over (a directory also holds other files). Returns how many were added.
+fn add_system_roots(roots: &mut RootCertStore) -> usize {
+    let files = system_root_files(|name| std::env::var_os(name), Path::exists, list_dir);
+    let mut added = 0;
+    for path in files {
+        let Ok(pem) = read_pem(&path) else {
+            continue;
+        };
+        // A malformed item ends the file: what follows it cannot be told apart from it.
+        let certs = CertificateDer::pem_slice_iter(&pem).map_while(Result::ok);
+        added += roots.add_parsable_certificates(certs).0;
+    }
+    added
 }
 
 /// A whole bundle of public CAs is about 200 KiB.
@@ -65,6 +150,9 @@ fn load_certs(path: &Path) -> Result<Vec<CertificateDer<'static>>, Error> {
 pub fn client_config(opts: &TlsOptions) -> Result<Arc<ClientConfig>, Error> {
     let mut roots = RootCertStore::empty();
     roots.extend(webpki_roots::TLS_SERVER_ROOTS.iter().cloned());
+    if opts.system_roots {
+        add_system_roots(&mut roots);
+    }
     for path in &opts.ca_files {
         for cert in load_certs(path)? {
             roots.add(cert).map_err(|e| {
@@ -185,6 +273,39 @@ mod tests {
         let e = client_config(&opts).unwrap_err().to_string();
         assert_eq!(e, "tls: a client certificate was given without its key");
         let _ = std::fs::remove_dir_all(dir);
+    }
+
+    #[test]
+    fn system_roots_are_found_where_openssl_looks() {
+        let env = |pairs: &'static [(&'static str, &'static str)]| {
+            move |name: &str| {
+                pairs
+                    .iter()
+                    .find(|(k, _)| *k == name)
+                    .map(|(_, v)| OsString::from(v))
+            }
+        };
+        let only = |wanted: &'static str| move |p: &Path| p == Path::new(wanted);
+        let no_dir = |_: &Path| Vec::new();
+        let paths = |v: &[&str]| v.iter().map(PathBuf::from).collect::<Vec<_>>();
+
+        // The first bundle that exists.
+        let found = system_root_files(env(&[]), only("/etc/ssl/ca-bundle.pem"), no_dir);
+        assert_eq!(found, paths(&["/etc/ssl/ca-bundle.pem"]));
+        assert!(system_root_files(env(&[]), |_| false, no_dir).is_empty());
+        // SSL_CERT_FILE wins, existing or not (OpenSSL looks nowhere else); empty is unset.
+        let found = system_root_files(env(&[("SSL_CERT_FILE", "/x/ca.pem")]), |_| true, no_dir);
+        assert_eq!(found, paths(&["/x/ca.pem"]));
+        let found = system_root_files(env(&[("SSL_CERT_FILE", "")]), |_| true, no_dir);
+        assert_eq!(found, paths(&["/etc/ssl/certs/ca-certificates.crt"]));
+        // Every entry of each SSL_CERT_DIR directory, in name order, after the file.
+        let listing = |dir: &Path| match dir.to_str() {
+            Some("/d1") => paths(&["/d1/b.pem", "/d1/a.pem"]),
+            Some("/d2") => paths(&["/d2/c.pem"]),
+            _ => Vec::new(),
+        };
+        let found = system_root_files(env(&[("SSL_CERT_DIR", "/d1:/d2")]), |_| false, listing);
+        assert_eq!(found, paths(&["/d1/a.pem", "/d1/b.pem", "/d2/c.pem"]));
     }
 
     #[test]

@@ -754,6 +754,83 @@ fn a_certificate_for_another_host_is_refused() {
 }
 
 #[test]
+fn a_configured_tls_name_is_what_the_certificate_is_verified_against() {
+    let certs = TlsFiles::generate();
+    // A certificate for wrong.example only, reached as 127.0.0.1.
+    let server = ServerConfig::new()
+        .tls_with(
+            &certs.wrong_host_server_cert,
+            &certs.wrong_host_server_key,
+            &certs.ca_cert,
+        )
+        .start();
+    let url = server.url().replace("nats://", "tls://");
+    let client = Options::new()
+        .servers(&url)
+        .unwrap()
+        .add_root_certificate(&certs.ca_cert)
+        .tls_server_name("wrong.example")
+        .connect()
+        .unwrap();
+    client.publish("named", b"x").unwrap();
+    client.flush(WAIT).unwrap();
+    client.close().unwrap();
+}
+
+/// The child side of [`the_systems_cas_are_trusted_as_openssl_finds_them`]: set only in the
+/// process that test starts.
+const SYSTEM_ROOTS_CHILD: &str = "ARN_TEST_SYSTEM_ROOTS_URL";
+
+#[test]
+fn the_systems_cas_are_trusted_as_openssl_finds_them() {
+    if let Ok(url) = std::env::var(SYSTEM_ROOTS_CHILD) {
+        // In the child: SSL_CERT_FILE names the test CA, and no CA file is given.
+        let system_roots = std::env::var("ARN_TEST_SYSTEM_ROOTS").as_deref() == Ok("on");
+        let outcome = Options::new()
+            .servers(&url)
+            .unwrap()
+            .system_roots(system_roots)
+            .connect()
+            .and_then(|c| c.close());
+        match outcome {
+            Ok(()) => println!("child: connected"),
+            Err(e) => println!("child: {e}"),
+        }
+        return;
+    }
+    let certs = TlsFiles::generate();
+    let server = ServerConfig::new().tls(&certs).start();
+    let url = server.url().replace("nats://", "tls://");
+    let child = |system_roots: &str| {
+        let out = std::process::Command::new(std::env::current_exe().unwrap())
+            .args([
+                "the_systems_cas_are_trusted_as_openssl_finds_them",
+                "--exact",
+                "--nocapture",
+                "--test-threads=1",
+            ])
+            .env(SYSTEM_ROOTS_CHILD, &url)
+            .env("ARN_TEST_SYSTEM_ROOTS", system_roots)
+            .env("SSL_CERT_FILE", &certs.ca_cert)
+            .env_remove("SSL_CERT_DIR")
+            .output()
+            .unwrap();
+        let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
+        assert!(out.status.success(), "{stdout}");
+        stdout
+            .lines()
+            .find_map(|l| l.split_once("child: ").map(|(_, said)| said))
+            .unwrap_or_else(|| panic!("the child said nothing: {stdout}"))
+            .to_owned()
+    };
+    assert_eq!(child("on"), "connected");
+    assert!(
+        child("off").contains("signed by an unknown issuer"),
+        "without the system's CAs the test CA is unknown"
+    );
+}
+
+#[test]
 fn an_expired_certificate_is_refused() {
     let certs = TlsFiles::generate();
     let server = ServerConfig::new()

@@ -481,8 +481,9 @@ class Accounts:
         )
 
 
-def tls_files(directory):
-    """A CA and a server certificate for localhost/127.0.0.1, written as PEM files."""
+def tls_files(directory, dns_names=("localhost",), ips=("127.0.0.1",)):
+    """A CA and a server certificate for `dns_names` and `ips` (localhost, 127.0.0.1),
+    written as PEM files."""
     import datetime
     import ipaddress
 
@@ -511,12 +512,13 @@ def tls_files(directory):
     key = ec.generate_private_key(ec.SECP256R1())
     cert = (
         x509.CertificateBuilder()
-        .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "localhost")]))
+        .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, (dns_names or ips)[0])]))
         .issuer_name(ca_name).public_key(key.public_key()).serial_number(x509.random_serial_number())
         .not_valid_before(now - datetime.timedelta(hours=1))
         .not_valid_after(now + datetime.timedelta(days=1))
-        .add_extension(x509.SubjectAlternativeName([
-            x509.DNSName("localhost"), x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]), critical=False)
+        .add_extension(x509.SubjectAlternativeName(
+            [x509.DNSName(n) for n in dns_names] + [x509.IPAddress(ipaddress.ip_address(a)) for a in ips]),
+            critical=False)
         .add_extension(x509.ExtendedKeyUsage([x509.oid.ExtendedKeyUsageOID.SERVER_AUTH]), critical=False)
         # Python 3.13 verifies strictly (VERIFY_X509_STRICT): a certificate issued by a CA
         # must name the CA's key.

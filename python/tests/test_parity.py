@@ -80,38 +80,47 @@ print(json.dumps({"status": r.status, "events": len(events)}))
 STATUSES = ["starting", "running", "successful"]
 
 
-@pytest.fixture
-def servers(tmp_path):
+AUTH = 'authorization {\n  users = [{user: "parity", password: "pw s3cret"}, {user: "from-settings", password: "pw"}]\n}\n'
+
+
+def server_pair(tmp_path, extra=""):
     """A nats-server for each plugin, both with the same users (one for the variables, one
-    for the settings)."""
-    auth = 'authorization {\n  users = [{user: "parity", password: "pw s3cret"}, {user: "from-settings", password: "pw"}]\n}\n'
+    for the settings) and `extra` configuration."""
     pair = {}
     try:
         for side in ("peer", "ours"):
-            pair[side] = NatsServer(tmp_path / side, extra=auth)
+            pair[side] = NatsServer(tmp_path / side, extra=AUTH + extra)
         yield pair
     finally:
         for server in pair.values():
             server.stop()
 
 
-def run_both(tmp_path, servers, ident, settings, long=False, **nats_vars):
+@pytest.fixture
+def servers(tmp_path):
+    yield from server_pair(tmp_path)
+
+
+def run_both(tmp_path, servers, ident, settings, long=False, scheme="nats", subscribe_kw=None,
+             other_env=None, **nats_vars):
     """Runs the playbook (`long`: the fixtures' one, 13 s) once through the tee; returns, for
     each plugin, what its subscriber received as (subject, headers, parsed payload), in order
-    of arrival."""
+    of arrival. `scheme` is the servers' URL scheme, `subscribe_kw` more nats-py connect
+    arguments of the subscribers, `other_env` more variables of the run."""
     if not (PEER / "ansible_runner_nats" / "__init__.py").exists():
         raise AssertionError(f"the Python plugin is not in {PEER}: run `make peer` "
                              "(`make test` installs it)")
-    creds = {"user": "parity", "password": "pw s3cret"}
-    subs = {side: Subscriber(s.url, "pub.ansible.runner.>", **creds) for side, s in servers.items()}
+    creds = {"user": "parity", "password": "pw s3cret", **(subscribe_kw or {})}
+    urls = {side: s.url.replace("nats://", f"{scheme}://") for side, s in servers.items()}
+    subs = {side: Subscriber(url, "pub.ansible.runner.>", **creds) for side, url in urls.items()}
     try:
         args = {"peer": str(PEER), "tests": str(TESTS), "pdd": str(tmp_path / "pdd"),
-                "ident": ident, "servers": {side: s.url for side, s in servers.items()},
-                "settings": settings, "long": long}
+                "ident": ident, "servers": urls, "settings": settings, "long": long}
         # The run's env (published in the `starting` status) is this environment, kept
         # small so that what each plugin does with it is plain.
         env = {k: v for k, v in base_env(**nats_vars).items()
                if k in ("PATH", "HOME", "LANG", "ANSIBLE_PYTHON_INTERPRETER") or k.startswith("RUNNER_NATS_")}
+        env.update(other_env or {})
         proc = subprocess.run([sys.executable, "-c", TEE, json.dumps(args)], env=env, cwd=ROOT,
                               capture_output=True, text=True, timeout=300)
         assert proc.returncode == 0, proc.stderr
@@ -219,3 +228,29 @@ def test_the_headers_setting_alone_is_applied_by_ours_only(tmp_path, servers):
     got, _ = run_both(tmp_path, servers, "parity-headers", settings)
     assert_same(got, lambda theirs: (theirs[0], {"producer": "settings"}, theirs[2]))
     assert all(h == {} for _, h, _ in got["peer"])
+
+
+def test_tls_trusts_the_systems_cas_and_verifies_tls_hostname_the_same(tmp_path):
+    # nats-py verifies a tls:// server against the system's CAs (OpenSSL's default paths,
+    # here SSL_CERT_FILE) and the name in the `tls_hostname` option: a configuration that
+    # works with the Python plugin must work with ours, with no option of ours added.
+    import ssl
+
+    from e2e_support import tls_files
+
+    certs = tls_files(tmp_path, dns_names=("nats.internal",), ips=())
+    tls = f'tls {{\n  cert_file: "{certs["cert"]}"\n  key_file: "{certs["key"]}"\n}}\n'
+    pair = server_pair(tmp_path, extra=tls)
+    servers = next(pair)
+    try:
+        settings = {"nats_subject_id": "parity",
+                    "nats_options": {"user": "parity", "password": "pw s3cret",
+                                     "tls_hostname": "nats.internal"}}
+        context = ssl.create_default_context(cafile=str(certs["ca"]))
+        got, stderr = run_both(tmp_path, servers, "parity-tls", settings, scheme="tls",
+                               subscribe_kw={"tls": context, "tls_hostname": "nats.internal"},
+                               other_env={"SSL_CERT_FILE": str(certs["ca"])})
+        assert_same(got)
+        assert "ansible-runner.nats" not in stderr, stderr
+    finally:
+        pair.close()

@@ -229,9 +229,24 @@ impl Options {
         self
     }
 
-    /// Trust the certificates in this PEM file, besides the webpki roots. Default: none.
+    /// Trust the certificates in this PEM file, besides the webpki roots and the system's.
+    /// Default: none.
     pub fn add_root_certificate(mut self, pem_file: impl Into<PathBuf>) -> Options {
         self.tls.ca_files.push(pem_file.into());
+        self
+    }
+
+    /// Trust the operating system's CA certificates, besides the webpki roots (see
+    /// [`TlsOptions::system_roots`] for where they are found). Default: true.
+    pub fn system_roots(mut self, on: bool) -> Options {
+        self.tls.system_roots = on;
+        self
+    }
+
+    /// Verify the server's certificate against this name instead of the URL's host (a
+    /// server reached by IP address, or through a tunnel). Default: the URL's host.
+    pub fn tls_server_name(mut self, name: impl Into<String>) -> Options {
+        self.tls.server_name = Some(name.into());
         self
     }
 

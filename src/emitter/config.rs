@@ -166,6 +166,7 @@ const OPTION_VARS: &[(&str, &str)] = &[
     ("tls_cert_file", "RUNNER_NATS_TLS_CERT_FILE"),
     ("tls_key_file", "RUNNER_NATS_TLS_KEY_FILE"),
     ("tls_handshake_first", "RUNNER_NATS_TLS_FIRST"),
+    ("tls_hostname", "RUNNER_NATS_TLS_HOSTNAME"),
 ];
 
 /// nats-py options that are accepted and have no effect here (callbacks, asyncio knobs).
@@ -181,7 +182,6 @@ const IGNORED_OPTIONS: &[&str] = &[
     "signature_cb",
     "user_jwt_cb",
     "tls",
-    "tls_hostname",
 ];
 
 /// Gathers one option from the environment (which wins) or `nats_options`.
@@ -901,6 +901,17 @@ fn load_tls(src: &mut Sources<'_>) -> Option<TlsOptions> {
     }
     if let Some(first) = src.boolean("tls_handshake_first") {
         tls.tls_first = first;
+    }
+    if let Some((source, name)) = src.text("tls_hostname") {
+        if let Err(e) = crate::tls::server_name(&name) {
+            src.issue(
+                &source,
+                format!("{}; emitter disabled", strip_area(&e.to_string())),
+                true,
+            );
+            return None;
+        }
+        tls.server_name = Some(name);
     }
     for (source, path) in &files {
         if let Err(e) = std::fs::metadata(path) {

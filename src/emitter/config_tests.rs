@@ -618,6 +618,28 @@ fn tls_variables() {
     assert!(disables);
     let c = config(&[("RUNNER_NATS_TLS_FIRST", "true")], None);
     assert!(c.options.tls.tls_first);
+    assert!(
+        c.options.tls.system_roots,
+        "the system's CAs are trusted, as by nats-py"
+    );
+
+    // nats-py's `tls_hostname`: the name the server's certificate is verified against.
+    let c = config(
+        &[],
+        Some(json!({"nats_options": {"tls_hostname": "nats.internal"}})),
+    );
+    assert_eq!(c.options.tls.server_name.as_deref(), Some("nats.internal"));
+    let c = config(
+        &[("RUNNER_NATS_TLS_HOSTNAME", "from-env")],
+        Some(json!({"nats_options": {"tls_hostname": "nats.internal"}})),
+    );
+    assert_eq!(c.options.tls.server_name.as_deref(), Some("from-env"));
+    let (text, disables, _) = only_issue(&[("RUNNER_NATS_TLS_HOSTNAME", "bad name!")], None);
+    assert_eq!(
+        text,
+        "RUNNER_NATS_TLS_HOSTNAME: \"bad name!\" is not a valid server name for TLS; emitter disabled"
+    );
+    assert!(disables);
 }
 
 #[test]
