@@ -724,11 +724,20 @@ impl Run {
             ));
         }
         let c = self.counters;
-        if c.dropped > 0 || c.oversized > 0 {
-            report.errors.push(format!(
-                "run {ident}: {} messages dropped (buffers full, or refused as said above), {} oversized events not sent",
-                c.dropped, c.oversized
+        let mut lost = Vec::new();
+        if c.dropped > 0 {
+            lost.push(format!(
+                "{} messages dropped (buffers full, or refused as said above)",
+                c.dropped
             ));
+        }
+        if c.oversized > 0 {
+            lost.push(format!("{} oversized events not sent", c.oversized));
+        }
+        if !lost.is_empty() {
+            report
+                .errors
+                .push(format!("run {ident}: {}", lost.join(", ")));
         }
         self.finished = true;
         RunSummary {
