@@ -167,6 +167,10 @@ const OPTION_VARS: &[(&str, &str)] = &[
     ("tls_key_file", "RUNNER_NATS_TLS_KEY_FILE"),
     ("tls_handshake_first", "RUNNER_NATS_TLS_FIRST"),
     ("tls_hostname", "RUNNER_NATS_TLS_HOSTNAME"),
+    ("pedantic", "RUNNER_NATS_PEDANTIC"),
+    ("dont_randomize", "RUNNER_NATS_DONT_RANDOMIZE"),
+    // The seed itself, where `nkeys_seed` is (in nats-py) a file; the variable takes both.
+    ("nkeys_seed_str", "RUNNER_NATS_NKEYS_SEED"),
 ];
 
 /// nats-py options that are accepted and have no effect here (callbacks, asyncio knobs).
@@ -182,6 +186,10 @@ const IGNORED_OPTIONS: &[&str] = &[
     "signature_cb",
     "user_jwt_cb",
     "tls",
+    "lame_duck_mode_cb",
+    "reconnect_to_server_handler",
+    "ws_connection_headers",
+    "skip_subject_validation",
 ];
 
 /// Gathers one option from the environment (which wins) or `nats_options`.
@@ -718,8 +726,14 @@ fn build_options(src: &mut Sources<'_>) -> Option<(Options, Duration)> {
     if let Some(v) = src.boolean("verbose") {
         opts = opts.verbose(v);
     }
+    if let Some(v) = src.boolean("pedantic") {
+        opts = opts.pedantic(v);
+    }
     if let Some(v) = src.boolean("allow_reconnect") {
         opts = opts.allow_reconnect(v);
+    }
+    if let Some(v) = src.boolean("dont_randomize") {
+        opts = opts.no_randomize(v);
     }
     if let Some(d) = src.seconds("connect_timeout", "2 s") {
         opts = opts.connect_timeout(d);
@@ -836,7 +850,10 @@ fn load_auth(src: &mut Sources<'_>) -> Option<Auth> {
             }
         };
     }
-    if let Some((source, seed)) = src.text("nkeys_seed") {
+    if let Some((source, seed)) = src
+        .text("nkeys_seed")
+        .or_else(|| src.text("nkeys_seed_str"))
+    {
         let checked = load_seed(&seed).and_then(|s| user_key_pair(&s, &source).map(|_| s));
         return match checked {
             Ok(seed) => Some(Auth::NKeySeed(seed)),

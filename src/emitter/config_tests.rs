@@ -523,6 +523,46 @@ fn auth_variables() {
         "{text}"
     );
     assert!(!text.contains("SUtypo"));
+    // nats-py's `nkeys_seed_str`: the seed itself.
+    let c = config(&[], Some(json!({"nats_options": {"nkeys_seed_str": seed}})));
+    assert!(matches!(&c.options.auth, Auth::NKeySeed(s) if *s == seed));
+    let (text, _, _) = only_issue(
+        &[],
+        Some(json!({"nats_options": {"nkeys_seed_str": account}})),
+    );
+    assert!(
+        text.starts_with("nats_options.nkeys_seed_str: ") && !text.contains(&account),
+        "{text}"
+    );
+}
+
+#[test]
+fn nats_py_connection_switches_are_honoured() {
+    let c = config(
+        &[],
+        Some(json!({"nats_options": {"pedantic": true, "dont_randomize": true}})),
+    );
+    assert!(c.options.pedantic && c.options.no_randomize);
+    let c = config(
+        &[("RUNNER_NATS_DONT_RANDOMIZE", "no")],
+        Some(json!({"nats_options": {"dont_randomize": true}})),
+    );
+    assert!(
+        !c.options.pedantic && !c.options.no_randomize,
+        "the variable wins"
+    );
+    for key in [
+        "lame_duck_mode_cb",
+        "skip_subject_validation",
+        "ws_connection_headers",
+    ] {
+        let (text, disables, _) = only_issue(&[], Some(json!({"nats_options": {key: true}})));
+        assert_eq!(
+            text,
+            format!("nats_options.{key}: has no effect in this plugin; ignored")
+        );
+        assert!(!disables);
+    }
 }
 
 #[test]
