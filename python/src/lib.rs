@@ -9,7 +9,6 @@
 //! - `config_gone(key)`, `take_pending() -> [(level, line)]`, `forked()`: the runs a
 //!   garbage-collected `runner_config` object left open (see the `runs` module).
 
-use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::OnceLock;
 
@@ -164,10 +163,7 @@ fn hostname(py: Python<'_>) -> PyResult<Option<String>> {
 }
 
 fn load_config(py: Python<'_>, runner_config: &Bound<'_, PyAny>) -> PyResult<Loaded> {
-    let env: HashMap<String, String> = std::env::vars_os()
-        .filter_map(|(k, v)| Some((k.into_string().ok()?, v.into_string().ok()?)))
-        .collect();
-    let mut issues = Vec::new();
+    let (env, mut issues) = config::environment(std::env::vars_os());
     let settings = settings_json(runner_config, &mut issues)?;
     let needs_host = env.get("RUNNER_NATS_SUBJECT_ID").map(String::as_str) == Some("hostname")
         || settings

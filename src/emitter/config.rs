@@ -359,6 +359,33 @@ fn show(v: &Value) -> String {
     }
 }
 
+/// The process environment as [`load`] takes it, from `vars` (`std::env::vars_os()`): a
+/// `RUNNER_NATS_*` variable whose value is not UTF-8 is left out, with an issue that says
+/// so; other variables that are not UTF-8 are none of ours.
+pub fn environment(
+    vars: impl IntoIterator<Item = (std::ffi::OsString, std::ffi::OsString)>,
+) -> (HashMap<String, String>, Vec<ConfigIssue>) {
+    let mut env = HashMap::new();
+    let mut issues = Vec::new();
+    for (name, value) in vars {
+        let Ok(name) = name.into_string() else {
+            continue;
+        };
+        match value.into_string() {
+            Ok(value) => {
+                env.insert(name, value);
+            }
+            Err(_) if name.starts_with("RUNNER_NATS_") => issues.push(ConfigIssue {
+                source: name,
+                problem: "not valid UTF-8; ignored".into(),
+                disables: false,
+            }),
+            Err(_) => {}
+        }
+    }
+    (env, issues)
+}
+
 /// The longest subject the emitter publishes to: nats-server reads control lines of
 /// 4 KiB by default, and an HPUB line adds its verb and two byte counts to the subject.
 pub(crate) const MAX_SUBJECT: usize = 4000;

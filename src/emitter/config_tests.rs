@@ -805,3 +805,23 @@ fn write_linger_from_the_variable_or_the_options() {
         "RUNNER_NATS_WRITE_LINGER: \"soon\" is not a number of seconds (fractions allowed); using the default (0.05)"
     );
 }
+
+#[test]
+fn variables_that_are_not_utf8_are_said_when_they_are_ours() {
+    use std::os::unix::ffi::OsStringExt;
+    let bad = || std::ffi::OsString::from_vec(b"caf\xe9=1".to_vec());
+    let (env, issues) = environment([
+        ("RUNNER_NATS_HEADERS".into(), bad()),
+        ("OTHER".into(), bad()),
+        ("RUNNER_NATS_SUBJECT_ID".into(), "s".into()),
+    ]);
+    assert_eq!(
+        env,
+        HashMap::from([("RUNNER_NATS_SUBJECT_ID".to_owned(), "s".to_owned())])
+    );
+    let shown: Vec<String> = issues
+        .iter()
+        .map(|i| format!("{}: {}", i.source, i.problem))
+        .collect();
+    assert_eq!(shown, ["RUNNER_NATS_HEADERS: not valid UTF-8; ignored"]);
+}
