@@ -212,3 +212,48 @@ def _forked():
 _PID = os.getpid()
 atexit.register(_at_exit)
 os.register_at_fork(after_in_child=_forked)
+
+
+# The Python plugin this one replaces registers the same entry point name.
+_NAMESAKE = "ansible-runner-nats"
+
+
+def _namesake_line():
+    """What to say when the Python ``ansible-runner-nats`` is installed too, or ``None``.
+
+    ansible-runner keys its plugins by entry point name, and both register ``nats``: it
+    calls only the one its listing of entry points gives last, which install order
+    decides. If that is the other one, this plugin is imported and never called."""
+    from importlib import metadata
+
+    try:
+        other = metadata.distribution(_NAMESAKE)
+    except metadata.PackageNotFoundError:
+        return None
+    found = metadata.entry_points()
+    if hasattr(found, "select"):
+        found = found.select(group="ansible_runner.plugins")
+    else:  # Python 3.9: a dict of groups
+        found = found.get("ansible_runner.plugins", [])
+    modules = [ep.value.split(":")[0].strip() for ep in found if ep.name == "nats"]
+    if len(modules) < 2:
+        return None
+    called = modules[-1] == __name__
+    which = (
+        "this plugin, but only by the accident of install order"
+        if called
+        else "it, and never this plugin"
+    )
+    return (
+        logging.WARNING if called else logging.ERROR,
+        f"{_NAMESAKE} {other.version} is installed too, under the same plugin name `nats`: "
+        f"ansible-runner calls {which}; uninstall it (pip uninstall {_NAMESAKE})",
+    )
+
+
+try:
+    _namesake = _namesake_line()
+    if _namesake is not None:
+        _log_lines([_namesake])
+except Exception:  # pragma: no cover - a broken metadata set must not break the import
+    pass

@@ -109,6 +109,32 @@ def test_entry_point_registered():
     assert out.splitlines()[1] == "ansible_runner_nats_rs"
 
 
+def test_the_python_plugin_installed_too_is_said_with_which_one_is_called():
+    # Both register the entry point `nats`; ansible-runner keeps the last one listed, and
+    # the order of sys.path decides which that is. The Python plugin lives in .venv/peer.
+    import sysconfig
+
+    from e2e_support import VENV_BIN
+
+    peer = VENV_BIN.parent / "peer"
+    if not (peer / "ansible_runner_nats" / "__init__.py").exists():
+        raise AssertionError(f"the Python plugin is not in {peer}: run `make peer` (`make test` installs it)")
+    ours_dir = sysconfig.get_paths()["purelib"]
+    code = "import ansible_runner; print(ansible_runner.plugins['nats'].__name__)"
+    said = "ansible-runner-nats 0.4.0 is installed too, under the same plugin name `nats`: ansible-runner calls "
+    for path, called, line in [
+        ([peer], "ansible_runner_nats_rs",
+         "WARNING: " + said + "this plugin, but only by the accident of install order"),
+        ([ours_dir, peer], "ansible_runner_nats", "ERROR: " + said + "it, and never this plugin"),
+    ]:
+        env = dict(os.environ, PYTHONPATH=os.pathsep.join(map(str, path)))
+        proc = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True)
+        assert proc.stdout.strip() == called
+        assert proc.stderr == f"ansible-runner.nats: {line}; uninstall it (pip uninstall ansible-runner-nats)\n"
+    alone = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert alone.stderr == ""
+
+
 def test_real_playbook_run_calls_plugin(tmp_path):
     import ansible_runner
     from playbook import run_playbook
