@@ -33,6 +33,14 @@ pub enum Auth {
     NKeySeed(String),
     /// A creds file, read at each connect: `jwt` and `sig` in CONNECT.
     CredsFile(PathBuf),
+    /// A file holding a user JWT and one holding its seed (nats-py's `(jwt, seed)` pair of
+    /// `user_credentials`), both read at each connect: `jwt` and `sig` in CONNECT.
+    JwtAndSeedFiles {
+        /// The file with the user JWT (the bare JWT, or a creds file's JWT block).
+        jwt: PathBuf,
+        /// The file with the user seed (bare, or in a `USER NKEY SEED` block).
+        seed: PathBuf,
+    },
     /// A user JWT and its seed, already in memory.
     Credentials {
         /// The user JWT.
@@ -54,6 +62,11 @@ impl fmt::Debug for Auth {
             Auth::Token(_) => f.write_str("Token(***)"),
             Auth::NKeySeed(_) => f.write_str("NKeySeed(***)"),
             Auth::CredsFile(path) => f.debug_tuple("CredsFile").field(path).finish(),
+            Auth::JwtAndSeedFiles { jwt, seed } => f
+                .debug_struct("JwtAndSeedFiles")
+                .field("jwt", jwt)
+                .field("seed", seed)
+                .finish(),
             Auth::Credentials { .. } => f.write_str("Credentials { jwt: ***, seed: *** }"),
         }
     }
@@ -191,6 +204,40 @@ pub fn load_creds_file(path: &Path) -> Result<Credentials, Error> {
     Ok(creds)
 }
 
+/// Reads a user JWT file and a seed file (see [`Auth::JwtAndSeedFiles`]).
+pub fn load_jwt_and_seed_files(jwt: &Path, seed: &Path) -> Result<Credentials, Error> {
+    let text = read_text(jwt)?;
+    let token = match block(&text, "NATS USER JWT") {
+        Ok(Some(token)) => token,
+        Ok(None) => text.trim(),
+        Err(why) => return Err(Error::creds_file(jwt, why)),
+    };
+    if token.split('.').count() != 3 || token.contains(char::is_whitespace) {
+        return Err(Error::creds_file(jwt, "does not hold a JWT"));
+    }
+    let seed_text = read_text(seed)?;
+    let seed_value = seed_in(&seed_text).map_err(|why| Error::creds_file(seed, why))?;
+    user_key_pair(&seed_value, &seed.display().to_string())?;
+    Ok(Credentials {
+        jwt: token.to_owned(),
+        seed: seed_value,
+    })
+}
+
+/// The seed in a seed file's text: a `USER NKEY SEED` block, else the first line that
+/// starts with `S`.
+fn seed_in(text: &str) -> Result<String, &'static str> {
+    match block(text, "USER NKEY SEED")? {
+        Some(seed) => Ok(seed.to_owned()),
+        None => text
+            .lines()
+            .map(str::trim)
+            .find(|l| l.starts_with('S'))
+            .map(str::to_owned)
+            .ok_or("no nkey seed in the file"),
+    }
+}
+
 /// A seed given directly (`SU…`) or the path of a file holding one (bare, or in a
 /// `USER NKEY SEED` block).
 pub fn load_seed(seed_or_path: &str) -> Result<String, Error> {
@@ -207,17 +254,7 @@ pub fn load_seed(seed_or_path: &str) -> Result<String, Error> {
         ));
     }
     let text = read_text(path)?;
-    let seed = match block(&text, "USER NKEY SEED") {
-        Ok(Some(seed)) => seed.to_owned(),
-        Ok(None) => text
-            .lines()
-            .map(str::trim)
-            .find(|l| l.starts_with('S'))
-            .map(str::to_owned)
-            .ok_or_else(|| Error::creds_file(path, "no nkey seed in the file"))?,
-        Err(why) => return Err(Error::creds_file(path, why)),
-    };
-    Ok(seed)
+    seed_in(&text).map_err(|why| Error::creds_file(path, why))
 }
 
 /// The key pair of a USER seed; any other kind of seed is refused.
@@ -271,6 +308,14 @@ impl Auth {
             Auth::CredsFile(path) => {
                 let creds = load_creds_file(path)?;
                 let kp = user_key_pair(&creds.seed, &path.display().to_string())?;
+                fields.jwt = Some(creds.jwt);
+                if let Some(n) = nonce {
+                    fields.sig = Some(sign_nonce(&kp, n)?);
+                }
+            }
+            Auth::JwtAndSeedFiles { jwt, seed } => {
+                let creds = load_jwt_and_seed_files(jwt, seed)?;
+                let kp = user_key_pair(&creds.seed, &seed.display().to_string())?;
                 fields.jwt = Some(creds.jwt);
                 if let Some(n) = nonce {
                     fields.sig = Some(sign_nonce(&kp, n)?);

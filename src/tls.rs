@@ -4,12 +4,14 @@
 //! certificates (unless [`TlsOptions::system_roots`] is off) and any CA files given.
 //! There is deliberately no option to skip verification.
 
+use std::collections::HashSet;
 use std::ffi::OsString;
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex, PoisonError};
+use std::time::SystemTime;
 
 use rustls::pki_types::pem::PemObject;
-use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName};
+use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName, TrustAnchor};
 use rustls::{CertificateError, ClientConfig, RootCertStore};
 
 use crate::error::{shown_path, Error};
@@ -31,12 +33,13 @@ pub struct TlsOptions {
     /// The name to verify in the server's certificate, instead of the URL's host.
     /// Default: the URL's host.
     pub server_name: Option<String>,
-    /// Trust the operating system's CA certificates too, found where OpenSSL (and so
-    /// Python's `ssl.create_default_context`) finds them: the file `SSL_CERT_FILE` names,
-    /// or else the first of the usual bundles that exists (`/etc/ssl/certs/ca-certificates.crt`,
-    /// `/etc/pki/tls/certs/ca-bundle.crt`, ...), and the files in the directories of
-    /// `SSL_CERT_DIR`. They are read at each connect; one that cannot be read or parsed is
-    /// passed over, as OpenSSL does. Default: true.
+    /// Trust the operating system's CA certificates too, as OpenSSL (and so Python's
+    /// `ssl.create_default_context`) finds them: the file `SSL_CERT_FILE` names, or else
+    /// the first of the distributions' bundles that exists
+    /// (`/etc/ssl/certs/ca-certificates.crt`, `/etc/pki/tls/certs/ca-bundle.crt`, ...),
+    /// and the hash-named files (`5ad8a5d6.0`, as `c_rehash` makes them) of the directories
+    /// `SSL_CERT_DIR` lists. Read once, and again when one of these changes; what cannot
+    /// be read or parsed is passed over, as OpenSSL does. Default: true.
     pub system_roots: bool,
 }
 
@@ -65,54 +68,115 @@ const SYSTEM_BUNDLES: &[&str] = &[
     "/etc/ssl/cert.pem",
 ];
 
-/// The files holding the system's CA certificates, given the environment (`var`) and which
-/// paths exist: `SSL_CERT_FILE`, else the first bundle of [`SYSTEM_BUNDLES`] that exists; then
-/// every entry of each directory `SSL_CERT_DIR` lists (colon-separated), in name order.
-fn system_root_files(
+/// Where the system's CA certificates are, given the environment (`var`) and which paths
+/// exist: the file `SSL_CERT_FILE` names, else the first bundle of [`SYSTEM_BUNDLES`] that
+/// exists; and the directories `SSL_CERT_DIR` lists (colon-separated).
+fn system_sources(
     var: impl Fn(&str) -> Option<OsString>,
     exists: impl Fn(&Path) -> bool,
-    list_dir: impl Fn(&Path) -> Vec<PathBuf>,
-) -> Vec<PathBuf> {
+) -> (Option<PathBuf>, Vec<PathBuf>) {
     let set = |name: &str| var(name).filter(|v| !v.is_empty());
-    let mut files: Vec<PathBuf> = match set("SSL_CERT_FILE") {
-        Some(file) => vec![PathBuf::from(file)],
-        None => SYSTEM_BUNDLES
-            .iter()
-            .map(PathBuf::from)
-            .find(|p| exists(p))
-            .into_iter()
-            .collect(),
+    let file = match set("SSL_CERT_FILE") {
+        Some(file) => Some(PathBuf::from(file)),
+        None => SYSTEM_BUNDLES.iter().map(PathBuf::from).find(|p| exists(p)),
     };
-    if let Some(dirs) = set("SSL_CERT_DIR") {
-        for dir in std::env::split_paths(&dirs) {
-            let mut entries = list_dir(&dir);
-            entries.sort();
-            files.extend(entries);
+    let dirs = set("SSL_CERT_DIR")
+        .map(|dirs| std::env::split_paths(&dirs).collect())
+        .unwrap_or_default();
+    (file, dirs)
+}
+
+/// A name OpenSSL looks up in a certificate directory: the subject hash and a sequence
+/// number, `5ad8a5d6.0` (`c_rehash` makes them; `.r0` are revocation lists).
+fn is_hash_name(name: &str) -> bool {
+    match name.split_once('.') {
+        Some((hash, n)) => {
+            hash.len() == 8
+                && hash.bytes().all(|b| b.is_ascii_hexdigit())
+                && !n.is_empty()
+                && n.bytes().all(|b| b.is_ascii_digit())
         }
+        None => false,
     }
-    files
 }
 
-fn list_dir(dir: &Path) -> Vec<PathBuf> {
-    std::fs::read_dir(dir)
-        .map(|entries| entries.filter_map(|e| e.ok().map(|e| e.path())).collect())
-        .unwrap_or_default()
+/// The hash-named entries of `dir`, in name order (none if it cannot be listed).
+fn hash_named_entries(dir: &Path) -> Vec<PathBuf> {
+    let mut found: Vec<PathBuf> = std::fs::read_dir(dir)
+        .map(|entries| {
+            entries
+                .filter_map(Result::ok)
+                .filter(|e| e.file_name().to_str().is_some_and(is_hash_name))
+                .map(|e| e.path())
+                .collect()
+        })
+        .unwrap_or_default();
+    found.sort();
+    found
 }
 
-/// Adds the system's CA certificates to `roots`; what cannot be read or parsed is passed
-/// over (a directory also holds other files). Returns how many were added.
-fn add_system_roots(roots: &mut RootCertStore) -> usize {
-    let files = system_root_files(|name| std::env::var_os(name), Path::exists, list_dir);
-    let mut added = 0;
-    for path in files {
+/// At most this much is read for the system's CA certificates (a bundle is about 200 KiB).
+const MAX_SYSTEM_PEM: usize = 64 << 20;
+
+/// The trust anchors of the system's CA certificates in `file` and the hash-named files of
+/// `dirs`, each certificate once. What cannot be read or parsed is passed over, as OpenSSL
+/// does.
+fn read_system_roots(file: Option<&Path>, dirs: &[PathBuf]) -> Vec<TrustAnchor<'static>> {
+    let paths = file
+        .map(Path::to_path_buf)
+        .into_iter()
+        .chain(dirs.iter().flat_map(|d| hash_named_entries(d)));
+    let mut read = 0;
+    let mut seen = HashSet::new();
+    let mut certs = Vec::new();
+    for path in paths {
         let Ok(pem) = read_pem(&path) else {
             continue;
         };
+        read += pem.len();
+        if read > MAX_SYSTEM_PEM {
+            break;
+        }
         // A malformed item ends the file: what follows it cannot be told apart from it.
-        let certs = CertificateDer::pem_slice_iter(&pem).map_while(Result::ok);
-        added += roots.add_parsable_certificates(certs).0;
+        for cert in CertificateDer::pem_slice_iter(&pem).map_while(Result::ok) {
+            if seen.insert(cert.to_vec()) {
+                certs.push(cert);
+            }
+        }
     }
-    added
+    let mut store = RootCertStore::empty();
+    store.add_parsable_certificates(certs);
+    store.roots
+}
+
+/// What the system's roots were read from, with each path's length and modification time.
+type Sources = Vec<(PathBuf, Option<(u64, SystemTime)>)>;
+
+/// The system's roots as last read, and from what: read again only when one of those
+/// files or directories changed (or the environment names others).
+static SYSTEM_ROOTS: Mutex<Option<(Sources, Arc<Vec<TrustAnchor<'static>>>)>> = Mutex::new(None);
+
+fn system_roots() -> Arc<Vec<TrustAnchor<'static>>> {
+    let (file, dirs) = system_sources(|name| std::env::var_os(name), Path::exists);
+    let stamp = |p: &Path| {
+        std::fs::metadata(p)
+            .ok()
+            .and_then(|m| Some((m.len(), m.modified().ok()?)))
+    };
+    let sources: Sources = file
+        .iter()
+        .chain(dirs.iter())
+        .map(|p| (p.clone(), stamp(p)))
+        .collect();
+    let mut cached = SYSTEM_ROOTS.lock().unwrap_or_else(PoisonError::into_inner);
+    if let Some((from, roots)) = cached.as_ref() {
+        if *from == sources {
+            return Arc::clone(roots);
+        }
+    }
+    let roots = Arc::new(read_system_roots(file.as_deref(), &dirs));
+    *cached = Some((sources, Arc::clone(&roots)));
+    roots
 }
 
 /// A whole bundle of public CAs is about 200 KiB.
@@ -151,7 +215,7 @@ pub fn client_config(opts: &TlsOptions) -> Result<Arc<ClientConfig>, Error> {
     let mut roots = RootCertStore::empty();
     roots.extend(webpki_roots::TLS_SERVER_ROOTS.iter().cloned());
     if opts.system_roots {
-        add_system_roots(&mut roots);
+        roots.roots.extend(system_roots().iter().cloned());
     }
     for path in &opts.ca_files {
         for cert in load_certs(path)? {
@@ -286,26 +350,52 @@ mod tests {
             }
         };
         let only = |wanted: &'static str| move |p: &Path| p == Path::new(wanted);
-        let no_dir = |_: &Path| Vec::new();
-        let paths = |v: &[&str]| v.iter().map(PathBuf::from).collect::<Vec<_>>();
+        let file = |p: &str| Some(PathBuf::from(p));
 
         // The first bundle that exists.
-        let found = system_root_files(env(&[]), only("/etc/ssl/ca-bundle.pem"), no_dir);
-        assert_eq!(found, paths(&["/etc/ssl/ca-bundle.pem"]));
-        assert!(system_root_files(env(&[]), |_| false, no_dir).is_empty());
+        let (found, dirs) = system_sources(env(&[]), only("/etc/ssl/ca-bundle.pem"));
+        assert_eq!((found, dirs), (file("/etc/ssl/ca-bundle.pem"), vec![]));
+        assert_eq!(system_sources(env(&[]), |_| false), (None, vec![]));
         // SSL_CERT_FILE wins, existing or not (OpenSSL looks nowhere else); empty is unset.
-        let found = system_root_files(env(&[("SSL_CERT_FILE", "/x/ca.pem")]), |_| true, no_dir);
-        assert_eq!(found, paths(&["/x/ca.pem"]));
-        let found = system_root_files(env(&[("SSL_CERT_FILE", "")]), |_| true, no_dir);
-        assert_eq!(found, paths(&["/etc/ssl/certs/ca-certificates.crt"]));
-        // Every entry of each SSL_CERT_DIR directory, in name order, after the file.
-        let listing = |dir: &Path| match dir.to_str() {
-            Some("/d1") => paths(&["/d1/b.pem", "/d1/a.pem"]),
-            Some("/d2") => paths(&["/d2/c.pem"]),
-            _ => Vec::new(),
-        };
-        let found = system_root_files(env(&[("SSL_CERT_DIR", "/d1:/d2")]), |_| false, listing);
-        assert_eq!(found, paths(&["/d1/a.pem", "/d1/b.pem", "/d2/c.pem"]));
+        let (found, _) = system_sources(env(&[("SSL_CERT_FILE", "/x/ca.pem")]), |_| true);
+        assert_eq!(found, file("/x/ca.pem"));
+        let (found, _) = system_sources(env(&[("SSL_CERT_FILE", "")]), |_| true);
+        assert_eq!(found, file("/etc/ssl/certs/ca-certificates.crt"));
+        let (_, dirs) = system_sources(env(&[("SSL_CERT_DIR", "/d1:/d2")]), |_| false);
+        assert_eq!(dirs, [PathBuf::from("/d1"), PathBuf::from("/d2")]);
+
+        // In a directory, only the names OpenSSL looks up.
+        for name in ["5ad8a5d6.0", "002C0B4F.12"] {
+            assert!(is_hash_name(name), "{name}");
+        }
+        for name in [
+            "5ad8a5d6.r0",
+            "5ad8a5d6",
+            "5ad8a5d.0",
+            "ca.pem",
+            "5ad8a5d6.",
+            "ca-certificates.crt",
+        ] {
+            assert!(!is_hash_name(name), "{name}");
+        }
+    }
+
+    #[test]
+    fn a_certificate_in_the_bundle_and_the_directory_is_one_root() {
+        let dir = std::env::temp_dir().join(format!("arn-roots-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        // The same certificate in the bundle and under a hash name; a file under another
+        // name is not looked at.
+        let fixture = Path::new(env!("CARGO_MANIFEST_DIR")).join("fuzz/fixtures/ca.pem");
+        let pem = std::fs::read(fixture).unwrap();
+        std::fs::write(dir.join("bundle.pem"), &pem).unwrap();
+        std::fs::write(dir.join("5ad8a5d6.0"), &pem).unwrap();
+        std::fs::write(dir.join("notes.txt"), &pem).unwrap();
+        let roots = read_system_roots(Some(&dir.join("bundle.pem")), std::slice::from_ref(&dir));
+        assert_eq!(roots.len(), 1);
+        let none = read_system_roots(Some(&dir.join("missing.pem")), &[dir.join("nowhere")]);
+        assert!(none.is_empty());
+        let _ = std::fs::remove_dir_all(dir);
     }
 
     #[test]

@@ -3,6 +3,7 @@
 
 use std::time::Duration;
 
+use ansible_runner_nats::auth::Auth;
 use ansible_runner_nats::client::{Client, Options};
 use ansible_runner_nats::headers::HeaderMap;
 use ansible_runner_nats::Error;
@@ -356,6 +357,22 @@ fn creds_file_auth() {
         .connect()
         .unwrap();
     assert_delivers(&crlf, &mut py, "auth.creds");
+
+    // nats-py's pair: a file with the bare JWT, one with the bare seed.
+    let creds = ansible_runner_nats::auth::parse_creds(&jwt.user_creds("pair")).unwrap();
+    let (jwt_path, seed_path) = (dir.join("pair.jwt"), dir.join("pair.nk"));
+    std::fs::write(&jwt_path, format!("{}\n", creds.jwt())).unwrap();
+    std::fs::write(&seed_path, format!("{}\n", creds.seed())).unwrap();
+    let pair = Options::new()
+        .servers(&server.url())
+        .unwrap()
+        .auth(Auth::JwtAndSeedFiles {
+            jwt: jwt_path,
+            seed: seed_path,
+        })
+        .connect()
+        .unwrap();
+    assert_delivers(&pair, &mut py, "auth.creds");
 
     let err = Options::new()
         .servers(&server.url())

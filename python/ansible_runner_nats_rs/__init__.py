@@ -222,9 +222,19 @@ def _namesake_line():
     """What to say when the Python ``ansible-runner-nats`` is installed too, or ``None``.
 
     ansible-runner keys its plugins by entry point name, and both register ``nats``: it
-    calls only the one its listing of entry points gives last, which install order
-    decides. If that is the other one, this plugin is imported and never called."""
-    from importlib import metadata
+    calls only the one its listing of entry points gives last, which the order of
+    ``sys.path`` and of the directories' listings decides. If that is the other one, this
+    plugin is imported and never called. The listing is ansible-runner's own: before
+    Python 3.10 it uses the ``importlib_metadata`` backport, which lists a distribution
+    found twice once."""
+    metadata = None
+    if sys.version_info < (3, 10):
+        try:
+            import importlib_metadata as metadata
+        except ImportError:
+            pass
+    if metadata is None:
+        from importlib import metadata
 
     try:
         other = metadata.distribution(_NAMESAKE)
@@ -233,14 +243,14 @@ def _namesake_line():
     found = metadata.entry_points()
     if hasattr(found, "select"):
         found = found.select(group="ansible_runner.plugins")
-    else:  # Python 3.9: a dict of groups
+    else:  # the standard library of Python 3.9: a dict of groups
         found = found.get("ansible_runner.plugins", [])
     modules = [ep.value.split(":")[0].strip() for ep in found if ep.name == "nats"]
     if len(modules) < 2:
         return None
     called = modules[-1] == __name__
     which = (
-        "this plugin, but only by the accident of install order"
+        "this plugin, but only by the accident of the order of sys.path"
         if called
         else "it, and never this plugin"
     )

@@ -124,7 +124,7 @@ def test_the_python_plugin_installed_too_is_said_with_which_one_is_called():
     said = "ansible-runner-nats 0.4.0 is installed too, under the same plugin name `nats`: ansible-runner calls "
     for path, called, line in [
         ([peer], "ansible_runner_nats_rs",
-         "WARNING: " + said + "this plugin, but only by the accident of install order"),
+         "WARNING: " + said + "this plugin, but only by the accident of the order of sys.path"),
         ([ours_dir, peer], "ansible_runner_nats", "ERROR: " + said + "it, and never this plugin"),
     ]:
         env = dict(os.environ, PYTHONPATH=os.pathsep.join(map(str, path)))

@@ -14,7 +14,7 @@ use std::time::Duration;
 
 use serde_json::Value;
 
-use crate::auth::{load_creds_file, load_seed, user_key_pair, Auth};
+use crate::auth::{load_creds_file, load_jwt_and_seed_files, load_seed, user_key_pair, Auth};
 use crate::client::Options;
 use crate::error::Error;
 use crate::headers::HeaderMap;
@@ -867,19 +867,48 @@ fn servers_list(src: &mut Sources<'_>) -> Option<(String, Vec<Result<ServerAddr,
 }
 
 fn load_auth(src: &mut Sources<'_>) -> Option<Auth> {
-    if let Some((source, path)) = src.text("user_credentials") {
-        let path = PathBuf::from(path);
-        return match load_creds_file(&path) {
-            Ok(_) => Some(Auth::CredsFile(path)),
-            Err(e) => {
-                src.issue(&source, format!("{e}; emitter disabled"), true);
-                None
+    if let Some(raw) = src.get("user_credentials") {
+        // A creds file, or (nats-py's tuple, a list here) a JWT file and a seed file.
+        let loaded = match &raw.value {
+            Value::String(path) => {
+                let path = PathBuf::from(path);
+                Some(load_creds_file(&path).map(|_| Auth::CredsFile(path)))
             }
+            Value::Array(pair) => match pair.as_slice() {
+                [Value::String(jwt), Value::String(seed)] => {
+                    let (jwt, seed) = (PathBuf::from(jwt), PathBuf::from(seed));
+                    Some(
+                        load_jwt_and_seed_files(&jwt, &seed)
+                            .map(|_| Auth::JwtAndSeedFiles { jwt, seed }),
+                    )
+                }
+                _ => None,
+            },
+            _ => None,
         };
+        match loaded {
+            Some(Ok(auth)) => return Some(auth),
+            Some(Err(e)) => {
+                src.issue(&raw.source, format!("{e}; emitter disabled"), true);
+                return None;
+            }
+            None => {
+                let got = match &raw.value {
+                    Value::Array(_) => "a list that is not two paths".to_owned(),
+                    other => kind(other).to_owned(),
+                };
+                src.issue(
+                    &raw.source,
+                    format!("expected the path of a creds file or a [JWT file, seed file] pair, got {got}; ignored"),
+                    false,
+                );
+            }
+        }
     }
+    // nats-py takes `nkeys_seed_str` over `nkeys_seed` (the variable stands for both).
     if let Some((source, seed)) = src
-        .text("nkeys_seed")
-        .or_else(|| src.text("nkeys_seed_str"))
+        .text("nkeys_seed_str")
+        .or_else(|| src.text("nkeys_seed"))
     {
         let checked = load_seed(&seed).and_then(|s| user_key_pair(&s, &source).map(|_| s));
         return match checked {

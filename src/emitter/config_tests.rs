@@ -526,6 +526,12 @@ fn auth_variables() {
     // nats-py's `nkeys_seed_str`: the seed itself.
     let c = config(&[], Some(json!({"nats_options": {"nkeys_seed_str": seed}})));
     assert!(matches!(&c.options.auth, Auth::NKeySeed(s) if *s == seed));
+    let both = json!({"nats_options": {"nkeys_seed_str": seed, "nkeys_seed": "/nowhere"}});
+    let c = config(&[], Some(both));
+    assert!(
+        matches!(&c.options.auth, Auth::NKeySeed(s) if *s == seed),
+        "as nats-py"
+    );
     let (text, _, _) = only_issue(
         &[],
         Some(json!({"nats_options": {"nkeys_seed_str": account}})),
@@ -632,6 +638,43 @@ fn creds_file_problems_disable_and_name_the_path() {
             assert!(!shown.contains(secret), "{var}: {shown}");
         }
     }
+}
+
+#[test]
+fn a_jwt_file_and_a_seed_file_are_nats_pys_pair_of_credentials() {
+    let dir = Dir::new("pair");
+    let seed = nkeys::KeyPair::new_user().seed().unwrap();
+    let jwt = "eyJhIjoiYiJ9.eyJjIjoiZCJ9.c2ln";
+    let jwt_file = dir.file("user.jwt", &format!("{jwt}\n"));
+    let seed_file = dir.file("user.nk", &format!("{seed}\n"));
+    let pair = |a: &str, b: &str| Some(json!({"nats_options": {"user_credentials": [a, b]}}));
+    let c = config(&[], pair(&jwt_file, &seed_file));
+    assert!(
+        matches!(&c.options.auth, Auth::JwtAndSeedFiles { jwt, seed }
+        if jwt.display().to_string() == jwt_file && seed.display().to_string() == seed_file)
+    );
+    // Each file is checked, and named; neither secret is shown.
+    let (text, disables, _) = only_issue(&[], pair(&seed_file, &seed_file));
+    assert_eq!(
+        text,
+        format!("nats_options.user_credentials: credentials: {seed_file}: does not hold a JWT; emitter disabled")
+    );
+    assert!(disables && !text.contains(&seed));
+    let (text, _, _) = only_issue(&[], pair(&jwt_file, &jwt_file));
+    assert_eq!(
+        text,
+        format!("nats_options.user_credentials: credentials: {jwt_file}: no nkey seed in the file; emitter disabled")
+    );
+    assert!(!text.contains(jwt));
+    let (text, disables, _) = only_issue(
+        &[],
+        Some(json!({"nats_options": {"user_credentials": [jwt_file]}})),
+    );
+    assert_eq!(
+        text,
+        "nats_options.user_credentials: expected the path of a creds file or a [JWT file, seed file] pair, got a list that is not two paths; ignored"
+    );
+    assert!(!disables);
 }
 
 #[test]
