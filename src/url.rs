@@ -117,6 +117,12 @@ impl FromStr for ServerAddr {
                 let scheme = match s.to_ascii_lowercase().as_str() {
                     "nats" => Scheme::Nats,
                     "tls" => Scheme::Tls,
+                    "ws" | "wss" => {
+                        return Err(invalid(
+                            s,
+                            "NATS over WebSocket is not supported (use nats:// or tls:// to the server's client port)",
+                        ))
+                    }
                     // Only a scheme is shown: text before a "://" that holds anything
                     // else may be part of a password (`me:se://cret@host`).
                     _ if s
@@ -329,7 +335,11 @@ mod tests {
             ("", "url: \"\": empty"),
             (
                 "ws://host:1",
-                "url: \"ws\": unsupported scheme (use nats:// or tls://)",
+                "url: \"ws\": NATS over WebSocket is not supported (use nats:// or tls:// to the server's client port)",
+            ),
+            (
+                "http://host:1",
+                "url: \"http\": unsupported scheme (use nats:// or tls://)",
             ),
             ("nats://host:abc", "url: \"nats://host:abc\": invalid port"),
             ("nats://host:", "url: \"nats://host:\": invalid port"),

@@ -452,7 +452,7 @@ fn servers_bad_items_are_skipped_and_none_usable_disables() {
     );
     assert_eq!(
         text,
-        "RUNNER_NATS_SERVERS: \"ws\": unsupported scheme (use nats:// or tls://); that server skipped"
+        "RUNNER_NATS_SERVERS: \"ws\": NATS over WebSocket is not supported (use nats:// or tls:// to the server's client port); that server skipped"
     );
     assert!(!disables);
     assert_eq!(loaded.config.unwrap().options.servers.len(), 1);
