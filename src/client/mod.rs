@@ -475,7 +475,8 @@ impl Client {
     /// Sends everything published so far, waits for the server to confirm it, then closes
     /// the connection and joins the client's threads, all within the flush timeout: at
     /// its end the connection is shut down, even in the middle of a stalled write or a
-    /// handshake (only a TCP connect under way runs on, within the connect timeout).
+    /// handshake (only a TCP connect or name lookup under way runs on, within the connect
+    /// timeout).
     /// If not everything was confirmed (the server was unreachable, or did not answer in
     /// time) it fails with [`Error::NotDelivered`] and the count; the client is closed
     /// either way. Closing twice is fine. Without [`Options::resend_unconfirmed`], the
@@ -588,7 +589,7 @@ fn close(shared: &Shared, timeout: Duration) -> Result<()> {
     // What is queued is still written, within the same bound. A write blocked on a server
     // that stopped reading, or a handshake with one that does not answer, would hold the
     // supervisor far longer (the stall detection, the connect timeout): at the deadline
-    // its socket is shut down. Only a TCP connect under way is not cut short.
+    // its socket is shut down. Only a TCP connect or name lookup under way is not cut short.
     let mut st = shared.state();
     while st.phase != Phase::Closed {
         let left = remaining(deadline);
@@ -605,7 +606,8 @@ fn close(shared: &Shared, timeout: Duration) -> Result<()> {
         let _ = h.join();
     } else {
         // Another close is joining it: its end is ours to report too. After the abort
-        // only a TCP connect under way can hold it, for the connect timeout at most.
+        // only a TCP connect or name lookup under way can hold it, for the connect timeout at
+        // most.
         let until = later(Instant::now(), shared.opts.connect_timeout);
         let mut st = shared.state();
         loop {

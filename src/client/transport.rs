@@ -8,8 +8,10 @@
 //! and writing them happen under one write lock.
 
 use std::io::{self, Read, Write};
-use std::net::{Shutdown, SocketAddr, TcpStream, ToSocketAddrs};
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::net::{IpAddr, Shutdown, SocketAddr, TcpStream, ToSocketAddrs};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{mpsc, Arc, Mutex, MutexGuard};
+use std::thread;
 use std::time::{Duration, Instant};
 
 use rustls::{ClientConfig, ClientConnection};
@@ -19,11 +21,7 @@ use crate::url::ServerAddr;
 
 /// Opens a TCP connection to `addr`, trying each resolved address before `deadline`.
 pub(crate) fn connect_tcp(addr: &ServerAddr, deadline: Instant) -> Result<TcpStream> {
-    let host_port = addr.host_port();
-    let resolved: Vec<SocketAddr> = host_port
-        .to_socket_addrs()
-        .map_err(|e| Error::io(format!("resolve {host_port}"), e))?
-        .collect();
+    let resolved = resolve(addr, deadline)?;
     let mut last = None;
     for sock_addr in resolved {
         let left = remaining(deadline);
@@ -45,6 +43,71 @@ pub(crate) fn connect_tcp(addr: &ServerAddr, deadline: Instant) -> Result<TcpStr
         server: addr.to_string(),
         timeout: Duration::ZERO,
     }))
+}
+
+/// Name lookups still waiting for the system's resolver, in the whole process.
+static LOOKUPS: AtomicUsize = AtomicUsize::new(0);
+
+/// The most lookups left waiting at once (see [`resolve`]).
+const MAX_LOOKUPS: usize = 16;
+
+/// The addresses of `addr`'s host, looked up before `deadline`. The system's resolver
+/// (`getaddrinfo`) has no timeout a caller can set: with a DNS server that does not answer
+/// it blocks for resolv.conf's `timeout` × `attempts` (10 s by default) per name, past the
+/// connect timeout and past a close's flush timeout. So a host name is looked up on a
+/// thread of its own (see [`lookup_before`]). An IP address needs no lookup.
+fn resolve(addr: &ServerAddr, deadline: Instant) -> Result<Vec<SocketAddr>> {
+    if let Ok(ip) = addr.host.parse::<IpAddr>() {
+        return Ok(vec![SocketAddr::new(ip, addr.port)]);
+    }
+    let host_port = addr.host_port();
+    lookup_before(&host_port, deadline, system_lookup, &LOOKUPS)
+        .map_err(|e| Error::io(format!("resolve {host_port}"), e))
+}
+
+fn system_lookup(host_port: &str) -> io::Result<Vec<SocketAddr>> {
+    Ok(host_port.to_socket_addrs()?.collect())
+}
+
+/// `lookup(host_port)` on a thread of its own, waited for until `deadline`. A lookup that
+/// takes longer is left to finish on its own; `waiting` counts those still running, and
+/// once [`MAX_LOOKUPS`] are, a new one is refused at once rather than piling up threads.
+fn lookup_before(
+    host_port: &str,
+    deadline: Instant,
+    lookup: fn(&str) -> io::Result<Vec<SocketAddr>>,
+    waiting: &'static AtomicUsize,
+) -> io::Result<Vec<SocketAddr>> {
+    if waiting.fetch_add(1, Ordering::AcqRel) >= MAX_LOOKUPS {
+        waiting.fetch_sub(1, Ordering::AcqRel);
+        return Err(io::Error::new(
+            io::ErrorKind::WouldBlock,
+            format!(
+                "{MAX_LOOKUPS} earlier name lookups are still waiting for the system's resolver"
+            ),
+        ));
+    }
+    let (tx, rx) = mpsc::sync_channel(1);
+    let name = host_port.to_owned();
+    let spawned = thread::Builder::new()
+        .name("nats-resolve".into())
+        .spawn(move || {
+            let found = lookup(&name);
+            waiting.fetch_sub(1, Ordering::AcqRel);
+            // The caller may have stopped waiting.
+            let _ = tx.send(found);
+        });
+    if spawned.is_err() {
+        // No thread to spare: look it up here, unbounded, rather than not at all.
+        waiting.fetch_sub(1, Ordering::AcqRel);
+        return lookup(host_port);
+    }
+    rx.recv_timeout(remaining(deadline)).unwrap_or_else(|_| {
+        Err(io::Error::new(
+            io::ErrorKind::TimedOut,
+            "no answer from the system's name resolver before the connect timeout",
+        ))
+    })
 }
 
 /// `t + d`; when `d` is too long for the clock (`Duration::MAX`, or a configured
@@ -313,5 +376,89 @@ impl WriteHalf {
             let _ = sock.write_all(&records);
         }
         let _ = sock.shutdown(Shutdown::Both);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::url::parse_server_list;
+    use std::sync::Condvar;
+
+    static GATE: Mutex<bool> = Mutex::new(false);
+    static OPENED: Condvar = Condvar::new();
+    const ANSWER: SocketAddr = SocketAddr::new(IpAddr::V4(std::net::Ipv4Addr::LOCALHOST), 4222);
+
+    /// A resolver that answers only once the gate is open (or after 20 s).
+    fn gated(_: &str) -> io::Result<Vec<SocketAddr>> {
+        let open = GATE.lock().unwrap();
+        let _open = OPENED
+            .wait_timeout_while(open, Duration::from_secs(20), |open| !*open)
+            .unwrap();
+        Ok(vec![ANSWER])
+    }
+
+    fn answers(_: &str) -> io::Result<Vec<SocketAddr>> {
+        Ok(vec![ANSWER])
+    }
+
+    #[test]
+    fn a_lookup_without_answer_is_given_up_at_the_deadline_and_few_are_left_waiting() {
+        static WAITING: AtomicUsize = AtomicUsize::new(0);
+        let name = "nats.example:4222";
+        let started = Instant::now();
+        let e = lookup_before(
+            name,
+            later(started, Duration::from_millis(100)),
+            gated,
+            &WAITING,
+        )
+        .unwrap_err();
+        assert_eq!(e.kind(), io::ErrorKind::TimedOut);
+        assert!(
+            started.elapsed() < Duration::from_secs(5),
+            "{:?}",
+            started.elapsed()
+        );
+        assert!(e.to_string().contains("before the connect timeout"), "{e}");
+
+        // The lookups given up on still run; past MAX_LOOKUPS of them, no more are started.
+        for _ in 1..MAX_LOOKUPS {
+            let e = lookup_before(name, Instant::now(), gated, &WAITING).unwrap_err();
+            assert_eq!(e.kind(), io::ErrorKind::TimedOut);
+        }
+        assert_eq!(WAITING.load(Ordering::Acquire), MAX_LOOKUPS);
+        let soon = later(Instant::now(), Duration::from_secs(5));
+        let e = lookup_before(name, soon, answers, &WAITING).unwrap_err();
+        assert_eq!(e.kind(), io::ErrorKind::WouldBlock);
+        assert!(e.to_string().starts_with("16 earlier name lookups"), "{e}");
+
+        // Once the resolver answers them, lookups are made again.
+        *GATE.lock().unwrap() = true;
+        OPENED.notify_all();
+        let until = later(Instant::now(), Duration::from_secs(10));
+        while WAITING.load(Ordering::Acquire) > 0 {
+            assert!(Instant::now() < until, "the lookups never ended");
+            thread::sleep(Duration::from_millis(5));
+        }
+        let soon = later(Instant::now(), Duration::from_secs(5));
+        assert_eq!(
+            lookup_before(name, soon, answers, &WAITING).unwrap(),
+            [ANSWER]
+        );
+    }
+
+    #[test]
+    fn an_ip_address_is_not_looked_up() {
+        // A deadline already passed: any lookup would time out.
+        let past = Instant::now();
+        for (url, expected) in [
+            ("nats://127.0.0.1:4222", "127.0.0.1:4222"),
+            ("nats://[::1]:4223", "[::1]:4223"),
+        ] {
+            let addr = &parse_server_list(url).unwrap()[0];
+            let found = resolve(addr, past).unwrap();
+            assert_eq!(found, [expected.parse::<SocketAddr>().unwrap()]);
+        }
     }
 }
