@@ -59,7 +59,7 @@ fn emitter() -> &'static Emitter {
 /// The emitter of this process, `None` in a process forked more than [`FORK_DEPTHS`]
 /// levels deep, which publishes nothing: its slot would be its parent's.
 fn own_emitter() -> Option<&'static Emitter> {
-    (runs::fork_depth() < FORK_DEPTHS).then(emitter)
+    (runs::fork_depth() <= FORK_DEPTHS).then(emitter)
 }
 
 /// How many levels of forks get an emitter of their own.

@@ -425,6 +425,42 @@ def test_a_forked_childs_open_runs_are_flushed_at_its_exit(server):
         sub.close()
 
 
+def test_a_process_forked_deeper_than_the_emitters_go_says_so_and_publishes_nothing(server):
+    # Each of 16 levels of forks gets an emitter of its own; a process forked deeper would
+    # share its parent's, whose locks may be held for good: it publishes nothing, and says so.
+    sub = Subscriber(server.url, "pub.ansible.runner.rep.>")
+    try:
+        code = PRELUDE + (
+            "import os, sys\n"
+            "depth = 0\n"
+            "while True:\n"
+            "    c = cfg()\n"
+            "    for s in ('starting', 'successful'):\n"
+            "        p.status_handler(c, {'status': s, 'runner_ident': f'depth-{depth}'})\n"
+            "    if depth == 18:\n"
+            "        os._exit(0)\n"
+            "    pid = os.fork()\n"
+            "    if pid:\n"
+            "        _, status = os.waitpid(pid, 0)\n"
+            "        if depth:\n"
+            "            os._exit(os.waitstatus_to_exitcode(status))\n"
+            "        sys.exit(os.waitstatus_to_exitcode(status))\n"
+            "    depth += 1\n"
+        )
+        proc = run(code, server.url)
+        assert proc.stderr.count(
+            "this process is forked more than 16 levels deep from the one that imported the "
+            "plugin: nothing is published here") == 1, proc.stderr
+        assert "panicked" not in proc.stderr, proc.stderr
+        got = sub.wait_for(2 * 17)
+        got = sub.settle()
+        idents = sorted({m.subject.split(".")[4] for m in got})
+        assert idents == sorted(f"depth-{d}" for d in range(17)), idents
+        assert len(got) == 2 * 17
+    finally:
+        sub.close()
+
+
 def test_an_unreadable_grace_is_said_and_the_default_used(server):
     code = ABANDONING + (
         "a = Config()\n"

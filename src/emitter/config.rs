@@ -910,7 +910,7 @@ fn load_auth(src: &mut Sources<'_>) -> Option<Auth> {
         .text("nkeys_seed_str")
         .or_else(|| src.text("nkeys_seed"))
     {
-        let checked = load_seed(&seed).and_then(|s| user_key_pair(&s, &source).map(|_| s));
+        let checked = load_seed(&seed).and_then(|s| user_key_pair(&s, "nkey seed").map(|_| s));
         return match checked {
             Ok(seed) => Some(Auth::NKeySeed(seed)),
             Err(e) => {

@@ -514,7 +514,7 @@ fn auth_variables() {
     let (text, disables, _) = only_issue(&[("RUNNER_NATS_NKEYS_SEED", &account)], None);
     assert_eq!(
         text,
-        "RUNNER_NATS_NKEYS_SEED: credentials: RUNNER_NATS_NKEYS_SEED: an account seed where a user seed is required; emitter disabled"
+        "RUNNER_NATS_NKEYS_SEED: credentials: nkey seed: an account seed where a user seed is required; emitter disabled"
     );
     assert!(disables && !text.contains(&account));
     let (text, _, _) = only_issue(&[("RUNNER_NATS_NKEYS_SEED", "SUtypo")], None);
