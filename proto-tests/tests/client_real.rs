@@ -4,7 +4,7 @@
 use std::time::Duration;
 
 use ansible_runner_nats::auth::Auth;
-use ansible_runner_nats::client::{Client, Options};
+use ansible_runner_nats::client::{Client, Options, Subscription};
 use ansible_runner_nats::headers::HeaderMap;
 use ansible_runner_nats::Error;
 use proto_tests::{JwtSetup, PySubOptions, PySubscriber, ServerConfig, TlsFiles};
@@ -848,4 +848,107 @@ fn an_expired_certificate_is_refused() {
         tls_error(&server, &certs.ca_cert),
         "invalid server certificate: expired"
     );
+}
+
+/// The `max` of the server's subscription on `subject` (its `UNSUB <sid> <max>`; 0 for
+/// none), or `None` when the server has no such subscription.
+fn server_subscription_max(server: &proto_tests::NatsServer, subject: &str) -> Option<u64> {
+    let subsz = server.monitor("/subsz?subs=1");
+    subsz["subscriptions_list"]
+        .as_array()?
+        .iter()
+        .find(|s| s["subject"] == subject)
+        .map(|s| s["max"].as_u64().unwrap_or(0))
+}
+
+/// Every message `sub` yields until it ends, on a thread of its own: `None` if it has not
+/// ended within `timeout`.
+fn drain_until_end(sub: Subscription, timeout: Duration) -> Option<Vec<Vec<u8>>> {
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let got: Vec<Vec<u8>> = sub.iter().map(|m| m.payload).collect();
+        let _ = tx.send(got);
+    });
+    rx.recv_timeout(timeout).ok()
+}
+
+#[test]
+fn an_automatic_unsubscribe_counts_from_the_subscribe_as_the_server_does() {
+    let server = ServerConfig::new().start();
+    let client = connect(&server.url());
+    let publish = |range: std::ops::Range<u32>| {
+        for i in range {
+            client.publish("auto.x", i.to_string().as_bytes()).unwrap();
+        }
+        client.flush(WAIT).unwrap();
+    };
+
+    let sub = client.subscribe("auto.>").unwrap();
+    publish(0..2);
+    for i in 0..2 {
+        assert_eq!(
+            sub.next_timeout(WAIT).unwrap().payload,
+            i.to_string().as_bytes()
+        );
+    }
+    // Five in all: three more. The server is told 5, since it counts from the SUB too.
+    sub.unsubscribe_after(5).unwrap();
+    client.flush(WAIT).unwrap();
+    assert_eq!(server_subscription_max(&server, "auto.>"), Some(5));
+    publish(2..8);
+    let got = drain_until_end(sub, WAIT).expect("the subscription ended at its limit");
+    assert_eq!(got, [b"2", b"3", b"4"]);
+    proto_tests::wait_until(WAIT, "the server to end the subscription", || {
+        server_subscription_max(&server, "auto.>").is_none()
+    });
+
+    // A limit already reached ends the subscription at once, on both sides.
+    let sub = client.subscribe("now.>").unwrap();
+    for i in 0..2 {
+        client.publish("now.x", i.to_string().as_bytes()).unwrap();
+    }
+    client.flush(WAIT).unwrap();
+    sub.next_timeout(WAIT).unwrap();
+    sub.unsubscribe_after(1).unwrap();
+    let got = drain_until_end(sub, WAIT).expect("ended at once");
+    assert_eq!(
+        got,
+        [b"1"],
+        "what came before the limit was set is still taken"
+    );
+    proto_tests::wait_until(WAIT, "the server to end the subscription", || {
+        server_subscription_max(&server, "now.>").is_none()
+    });
+
+    // unsubscribe: the server's subscription goes too.
+    let sub = client.subscribe("gone.>").unwrap();
+    server.wait_for_subscription("gone.>", WAIT);
+    sub.unsubscribe().unwrap();
+    proto_tests::wait_until(WAIT, "the server to end the subscription", || {
+        !server.has_subscription("gone.>")
+    });
+    client.close().unwrap();
+}
+
+#[test]
+fn messages_a_slow_consumer_dropped_count_toward_the_limit() {
+    let server = ServerConfig::new().start();
+    let client = Options::new()
+        .servers(&server.url())
+        .unwrap()
+        .subscription_capacity(1)
+        .connect()
+        .unwrap();
+    let sub = client.subscribe("slow.>").unwrap();
+    sub.unsubscribe_after(3).unwrap();
+    for i in 0..5 {
+        client.publish("slow.x", i.to_string().as_bytes()).unwrap();
+    }
+    client.flush(WAIT).unwrap();
+    // The server sent three; the queue held one. The subscription ends at the third
+    // all the same, instead of waiting for one the server will not send.
+    let got = drain_until_end(sub, WAIT).expect("the subscription ended at its limit");
+    assert_eq!(got, [b"0"]);
+    assert_eq!(client.statistics().slow_consumer_drops, 2);
+    client.close().unwrap();
 }

@@ -608,3 +608,58 @@ fn oversized_messages_buffered_before_the_limit_was_known_are_dropped_on_connect
     assert_only_the_big_one_was_dropped(&client, &mut sub, &events, "late", 0);
     client.close().unwrap();
 }
+
+#[test]
+fn an_automatic_unsubscribe_asks_the_next_server_for_what_is_left() {
+    let mut server = ServerConfig::new().start();
+    let events = Events::default();
+    let client = events
+        .options(fast_reconnect(Options::new()))
+        .servers(&server.url())
+        .unwrap()
+        .connect()
+        .unwrap();
+    let sub = client.subscribe("left.>").unwrap();
+    sub.unsubscribe_after(5).unwrap();
+    for i in 0..2 {
+        client.publish("left.x", format!("{i}").as_bytes()).unwrap();
+    }
+    client.flush(WAIT).unwrap();
+    for i in 0..2 {
+        assert_eq!(
+            sub.next_timeout(WAIT).unwrap().payload,
+            format!("{i}").as_bytes()
+        );
+    }
+    server.restart();
+    wait_until(WAIT, "the reconnect", || events.count(is_reconnected) == 1);
+    // The new server counts from the new SUB: it is asked for the three left.
+    let max = || {
+        let subsz = server.monitor("/subsz?subs=1");
+        subsz["subscriptions_list"]
+            .as_array()
+            .and_then(|l| l.iter().find(|s| s["subject"] == "left.>"))
+            .map(|s| s["max"].as_u64().unwrap_or(0))
+    };
+    wait_until(WAIT, "the subscription on the new server", || {
+        max().is_some()
+    });
+    assert_eq!(max(), Some(3));
+    for i in 2..8 {
+        client.publish("left.x", format!("{i}").as_bytes()).unwrap();
+    }
+    client.flush(WAIT).unwrap();
+    let mut got = Vec::new();
+    loop {
+        match sub.next_timeout(WAIT) {
+            Ok(m) => got.push(String::from_utf8(m.payload).unwrap()),
+            Err(Error::Closed) => break,
+            Err(e) => panic!("after {got:?}: {e}"),
+        }
+    }
+    assert_eq!(got, ["2", "3", "4"]);
+    wait_until(WAIT, "the new server to end the subscription", || {
+        max().is_none()
+    });
+    client.close().unwrap();
+}

@@ -99,9 +99,40 @@ pub(crate) struct Sub {
     pub(crate) subject: String,
     pub(crate) queue: Option<String>,
     pub(crate) sink: Sink,
-    /// Messages still to deliver before an automatic unsubscribe.
-    pub(crate) remaining: Option<u64>,
+    /// The automatic unsubscribe's limit: messages in all, since the subscribe.
+    pub(crate) max: Option<u64>,
+    /// Messages the server delivered to it, over every connection (a slow consumer's
+    /// dropped ones included: the server counted them).
+    pub(crate) delivered: u64,
+    /// `delivered` when the current connection's SUB was sent: the server counts from there.
+    pub(crate) delivered_before: u64,
     pub(crate) dropped: Arc<AtomicU64>,
+}
+
+impl Sub {
+    pub(crate) fn new(
+        subject: &str,
+        queue: Option<&str>,
+        sink: Sink,
+        dropped: Arc<AtomicU64>,
+    ) -> Sub {
+        Sub {
+            subject: subject.to_owned(),
+            queue: queue.map(str::to_owned),
+            sink,
+            max: None,
+            delivered: 0,
+            delivered_before: 0,
+            dropped,
+        }
+    }
+
+    /// The limit for the server's `UNSUB <sid> <max>`, which counts from the current
+    /// connection's SUB; `None` without a limit, or once it is reached.
+    pub(crate) fn server_max(&self) -> Option<u64> {
+        let max = self.max?;
+        (max > self.delivered).then(|| max - self.delivered_before)
+    }
 }
 
 /// A request waiting for its reply (see [`Shared::replies`]).
@@ -366,15 +397,16 @@ impl Shared {
 
     /// The SUB (and pending auto-UNSUB) of every live subscription, for a new connection.
     fn resubscribe(&self, st: &mut State) {
-        let subs = lock(&self.subs);
-        for (&sid, sub) in subs.iter() {
+        let mut subs = lock(&self.subs);
+        for (&sid, sub) in subs.iter_mut() {
             ClientOp::Sub {
                 subject: &sub.subject,
                 queue_group: sub.queue.as_deref(),
                 sid,
             }
             .encode(&mut st.pre);
-            if let Some(max) = sub.remaining {
+            sub.delivered_before = sub.delivered;
+            if let Some(max) = sub.server_max() {
                 ClientOp::Unsub {
                     sid,
                     max: Some(max),
@@ -1248,25 +1280,25 @@ fn route(shared: &Shared, msg: Msg<'_>) -> [Option<Event>; 2] {
             return [malformed, None];
         }
     };
-    match tx.try_send(message) {
-        Ok(()) => {}
+    let sent = tx.try_send(message);
+    sub.delivered += 1;
+    let ended = sub.max.is_some_and(|max| sub.delivered >= max);
+    let slow = match sent {
+        Ok(()) => None,
         Err(TrySendError::Full(_)) => {
             sub.dropped.fetch_add(1, Ordering::Relaxed);
             shared.slow_consumer_drops.fetch_add(1, Ordering::Relaxed);
-            return [malformed, Some(Event::SlowConsumer { sid: msg.sid })];
+            Some(Event::SlowConsumer { sid: msg.sid })
         }
         Err(TrySendError::Disconnected(_)) => {
             subs.remove(&msg.sid);
             return [malformed, None];
         }
+    };
+    if ended {
+        subs.remove(&msg.sid);
     }
-    if let Some(left) = sub.remaining.as_mut() {
-        *left = left.saturating_sub(1);
-        if *left == 0 {
-            subs.remove(&msg.sid);
-        }
-    }
-    [malformed, None]
+    [malformed, slow]
 }
 
 #[cfg(test)]

@@ -403,16 +403,15 @@ impl Client {
         check_open(&st)?;
         lock(&shared.subs).insert(
             sid,
-            Sub {
-                subject: subject.to_owned(),
-                queue: queue.map(str::to_owned),
-                sink: Sink::Channel(Outlet {
+            Sub::new(
+                subject,
+                queue,
+                Sink::Channel(Outlet {
                     tx,
                     denied: Arc::clone(&denied),
                 }),
-                remaining: None,
-                dropped: Arc::clone(&dropped),
-            },
+                Arc::clone(&dropped),
+            ),
         );
         // While reconnecting, the new connection subscribes from the table above.
         if st.phase == Phase::Connected {
@@ -684,18 +683,64 @@ impl Subscription {
         self.rx.try_recv().ok()
     }
 
+    /// Waits for the next message, as long as it takes; `None` once the subscription has
+    /// ended and every message received before has been taken ([`Subscription::next_timeout`]
+    /// tells why it ended).
+    pub fn recv(&self) -> Option<Message> {
+        self.rx.recv().ok()
+    }
+
+    /// The messages as they come ([`Subscription::recv`] in a loop), until the
+    /// subscription ends: with [`Subscription::unsubscribe_after`], a bounded batch.
+    ///
+    /// ```no_run
+    /// # let client = ansible_runner_nats::client::connect("nats://127.0.0.1:4222")?;
+    /// let sub = client.subscribe("pub.ansible.runner.>")?;
+    /// sub.unsubscribe_after(10)?;
+    /// for message in &sub {
+    ///     println!("{}: {} bytes", message.subject, message.payload.len());
+    /// }
+    /// # Ok::<(), ansible_runner_nats::Error>(())
+    /// ```
+    pub fn iter(&self) -> Messages<'_> {
+        Messages { sub: self }
+    }
+
     /// Messages dropped because this subscription's queue was full.
     pub fn dropped(&self) -> u64 {
         self.dropped.load(Ordering::Relaxed)
     }
 
-    /// Asks the server to end the subscription after `max` more messages; the client
-    /// ends it too once that many were delivered.
+    /// Ends the subscription once `max` messages in all have been delivered to it since
+    /// the subscribe (NATS's `UNSUB <sid> <max>`; nats.go's `AutoUnsubscribe`): the
+    /// server stops sending there, the client ends it when the last one arrives, and a
+    /// reconnect asks the new server for what is left. If `max` came already, it ends now.
+    /// Messages a slow consumer dropped count: the server delivered them.
     pub fn unsubscribe_after(&self, max: u64) -> Result<()> {
-        if let Some(sub) = lock(&self.shared.subs).get_mut(&self.sid) {
-            sub.remaining = Some(max);
+        // The state first, as a reconnect takes them: its SUB and this UNSUB cannot cross.
+        let mut st = self.shared.state();
+        check_open(&st)?;
+        let server_max = {
+            let mut subs = lock(&self.shared.subs);
+            let Some(sub) = subs.get_mut(&self.sid) else {
+                // Ended already: its limit, or the server's refusal.
+                return Ok(());
+            };
+            sub.max = Some(max);
+            let server_max = sub.server_max();
+            if server_max.is_none() {
+                subs.remove(&self.sid);
+            }
+            server_max
+        };
+        if st.phase == Phase::Connected {
+            let op = ClientOp::Unsub {
+                sid: self.sid,
+                max: server_max,
+            };
+            self.shared.queue_control(&mut st, op, false);
         }
-        self.send_unsub(Some(max))
+        Ok(())
     }
 
     /// Ends the subscription now.
@@ -714,6 +759,29 @@ impl Subscription {
             self.shared.queue_control(&mut st, op, false);
         }
         Ok(())
+    }
+}
+
+/// The messages of a [`Subscription`], until it ends (see [`Subscription::iter`]).
+#[derive(Debug)]
+pub struct Messages<'a> {
+    sub: &'a Subscription,
+}
+
+impl Iterator for Messages<'_> {
+    type Item = Message;
+
+    fn next(&mut self) -> Option<Message> {
+        self.sub.recv()
+    }
+}
+
+impl<'a> IntoIterator for &'a Subscription {
+    type Item = Message;
+    type IntoIter = Messages<'a>;
+
+    fn into_iter(self) -> Messages<'a> {
+        self.iter()
     }
 }
 

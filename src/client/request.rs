@@ -188,13 +188,7 @@ impl Client {
         check_open(&st)?;
         lock(&shared.subs).insert(
             sid,
-            Sub {
-                subject: pattern.clone(),
-                queue: None,
-                sink: Sink::Replies,
-                remaining: None,
-                dropped: Arc::new(AtomicU64::new(0)),
-            },
+            Sub::new(&pattern, None, Sink::Replies, Arc::new(AtomicU64::new(0))),
         );
         // While reconnecting, the next connection subscribes from the table.
         if st.phase == Phase::Connected {
