@@ -448,6 +448,44 @@ fn tls_to_a_plain_server_is_refused() {
 }
 
 #[test]
+fn required_tls_refuses_a_plain_server_and_upgrades_a_nats_url() {
+    let plain = ServerConfig::new().start();
+    let err = Options::new()
+        .servers(&plain.url())
+        .unwrap()
+        .require_tls(true)
+        .connect()
+        .unwrap_err();
+    match &err {
+        Error::Tls(reason) => assert!(
+            reason.ends_with("does not offer TLS, but TLS is required by the client"),
+            "{reason}"
+        ),
+        other => panic!("expected a TLS error, got {other:?}"),
+    }
+
+    // A server that offers TLS without requiring it: a nats:// URL is upgraded.
+    let certs = TlsFiles::generate();
+    let server = ServerConfig::new()
+        .tls(&certs)
+        .extra("allow_non_tls: true")
+        .start();
+    let client = Options::new()
+        .servers(&server.url())
+        .unwrap()
+        .add_root_certificate(&certs.ca_cert)
+        .require_tls(true)
+        .connect()
+        .unwrap();
+    client.flush(WAIT).unwrap();
+    let connz = server.monitor("/connz");
+    let conns = connz["connections"].as_array().unwrap();
+    assert_eq!(conns.len(), 1, "{connz}");
+    assert!(conns[0]["tls_version"].is_string(), "not TLS: {}", conns[0]);
+    client.close().unwrap();
+}
+
+#[test]
 fn mutual_tls() {
     let certs = TlsFiles::generate();
     let server = ServerConfig::new().tls(&certs).tls_verify().start();

@@ -222,3 +222,68 @@ fn a_file_stream_survives_a_restart_and_still_deduplicates() {
     assert_eq!(js.stream_state("RUNS").unwrap().messages, 50);
     nc.close().unwrap();
 }
+
+#[test]
+fn headers_go_both_ways_on_a_request_and_a_deleted_stream_is_gone() {
+    let server = js_server();
+    // A service that answers with the request's headers and one of its own.
+    let service = client::connect(&server.url()).unwrap();
+    let sub = service.subscribe("svc.echo").unwrap();
+    service.flush(WAIT).unwrap();
+    let answering = {
+        let service = service.clone();
+        thread::spawn(move || {
+            let m = sub.next_timeout(WAIT).unwrap();
+            let mut h = m.headers.clone().expect("the request's headers");
+            h.append("answered-by", "echo").unwrap();
+            service
+                .publish_with_headers(m.reply.as_deref().unwrap(), &h, &m.payload)
+                .unwrap();
+            // A second request, sent by hand with a reply subject and headers.
+            let m = sub.next_timeout(WAIT).unwrap();
+            (
+                m.reply,
+                m.headers.and_then(|h| h.get("trace").map(str::to_owned)),
+            )
+        })
+    };
+    let nc = client::connect(&server.url()).unwrap();
+    let mut h = HeaderMap::new();
+    h.append("trace", "t-1").unwrap();
+    let reply = nc
+        .request_with_headers("svc.echo", &h, b"ping", WAIT)
+        .unwrap();
+    assert_eq!(reply.payload, b"ping");
+    let got = reply.headers.expect("the reply's headers");
+    assert_eq!(got.get("trace"), Some("t-1"));
+    assert_eq!(got.get("answered-by"), Some("echo"));
+
+    nc.publish_with_reply_and_headers("svc.echo", "my.replies", &h, b"by hand")
+        .unwrap();
+    nc.flush(WAIT).unwrap();
+    assert_eq!(
+        answering.join().unwrap(),
+        (Some("my.replies".to_owned()), Some("t-1".to_owned()))
+    );
+
+    let js = JetStream::new(&nc, WAIT);
+    js.create_stream(&StreamConfig::new("GONE", &["gone.>"]))
+        .unwrap();
+    js.publish("gone.a", &with_id("1"), b"x").unwrap();
+    assert_eq!(js.stream_state("GONE").unwrap().messages, 1);
+    js.delete_stream("GONE").unwrap();
+    assert!(matches!(
+        js.stream_state("GONE"),
+        Err(Error::JetStream {
+            code: 404,
+            err_code: 10059,
+            ..
+        })
+    ));
+    assert!(matches!(
+        js.publish("gone.a", &with_id("2"), b"x"),
+        Err(Error::NoResponders { .. })
+    ));
+    nc.close().unwrap();
+    service.close().unwrap();
+}

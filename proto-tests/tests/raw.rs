@@ -137,3 +137,19 @@ fn the_transcript_keeps_the_last_64_kib_however_long_one_direction_runs() {
         "kept from a line's start"
     );
 }
+
+#[test]
+fn a_control_line_over_the_set_bound_is_a_protocol_error() {
+    let server = ServerConfig::new().start();
+    let mut conn = RawConnection::connect(&server.url(), T).unwrap();
+    // nats-server's INFO is some hundreds of bytes: over a 64-byte bound.
+    conn.set_max_control_line(64);
+    match conn.read_info(T) {
+        Err(Error::Protocol(e)) => assert_eq!(e.to_string(), "control line longer than 64 bytes"),
+        other => panic!("expected a protocol error, got {other:?}"),
+    }
+    let mut conn = RawConnection::connect(&server.url(), T).unwrap();
+    conn.set_max_control_line(4096);
+    conn.read_info(T).unwrap();
+    hello(&mut conn);
+}
