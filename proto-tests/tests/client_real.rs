@@ -990,3 +990,68 @@ fn messages_a_slow_consumer_dropped_count_toward_the_limit() {
     assert_eq!(client.statistics().slow_consumer_drops, 2);
     client.close().unwrap();
 }
+
+#[test]
+fn a_verbose_pedantic_connection_takes_every_ok_and_loses_nothing() {
+    // The server's trace shows what was asked and what it answered.
+    let server = ServerConfig::new().extra("trace: true").start();
+    let mut py = PySubscriber::start(&server.url(), "loud.>");
+    let errors = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+    let seen = std::sync::Arc::clone(&errors);
+    let client = Options::new()
+        .servers(&server.url())
+        .unwrap()
+        .name("loud")
+        .verbose(true)
+        .pedantic(true)
+        .event_callback(move |e| {
+            if let ansible_runner_nats::client::Event::ServerError(text) = e {
+                seen.lock().unwrap().push(text);
+            }
+        })
+        .connect()
+        .unwrap();
+    let own = client.subscribe("loud.*").unwrap();
+    let mut h = HeaderMap::new();
+    h.append("n", "1").unwrap();
+    for i in 0..500 {
+        client
+            .publish("loud.plain", format!("{i}").as_bytes())
+            .unwrap();
+        client
+            .publish_with_headers("loud.headers", &h, b"h")
+            .unwrap();
+    }
+    client.flush(WAIT).unwrap();
+    assert_eq!(py.wait_for(1000, WAIT).len(), 1000);
+    for _ in 0..1000 {
+        own.next_timeout(WAIT).unwrap();
+    }
+    // Every operation got its +OK: the server counted no error, and the client saw none.
+    let connz = server.monitor("/connz");
+    let ours = connz["connections"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|c| c["in_msgs"] == 1000)
+        .unwrap_or_else(|| panic!("our connection in {connz}"));
+    assert_eq!(ours["subscriptions"], 1, "{ours}");
+    client.close().unwrap();
+    assert!(
+        errors.lock().unwrap().is_empty(),
+        "{:?}",
+        errors.lock().unwrap()
+    );
+    let log = server.log();
+    let connect = log
+        .lines()
+        .find(|l| l.contains("<<- [CONNECT") && l.contains("\"name\":\"loud\""))
+        .unwrap_or_else(|| panic!("our CONNECT in the trace:\n{log}"));
+    assert!(
+        connect.contains("\"verbose\":true") && connect.contains("\"pedantic\":true"),
+        "{connect}"
+    );
+    // One +OK for the CONNECT, the SUB and each of the 1,000 publishes at least.
+    let oks = log.lines().filter(|l| l.ends_with("->> [OK]")).count();
+    assert!(oks >= 1002, "{oks} +OK in the trace");
+}
