@@ -165,12 +165,8 @@ fn hostname(py: Python<'_>) -> PyResult<Option<String>> {
 fn load_config(py: Python<'_>, runner_config: &Bound<'_, PyAny>) -> PyResult<Loaded> {
     let (env, mut issues) = config::environment(std::env::vars_os());
     let settings = settings_json(runner_config, &mut issues)?;
-    let needs_host = env.get("RUNNER_NATS_SUBJECT_ID").map(String::as_str) == Some("hostname")
-        || settings
-            .as_ref()
-            .and_then(|s| s.get("nats_subject_id"))
-            .and_then(|v| v.as_str())
-            == Some("hostname");
+    // Only the variable's `hostname` is the host name (see `config::load`).
+    let needs_host = env.get("RUNNER_NATS_SUBJECT_ID").map(String::as_str) == Some("hostname");
     let host = if needs_host {
         hostname(py)?.unwrap_or_else(|| {
             // Said: `localhost` may well be another host's subject id too.

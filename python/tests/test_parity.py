@@ -209,7 +209,7 @@ def test_settings_and_the_variable_merge_the_same(tmp_path, servers):
     assert "ansible-runner.nats" not in stderr, stderr
 
 
-def test_a_hostname_subject_and_no_headers_are_the_same(tmp_path, servers):
+def test_hostname_subjects_and_no_headers_are_the_same(tmp_path, servers):
     import socket
 
     got, _ = run_both(tmp_path, servers, "parity-host", {}, RUNNER_NATS_SUBJECT_ID="hostname",
@@ -218,6 +218,13 @@ def test_a_hostname_subject_and_no_headers_are_the_same(tmp_path, servers):
     host = socket.gethostname().replace(".", "-")
     assert {s for s, _, _ in got["ours"]} == {f"pub.ansible.runner.{host}.parity-host.{k}" for k in ("event", "status")}
     assert all(h == {} for _, h, _ in got["peer"] + got["ours"])
+
+    # Only the variable's `hostname` is the host name: in the settings it is taken as it is.
+    settings = {"nats_subject_id": "hostname", "nats_options": {"user": "parity", "password": "pw s3cret"}}
+    got, _ = run_both(tmp_path / "settings", servers, "parity-host-settings", settings)
+    assert_same(got)
+    assert {s for s, _, _ in got["ours"]} == {
+        f"pub.ansible.runner.hostname.parity-host-settings.{k}" for k in ("event", "status")}
 
 
 def test_the_headers_setting_alone_is_applied_by_ours_only(tmp_path, servers):

@@ -398,7 +398,9 @@ pub(crate) fn subject_len(subject_id: &str, ident: &str) -> usize {
 /// Reads the configuration from `env` (the process environment, or any map of
 /// variables) and the runner `settings` (a JSON object; `None` when there are none).
 ///
-/// `hostname` resolves the special subject id `hostname`; pass the machine's host name.
+/// `hostname` resolves the special subject id `hostname` of `RUNNER_NATS_SUBJECT_ID`;
+/// pass the machine's host name. In the `nats_subject_id` setting `hostname` is taken as
+/// it is, as the Python plugin takes it: the subjects stay the same.
 pub fn load(env: &HashMap<String, String>, settings: Option<&Value>, hostname: &str) -> Loaded {
     let settings = settings.and_then(Value::as_object);
     let mut issues = Vec::new();
@@ -433,7 +435,7 @@ pub fn load(env: &HashMap<String, String>, settings: Option<&Value>, hostname: &
             }
         },
     };
-    let subject_id = if subject_id == "hostname" {
+    let subject_id = if subject_id == "hostname" && source == "RUNNER_NATS_SUBJECT_ID" {
         hostname.replace('.', "-")
     } else {
         subject_id

@@ -91,17 +91,18 @@ fn subject_id_from_the_variable_beats_the_setting() {
 }
 
 #[test]
-fn hostname_means_the_host_name_with_dashes() {
+fn the_variables_hostname_is_the_host_name_with_dashes_the_settings_is_taken_as_it_is() {
     assert_eq!(
         config(&[("RUNNER_NATS_SUBJECT_ID", "hostname")], None).subject_id,
         "my-host-name"
     );
+    // In the settings it is a subject id like any other, as in the Python plugin.
     let c = load(
         &HashMap::new(),
         Some(&json!({"nats_subject_id": "hostname"})),
         "a.b",
     );
-    assert_eq!(c.config.unwrap().subject_id, "a-b");
+    assert_eq!(c.config.unwrap().subject_id, "hostname");
 }
 
 #[test]
