@@ -9,7 +9,7 @@
 
 use std::io::{self, Read, Write};
 use std::net::{IpAddr, Shutdown, SocketAddr, TcpStream, ToSocketAddrs};
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{mpsc, Arc, Mutex, MutexGuard};
 use std::thread;
 use std::time::{Duration, Instant};
@@ -46,7 +46,64 @@ pub(crate) fn connect_tcp(addr: &ServerAddr, deadline: Instant) -> Result<TcpStr
 }
 
 /// Name lookups still waiting for the system's resolver, in the whole process.
-static LOOKUPS: AtomicUsize = AtomicUsize::new(0);
+static LOOKUPS: Lookups = Lookups::new();
+
+/// A count of running lookups, kept with the id of the process it counts in: a child
+/// forked while lookups ran has none of their threads, so it starts again from zero
+/// instead of inheriting slots that would never be given back. One atomic word (the
+/// process id above, the count below): no lock a fork could leave held.
+struct Lookups(AtomicU64);
+
+impl Lookups {
+    const fn new() -> Lookups {
+        Lookups(AtomicU64::new(0))
+    }
+
+    /// Takes a slot, unless [`MAX_LOOKUPS`] are taken in this process.
+    fn take(&self) -> bool {
+        let me = u64::from(std::process::id());
+        let mut seen = self.0.load(Ordering::Acquire);
+        loop {
+            let running = if seen >> 32 == me {
+                seen & 0xffff_ffff
+            } else {
+                0
+            };
+            if running >= MAX_LOOKUPS as u64 {
+                return false;
+            }
+            let next = (me << 32) | (running + 1);
+            match self
+                .0
+                .compare_exchange(seen, next, Ordering::AcqRel, Ordering::Acquire)
+            {
+                Ok(_) => return true,
+                Err(now) => seen = now,
+            }
+        }
+    }
+
+    /// Gives back a slot [`Lookups::take`] took in this process.
+    fn give_back(&self) {
+        let me = u64::from(std::process::id());
+        let _ = self
+            .0
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |seen| {
+                (seen >> 32 == me && seen & 0xffff_ffff > 0).then(|| seen - 1)
+            });
+    }
+
+    /// Slots taken in this process.
+    #[cfg(test)]
+    fn running(&self) -> u64 {
+        let seen = self.0.load(Ordering::Acquire);
+        if seen >> 32 == u64::from(std::process::id()) {
+            seen & 0xffff_ffff
+        } else {
+            0
+        }
+    }
+}
 
 /// The most lookups left waiting at once (see [`resolve`]).
 const MAX_LOOKUPS: usize = 16;
@@ -76,10 +133,9 @@ fn lookup_before(
     host_port: &str,
     deadline: Instant,
     lookup: fn(&str) -> io::Result<Vec<SocketAddr>>,
-    waiting: &'static AtomicUsize,
+    waiting: &'static Lookups,
 ) -> io::Result<Vec<SocketAddr>> {
-    if waiting.fetch_add(1, Ordering::AcqRel) >= MAX_LOOKUPS {
-        waiting.fetch_sub(1, Ordering::AcqRel);
+    if !waiting.take() {
         return Err(io::Error::new(
             io::ErrorKind::WouldBlock,
             format!(
@@ -93,13 +149,13 @@ fn lookup_before(
         .name("nats-resolve".into())
         .spawn(move || {
             let found = lookup(&name);
-            waiting.fetch_sub(1, Ordering::AcqRel);
+            waiting.give_back();
             // The caller may have stopped waiting.
             let _ = tx.send(found);
         });
     if spawned.is_err() {
         // No thread to spare: look it up here, unbounded, rather than not at all.
-        waiting.fetch_sub(1, Ordering::AcqRel);
+        waiting.give_back();
         return lookup(host_port);
     }
     rx.recv_timeout(remaining(deadline)).unwrap_or_else(|_| {
@@ -404,7 +460,7 @@ mod tests {
 
     #[test]
     fn a_lookup_without_answer_is_given_up_at_the_deadline_and_few_are_left_waiting() {
-        static WAITING: AtomicUsize = AtomicUsize::new(0);
+        static WAITING: Lookups = Lookups::new();
         let name = "nats.example:4222";
         let started = Instant::now();
         let e = lookup_before(
@@ -427,7 +483,7 @@ mod tests {
             let e = lookup_before(name, Instant::now(), gated, &WAITING).unwrap_err();
             assert_eq!(e.kind(), io::ErrorKind::TimedOut);
         }
-        assert_eq!(WAITING.load(Ordering::Acquire), MAX_LOOKUPS);
+        assert_eq!(WAITING.running(), MAX_LOOKUPS as u64);
         let soon = later(Instant::now(), Duration::from_secs(5));
         let e = lookup_before(name, soon, answers, &WAITING).unwrap_err();
         assert_eq!(e.kind(), io::ErrorKind::WouldBlock);
@@ -437,7 +493,7 @@ mod tests {
         *GATE.lock().unwrap() = true;
         OPENED.notify_all();
         let until = later(Instant::now(), Duration::from_secs(10));
-        while WAITING.load(Ordering::Acquire) > 0 {
+        while WAITING.running() > 0 {
             assert!(Instant::now() < until, "the lookups never ended");
             thread::sleep(Duration::from_millis(5));
         }
@@ -446,6 +502,26 @@ mod tests {
             lookup_before(name, soon, answers, &WAITING).unwrap(),
             [ANSWER]
         );
+    }
+
+    #[test]
+    fn a_count_left_by_another_process_is_not_this_ones() {
+        // What a child forked while its parent's lookups ran finds: the parent's id and
+        // all its slots taken. The child's own count starts from zero.
+        let parent = u64::from(std::process::id()) ^ 1;
+        let inherited = Lookups(AtomicU64::new((parent << 32) | MAX_LOOKUPS as u64));
+        assert_eq!(inherited.running(), 0);
+        assert!(inherited.take());
+        assert_eq!(inherited.running(), 1);
+        inherited.give_back();
+        assert_eq!(inherited.running(), 0);
+        // Given back once too often: it stays at zero.
+        inherited.give_back();
+        assert_eq!(inherited.running(), 0);
+        for _ in 0..MAX_LOOKUPS {
+            assert!(inherited.take());
+        }
+        assert!(!inherited.take());
     }
 
     #[test]
