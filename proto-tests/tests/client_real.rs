@@ -1055,3 +1055,72 @@ fn a_verbose_pedantic_connection_takes_every_ok_and_loses_nothing() {
     let oks = log.lines().filter(|l| l.ends_with("->> [OK]")).count();
     assert!(oks >= 1002, "{oks} +OK in the trace");
 }
+
+#[test]
+fn a_user_whose_jwt_expires_mid_connection_is_told_so() {
+    let jwt = JwtSetup::new();
+    let server = ServerConfig::new().operator_mode(&jwt).start();
+    let dir = std::env::temp_dir().join(format!("arn-expiring-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let path = dir.join("expiring.creds");
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs() as i64;
+    let user = jwt.user_with("expiring", serde_json::json!({}), Some(now + 3));
+    std::fs::write(&path, user.creds()).unwrap();
+    let (tx, rx) = std::sync::mpsc::channel();
+    let client = Options::new()
+        .servers(&server.url())
+        .unwrap()
+        .credentials_file(&path)
+        .allow_reconnect(false)
+        .event_callback(move |e| {
+            let _ = tx.send(e);
+        })
+        .connect()
+        .unwrap();
+    client.flush(WAIT).unwrap();
+    // The server ends the connection when the JWT expires, saying why.
+    let mut said = None;
+    while let Ok(e) = rx.recv_timeout(WAIT) {
+        match e {
+            ansible_runner_nats::client::Event::ServerError(text) => said = Some(text),
+            ansible_runner_nats::client::Event::Closed => break,
+            _ => {}
+        }
+    }
+    assert_eq!(said.as_deref(), Some("User Authentication Expired"));
+    assert!(client.is_closed());
+    assert_eq!(
+        client.last_error().as_deref(),
+        Some("the server closed the connection after: auth: user authentication expired")
+    );
+    assert!(matches!(client.publish("x", b""), Err(Error::Closed)));
+    std::fs::remove_dir_all(&dir).unwrap();
+}
+
+#[test]
+fn when_no_server_of_several_answers_the_last_reason_is_kept() {
+    let ports = [proto_tests::free_port(), proto_tests::free_port()];
+    let urls = format!(
+        "nats://127.0.0.1:{},nats://127.0.0.1:{}",
+        ports[0], ports[1]
+    );
+    let err = Options::new()
+        .servers(&urls)
+        .unwrap()
+        .connect()
+        .unwrap_err();
+    match &err {
+        Error::NoServers(last) => assert!(matches!(**last, Error::Io { .. }), "{last:?}"),
+        other => panic!("expected NoServers, got {other:?}"),
+    }
+    let text = err.to_string();
+    assert!(
+        text.starts_with(
+            "connect: no server could be reached; last: io: connect to nats://127.0.0.1:"
+        ),
+        "{text}"
+    );
+}
