@@ -971,13 +971,21 @@ fn an_automatic_unsubscribe_counts_from_the_subscribe_as_the_server_does() {
 #[test]
 fn messages_a_slow_consumer_dropped_count_toward_the_limit() {
     let server = ServerConfig::new().start();
+    let slow = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+    let seen = std::sync::Arc::clone(&slow);
     let client = Options::new()
         .servers(&server.url())
         .unwrap()
         .subscription_capacity(1)
+        .event_callback(move |e| {
+            if let ansible_runner_nats::client::Event::SlowConsumer { sid } = e {
+                seen.lock().unwrap().push(sid);
+            }
+        })
         .connect()
         .unwrap();
     let sub = client.subscribe("slow.>").unwrap();
+    let sid = sub.sid();
     sub.unsubscribe_after(3).unwrap();
     for i in 0..5 {
         client.publish("slow.x", i.to_string().as_bytes()).unwrap();
@@ -989,6 +997,11 @@ fn messages_a_slow_consumer_dropped_count_toward_the_limit() {
     assert_eq!(got, [b"0"]);
     assert_eq!(client.statistics().slow_consumer_drops, 2);
     client.close().unwrap();
+    assert_eq!(
+        *slow.lock().unwrap(),
+        [sid, sid],
+        "one event per dropped message"
+    );
 }
 
 #[test]
