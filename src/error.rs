@@ -41,6 +41,9 @@ pub enum ProtoError {
     SubjectNotUtf8 {
         /// The bytes of the whole message, control line and payload.
         frame: usize,
+        /// The subscription it was for (`MSG`/`HMSG`; 0 for `PUB`/`HPUB`): the server
+        /// counted it as delivered there.
+        sid: u64,
     },
 }
 
@@ -62,7 +65,7 @@ impl fmt::Display for ProtoError {
             }
             ProtoError::BadJson => f.write_str("invalid JSON"),
             ProtoError::BadHeader(what) => write!(f, "bad header block: {what}"),
-            ProtoError::SubjectNotUtf8 { frame } => {
+            ProtoError::SubjectNotUtf8 { frame, .. } => {
                 write!(f, "a message's subject is not UTF-8 ({frame} bytes)")
             }
         }

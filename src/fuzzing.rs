@@ -100,7 +100,7 @@ fn outcome<T>(parsed: Result<Status<(T, usize)>, ProtoError>) -> Outcome {
 fn frame_len(parsed: &Outcome) -> Option<usize> {
     match parsed {
         Ok(Status::Complete(used)) => Some(*used),
-        Err(ProtoError::SubjectNotUtf8 { frame }) => Some(*frame),
+        Err(ProtoError::SubjectNotUtf8 { frame, .. }) => Some(*frame),
         _ => None,
     }
 }

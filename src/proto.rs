@@ -622,7 +622,7 @@ fn message_op<'a>(
         std::str::from_utf8(subject),
         reply.map(std::str::from_utf8).transpose(),
     ) else {
-        return Err(ProtoError::SubjectNotUtf8 { frame: used });
+        return Err(ProtoError::SubjectNotUtf8 { frame: used, sid });
     };
     let (header, payload) = match hdr {
         Some(h) => {
@@ -1090,7 +1090,7 @@ mod tests {
             // Whole, and so skippable: its length is in the error.
             (
                 b"MSG \xff 1 1\r\na\r\n".to_vec(),
-                ProtoError::SubjectNotUtf8 { frame: 14 },
+                ProtoError::SubjectNotUtf8 { frame: 14, sid: 1 },
             ),
         ];
         for (bytes, want) in table {

@@ -1080,7 +1080,7 @@ fn a_user_whose_jwt_expires_mid_connection_is_told_so() {
         .duration_since(std::time::UNIX_EPOCH)
         .unwrap()
         .as_secs() as i64;
-    let user = jwt.user_with("expiring", serde_json::json!({}), Some(now + 3));
+    let user = jwt.user_with("expiring", serde_json::json!({}), Some(now + 6));
     std::fs::write(&path, user.creds()).unwrap();
     let (tx, rx) = std::sync::mpsc::channel();
     let client = Options::new()
@@ -1136,4 +1136,87 @@ fn when_no_server_of_several_answers_the_last_reason_is_kept() {
         ),
         "{text}"
     );
+}
+
+#[test]
+fn a_limit_set_while_messages_are_on_their_way_counts_what_the_server_sent() {
+    // The reader is held in an event callback while the server delivers past the limit
+    // set meanwhile; nats-server, told a count it has passed, ends its subscription at
+    // once. The client ends its own at the same count: the first message, whose subject
+    // is not UTF-8, is dropped but counted, as the server counted it.
+    let server = ServerConfig::new().start();
+    let (held_tx, held_rx) = std::sync::mpsc::channel::<()>();
+    let (go_tx, go_rx) = std::sync::mpsc::channel::<()>();
+    let go_rx = std::sync::Mutex::new(go_rx);
+    let client = Options::new()
+        .servers(&server.url())
+        .unwrap()
+        .event_callback(move |e| {
+            if let ansible_runner_nats::client::Event::ServerError(text) = e {
+                if text.contains("not UTF-8") {
+                    let _ = held_tx.send(());
+                    let _ = go_rx.lock().unwrap().recv_timeout(WAIT);
+                }
+            }
+        })
+        .connect()
+        .unwrap();
+    let sub = client.subscribe("late.>").unwrap();
+    server.wait_for_subscription("late.>", WAIT);
+    raw_publish(&server.url(), b"PUB late.\xff 1\r\nx\r\n");
+    held_rx.recv_timeout(WAIT).expect("the reader held");
+    let publisher = connect(&server.url());
+    for i in 2..=5 {
+        publisher
+            .publish("late.x", format!("{i}").as_bytes())
+            .unwrap();
+    }
+    publisher.flush(WAIT).unwrap();
+    // Three in all; the server has sent five by now.
+    sub.unsubscribe_after(3).unwrap();
+    // The server has sent five: it ends the subscription at once.
+    proto_tests::wait_until(WAIT, "the server to end the subscription", || {
+        !server.has_subscription("late.>")
+    });
+    go_tx.send(()).unwrap();
+    let got = drain_until_end(sub, WAIT).expect("the subscription ended at its limit");
+    assert_eq!(got, [b"2", b"3"]);
+    client.close().unwrap();
+    publisher.close().unwrap();
+}
+
+#[test]
+fn a_limit_beyond_what_the_server_reads_is_kept_by_the_client_and_can_be_lowered_not_raised() {
+    let server = ServerConfig::new().start();
+    let client = connect(&server.url());
+    let sub = client.subscribe("big.>").unwrap();
+    // Ten digits: nats-server would read no count at all and end the subscription at once.
+    sub.unsubscribe_after(5_000_000_000).unwrap();
+    client.flush(WAIT).unwrap();
+    assert_eq!(server_subscription_max(&server, "big.>"), Some(0));
+    for i in 0..3 {
+        client.publish("big.x", format!("{i}").as_bytes()).unwrap();
+    }
+    client.flush(WAIT).unwrap();
+    for i in 0..3 {
+        assert_eq!(
+            sub.next_timeout(WAIT).unwrap().payload,
+            format!("{i}").as_bytes()
+        );
+    }
+    match sub.unsubscribe_after(6_000_000_000) {
+        Err(Error::Config(text)) => assert!(text.contains("lowered, not raised"), "{text}"),
+        other => panic!("expected a refusal, got {other:?}"),
+    }
+    // Lowered to 4: the server is told, and ends it after one more.
+    sub.unsubscribe_after(4).unwrap();
+    client.flush(WAIT).unwrap();
+    assert_eq!(server_subscription_max(&server, "big.>"), Some(4));
+    for i in 3..6 {
+        client.publish("big.x", format!("{i}").as_bytes()).unwrap();
+    }
+    client.flush(WAIT).unwrap();
+    let got = drain_until_end(sub, WAIT).expect("ended at the lowered limit");
+    assert_eq!(got, [b"3"]);
+    client.close().unwrap();
 }

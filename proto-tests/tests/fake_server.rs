@@ -33,7 +33,7 @@ enum Seen {
         payload: Vec<u8>,
     },
     Sub(String, u64),
-    Unsub(u64),
+    Unsub(u64, Option<u64>),
     Ping,
     Pong,
 }
@@ -89,7 +89,7 @@ impl FakeConn {
                         payload: payload.to_vec(),
                     },
                     ClientOp::Sub { subject, sid, .. } => Seen::Sub(subject.into(), sid),
-                    ClientOp::Unsub { sid, .. } => Seen::Unsub(sid),
+                    ClientOp::Unsub { sid, max } => Seen::Unsub(sid, max),
                     ClientOp::Ping => Seen::Ping,
                     ClientOp::Pong => Seen::Pong,
                 };
@@ -630,6 +630,51 @@ fn subscriptions_receive_msg_and_hmsg() {
     let headers = second.headers.expect("headers");
     assert_eq!(headers.get_all("A").collect::<Vec<_>>(), ["1", "2"]);
     assert!(second.payload.is_empty());
+    drop(client);
+    server.join().unwrap();
+}
+
+/// A MSG for `sid` carrying `payload`, encoded.
+fn msg_for(sid: u64, payload: &[u8]) -> Vec<u8> {
+    let mut out = Vec::new();
+    ServerOp::Msg(ansible_runner_nats::proto::Msg {
+        subject: "limited.x",
+        sid,
+        reply: None,
+        header: None,
+        payload,
+    })
+    .encode(&mut out);
+    out
+}
+
+#[test]
+fn a_subscription_ended_at_its_limit_by_the_client_is_ended_on_the_server_too() {
+    // A server that does not end it by itself (as an older nats-server, or one that was
+    // told a count too large to read): the client tells it, once the limit is reached.
+    let (url, server) = fake_server(|mut conn| {
+        conn.handshake(basic_info());
+        let Seen::Sub(_, sid) = conn.next() else {
+            panic!("expected SUB")
+        };
+        // The first limit has ten digits, more than nats-server reads: no count is sent.
+        conn.stream.write_all(&msg_for(sid, b"0")).unwrap();
+        // Lowered to 2 once one came: UNSUB sid 2, which this server ignores.
+        assert_eq!(conn.next(), Seen::Unsub(sid, Some(2)));
+        let mut out = msg_for(sid, b"1");
+        out.extend(msg_for(sid, b"2"));
+        conn.stream.write_all(&out).unwrap();
+        // The limit reached: a plain UNSUB.
+        assert_eq!(conn.next(), Seen::Unsub(sid, None));
+        conn.serve_until_closed();
+    });
+    let client = Options::new().servers(&url).unwrap().connect().unwrap();
+    let sub = client.subscribe("limited.>").unwrap();
+    sub.unsubscribe_after(5_000_000_000).unwrap();
+    assert_eq!(sub.next_timeout(STEP).unwrap().payload, b"0");
+    sub.unsubscribe_after(2).unwrap();
+    let rest: Vec<Vec<u8>> = sub.iter().map(|m| m.payload).collect();
+    assert_eq!(rest, [b"1"]);
     drop(client);
     server.join().unwrap();
 }

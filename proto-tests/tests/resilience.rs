@@ -641,10 +641,11 @@ fn an_automatic_unsubscribe_asks_the_next_server_for_what_is_left() {
             .and_then(|l| l.iter().find(|s| s["subject"] == "left.>"))
             .map(|s| s["max"].as_u64().unwrap_or(0))
     };
-    wait_until(WAIT, "the subscription on the new server", || {
-        max().is_some()
-    });
-    assert_eq!(max(), Some(3));
+    wait_until(
+        WAIT,
+        "the subscription and its count on the new server",
+        || max() == Some(3),
+    );
     for i in 2..8 {
         client.publish("left.x", format!("{i}").as_bytes()).unwrap();
     }

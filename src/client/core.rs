@@ -127,11 +127,44 @@ impl Sub {
         }
     }
 
-    /// The limit for the server's `UNSUB <sid> <max>`, which counts from the current
-    /// connection's SUB; `None` without a limit, or once it is reached.
+    /// Whether its limit is reached.
+    pub(crate) fn limit_reached(&self) -> bool {
+        self.max.is_some_and(|max| self.delivered >= max)
+    }
+
+    /// Counts a message the server delivered to it; true when that reached its limit.
+    fn count_delivered(&mut self) -> bool {
+        self.delivered += 1;
+        self.limit_reached()
+    }
+
+    /// The count for the server's `UNSUB <sid> <max>`, which counts from the current
+    /// connection's SUB. `None` without a limit, once it is reached, or when the count
+    /// is beyond what nats-server reads ([`MAX_UNSUB_COUNT`]): the client alone then
+    /// enforces it, and ends the server's subscription when it is reached.
     pub(crate) fn server_max(&self) -> Option<u64> {
         let max = self.max?;
-        (max > self.delivered).then(|| max - self.delivered_before)
+        if max <= self.delivered {
+            return None;
+        }
+        Some(max - self.delivered_before).filter(|n| *n <= MAX_UNSUB_COUNT)
+    }
+}
+
+/// The largest count nats-server reads in `UNSUB <sid> <max>`: nine digits. It reads a
+/// longer one as none at all, and ends the subscription at once.
+pub(crate) const MAX_UNSUB_COUNT: u64 = 999_999_999;
+
+/// A subscription that reached its limit: out of the table (its queue ends once drained),
+/// and the server told to end it too. The server ends it by itself at the count it was
+/// given, but not when the count came late (it had already sent as many) or was never
+/// sent (too large): then its subscription would stay until the connection closes.
+/// Takes `state` alone (the caller holds no lock): the order state, then subs, holds.
+fn end_at_limit(shared: &Shared, sid: u64) {
+    lock(&shared.subs).remove(&sid);
+    let mut st = shared.state();
+    if st.phase == Phase::Connected {
+        shared.queue_control(&mut st, ClientOp::Unsub { sid, max: None }, false);
     }
 }
 
@@ -1039,8 +1072,15 @@ fn reader_loop(shared: &Shared, mut r: ReadHalf, mut buf: Vec<u8>, generation: u
                 Ok(Status::Partial) => break,
                 // No subscriber could be given it (subjects are text here); the rest of
                 // the stream is fine.
-                Err(ProtoError::SubjectNotUtf8 { frame }) => {
+                Err(ProtoError::SubjectNotUtf8 { frame, sid }) => {
                     start += frame;
+                    // The server counted it toward the subscription's limit.
+                    let ended = lock(&shared.subs)
+                        .get_mut(&sid)
+                        .is_some_and(|sub| sub.count_delivered());
+                    if ended {
+                        end_at_limit(shared, sid);
+                    }
                     shared.emit(Event::ServerError(
                         "a message whose subject is not UTF-8 was dropped".into(),
                     ));
@@ -1281,8 +1321,7 @@ fn route(shared: &Shared, msg: Msg<'_>) -> [Option<Event>; 2] {
         }
     };
     let sent = tx.try_send(message);
-    sub.delivered += 1;
-    let ended = sub.max.is_some_and(|max| sub.delivered >= max);
+    let ended = sub.count_delivered();
     let slow = match sent {
         Ok(()) => None,
         Err(TrySendError::Full(_)) => {
@@ -1296,7 +1335,8 @@ fn route(shared: &Shared, msg: Msg<'_>) -> [Option<Event>; 2] {
         }
     };
     if ended {
-        subs.remove(&msg.sid);
+        drop(subs);
+        end_at_limit(shared, msg.sid);
     }
     [malformed, slow]
 }

@@ -685,7 +685,8 @@ impl Subscription {
 
     /// Waits for the next message, as long as it takes; `None` once the subscription has
     /// ended and every message received before has been taken ([`Subscription::next_timeout`]
-    /// tells why it ended).
+    /// tells why it ended). Not from the event callback: it runs on the thread that
+    /// delivers the messages, which would wait for itself.
     pub fn recv(&self) -> Option<Message> {
         self.rx.recv().ok()
     }
@@ -715,29 +716,37 @@ impl Subscription {
     /// the subscribe (NATS's `UNSUB <sid> <max>`; nats.go's `AutoUnsubscribe`): the
     /// server stops sending there, the client ends it when the last one arrives, and a
     /// reconnect asks the new server for what is left. If `max` came already, it ends now.
-    /// Messages a slow consumer dropped count: the server delivered them.
+    /// Messages a slow consumer dropped count: the server delivered them. A limit can be
+    /// lowered, not raised ([`Error::Config`]): the server may have ended the subscription
+    /// at the first one already. Beyond 999,999,999 (more digits than nats-server reads)
+    /// the client alone counts, and ends the server's subscription at the limit.
     pub fn unsubscribe_after(&self, max: u64) -> Result<()> {
         // The state first, as a reconnect takes them: its SUB and this UNSUB cannot cross.
         let mut st = self.shared.state();
         check_open(&st)?;
-        let server_max = {
+        // What to tell the server: `Some(None)` a plain UNSUB, `Some(Some(n))` UNSUB n.
+        let unsub = {
             let mut subs = lock(&self.shared.subs);
             let Some(sub) = subs.get_mut(&self.sid) else {
                 // Ended already: its limit, or the server's refusal.
                 return Ok(());
             };
-            sub.max = Some(max);
-            let server_max = sub.server_max();
-            if server_max.is_none() {
-                subs.remove(&self.sid);
+            if let Some(set) = sub.max.filter(|set| max > *set) {
+                return Err(Error::Config(format!(
+                    "subscription {}: its limit is {set} messages; a limit can be lowered, not raised (the server may have ended it at {set} already)",
+                    self.sid
+                )));
             }
-            server_max
+            sub.max = Some(max);
+            if sub.limit_reached() {
+                subs.remove(&self.sid);
+                Some(None)
+            } else {
+                sub.server_max().map(Some)
+            }
         };
-        if st.phase == Phase::Connected {
-            let op = ClientOp::Unsub {
-                sid: self.sid,
-                max: server_max,
-            };
+        if let (Some(max), Phase::Connected) = (unsub, st.phase) {
+            let op = ClientOp::Unsub { sid: self.sid, max };
             self.shared.queue_control(&mut st, op, false);
         }
         Ok(())

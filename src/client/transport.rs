@@ -126,6 +126,15 @@ fn system_lookup(host_port: &str) -> io::Result<Vec<SocketAddr>> {
     Ok(host_port.to_socket_addrs()?.collect())
 }
 
+/// A slot taken from [`Lookups`], given back on drop.
+struct Slot(&'static Lookups);
+
+impl Drop for Slot {
+    fn drop(&mut self) {
+        self.0.give_back();
+    }
+}
+
 /// `lookup(host_port)` on a thread of its own, waited for until `deadline`. A lookup that
 /// takes longer is left to finish on its own; `waiting` counts those still running, and
 /// once [`MAX_LOOKUPS`] are, a new one is refused at once rather than piling up threads.
@@ -148,10 +157,10 @@ fn lookup_before(
     let spawned = thread::Builder::new()
         .name("nats-resolve".into())
         .spawn(move || {
-            let found = lookup(&name);
-            waiting.give_back();
+            // Given back however the lookup ends, a panic included.
+            let _slot = Slot(waiting);
             // The caller may have stopped waiting.
-            let _ = tx.send(found);
+            let _ = tx.send(lookup(&name));
         });
     if spawned.is_err() {
         // No thread to spare: look it up here, unbounded, rather than not at all.
