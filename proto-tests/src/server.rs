@@ -518,6 +518,18 @@ impl NatsServer {
         })
     }
 
+    /// The count of `UNSUB <sid> <max>` this server holds for a client's subscription on
+    /// exactly `subject` (0 for none), from `/subsz?subs=1`; `None` when it has no such
+    /// subscription.
+    pub fn subscription_max(&self, subject: &str) -> Option<u64> {
+        let subsz = self.monitor("/subsz?subs=1");
+        subsz["subscriptions_list"]
+            .as_array()?
+            .iter()
+            .find(|s| s["subject"] == subject)
+            .map(|s| s["max"].as_u64().unwrap_or(0))
+    }
+
     /// Waits (bounded) until [`NatsServer::has_subscription`] is true.
     ///
     /// # Panics

@@ -888,17 +888,6 @@ fn an_expired_certificate_is_refused() {
     );
 }
 
-/// The `max` of the server's subscription on `subject` (its `UNSUB <sid> <max>`; 0 for
-/// none), or `None` when the server has no such subscription.
-fn server_subscription_max(server: &proto_tests::NatsServer, subject: &str) -> Option<u64> {
-    let subsz = server.monitor("/subsz?subs=1");
-    subsz["subscriptions_list"]
-        .as_array()?
-        .iter()
-        .find(|s| s["subject"] == subject)
-        .map(|s| s["max"].as_u64().unwrap_or(0))
-}
-
 /// Every message `sub` yields until it ends, on a thread of its own: `None` if it has not
 /// ended within `timeout`.
 fn drain_until_end(sub: Subscription, timeout: Duration) -> Option<Vec<Vec<u8>>> {
@@ -932,12 +921,12 @@ fn an_automatic_unsubscribe_counts_from_the_subscribe_as_the_server_does() {
     // Five in all: three more. The server is told 5, since it counts from the SUB too.
     sub.unsubscribe_after(5).unwrap();
     client.flush(WAIT).unwrap();
-    assert_eq!(server_subscription_max(&server, "auto.>"), Some(5));
+    assert_eq!(server.subscription_max("auto.>"), Some(5));
     publish(2..8);
     let got = drain_until_end(sub, WAIT).expect("the subscription ended at its limit");
     assert_eq!(got, [b"2", b"3", b"4"]);
     proto_tests::wait_until(WAIT, "the server to end the subscription", || {
-        server_subscription_max(&server, "auto.>").is_none()
+        server.subscription_max("auto.>").is_none()
     });
 
     // A limit already reached ends the subscription at once, on both sides.
@@ -955,7 +944,7 @@ fn an_automatic_unsubscribe_counts_from_the_subscribe_as_the_server_does() {
         "what came before the limit was set is still taken"
     );
     proto_tests::wait_until(WAIT, "the server to end the subscription", || {
-        server_subscription_max(&server, "now.>").is_none()
+        server.subscription_max("now.>").is_none()
     });
 
     // unsubscribe: the server's subscription goes too.
@@ -1193,7 +1182,7 @@ fn a_limit_beyond_what_the_server_reads_is_kept_by_the_client_and_can_be_lowered
     // Ten digits: nats-server would read no count at all and end the subscription at once.
     sub.unsubscribe_after(5_000_000_000).unwrap();
     client.flush(WAIT).unwrap();
-    assert_eq!(server_subscription_max(&server, "big.>"), Some(0));
+    assert_eq!(server.subscription_max("big.>"), Some(0));
     for i in 0..3 {
         client.publish("big.x", format!("{i}").as_bytes()).unwrap();
     }
@@ -1211,7 +1200,7 @@ fn a_limit_beyond_what_the_server_reads_is_kept_by_the_client_and_can_be_lowered
     // Lowered to 4: the server is told, and ends it after one more.
     sub.unsubscribe_after(4).unwrap();
     client.flush(WAIT).unwrap();
-    assert_eq!(server_subscription_max(&server, "big.>"), Some(4));
+    assert_eq!(server.subscription_max("big.>"), Some(4));
     for i in 3..6 {
         client.publish("big.x", format!("{i}").as_bytes()).unwrap();
     }

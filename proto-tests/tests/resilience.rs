@@ -634,13 +634,7 @@ fn an_automatic_unsubscribe_asks_the_next_server_for_what_is_left() {
     server.restart();
     wait_until(WAIT, "the reconnect", || events.count(is_reconnected) == 1);
     // The new server counts from the new SUB: it is asked for the three left.
-    let max = || {
-        let subsz = server.monitor("/subsz?subs=1");
-        subsz["subscriptions_list"]
-            .as_array()
-            .and_then(|l| l.iter().find(|s| s["subject"] == "left.>"))
-            .map(|s| s["max"].as_u64().unwrap_or(0))
-    };
+    let max = || server.subscription_max("left.>");
     wait_until(
         WAIT,
         "the subscription and its count on the new server",
