@@ -159,13 +159,15 @@ pub(crate) const MAX_UNSUB_COUNT: u64 = 999_999_999;
 /// and the server told to end it too. The server ends it by itself at the count it was
 /// given, but not when the count came late (it had already sent as many) or was never
 /// sent (too large): then its subscription would stay until the connection closes.
-/// Takes `state` alone (the caller holds no lock): the order state, then subs, holds.
+/// The UNSUB is queued before the subscription leaves the table: its end (the queue's
+/// last message taken) may be what the caller waits for before closing, and the UNSUB
+/// must go before the close's PING. The caller holds no lock; state, then subs.
 fn end_at_limit(shared: &Shared, sid: u64) {
-    lock(&shared.subs).remove(&sid);
     let mut st = shared.state();
     if st.phase == Phase::Connected {
         shared.queue_control(&mut st, ClientOp::Unsub { sid, max: None }, false);
     }
+    lock(&shared.subs).remove(&sid);
 }
 
 /// A request waiting for its reply (see [`Shared::replies`]).
