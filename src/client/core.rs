@@ -164,9 +164,7 @@ pub(crate) const MAX_UNSUB_COUNT: u64 = 999_999_999;
 /// must go before the close's PING. The caller holds no lock; state, then subs.
 fn end_at_limit(shared: &Shared, sid: u64) {
     let mut st = shared.state();
-    if st.phase == Phase::Connected {
-        shared.queue_control(&mut st, ClientOp::Unsub { sid, max: None }, false);
-    }
+    shared.queue_unsub(&mut st, sid, None);
     lock(&shared.subs).remove(&sid);
 }
 
@@ -420,6 +418,14 @@ impl Shared {
         let mut st = self.state();
         if st.out_since.take().is_some() {
             self.work.notify_one();
+        }
+    }
+
+    /// Queues `UNSUB <sid> [max]` on a live connection. While reconnecting there is no
+    /// server subscription to end: the table decides what the next connection gets.
+    pub(crate) fn queue_unsub(&self, st: &mut State, sid: u64, max: Option<u64>) {
+        if st.phase == Phase::Connected {
+            self.queue_control(st, ClientOp::Unsub { sid, max }, false);
         }
     }
 

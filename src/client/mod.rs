@@ -745,9 +745,8 @@ impl Subscription {
                 sub.server_max().map(Some)
             }
         };
-        if let (Some(max), Phase::Connected) = (unsub, st.phase) {
-            let op = ClientOp::Unsub { sid: self.sid, max };
-            self.shared.queue_control(&mut st, op, false);
+        if let Some(max) = unsub {
+            self.shared.queue_unsub(&mut st, self.sid, max);
         }
         Ok(())
     }
@@ -762,11 +761,7 @@ impl Subscription {
     fn send_unsub(&self, max: Option<u64>) -> Result<()> {
         let mut st = self.shared.state();
         check_open(&st)?;
-        // While reconnecting there is no server subscription to end; the table decides.
-        if st.phase == Phase::Connected {
-            let op = ClientOp::Unsub { sid: self.sid, max };
-            self.shared.queue_control(&mut st, op, false);
-        }
+        self.shared.queue_unsub(&mut st, self.sid, max);
         Ok(())
     }
 }

@@ -272,8 +272,8 @@ impl Options {
     /// what was published is written and confirmed within it, and at its end the
     /// connection is shut down, even in the middle of a write to a server that stopped
     /// reading or of a handshake; only a TCP connect or a name lookup under way is not cut
-    /// short (it ends within the connect timeout). [`crate::client::Client::flush`] takes a timeout of
-    /// its own. Default: 10 s.
+    /// short (it ends within the connect timeout). [`crate::client::Client::flush`] takes a
+    /// timeout of its own. Default: 10 s.
     pub fn flush_timeout(mut self, timeout: Duration) -> Options {
         self.flush_timeout = timeout;
         self

@@ -59,16 +59,21 @@ impl Lookups {
         Lookups(AtomicU64::new(0))
     }
 
+    /// The slots `word` says are taken in the process `me`.
+    fn taken_in(word: u64, me: u64) -> u64 {
+        if word >> 32 == me {
+            word & 0xffff_ffff
+        } else {
+            0
+        }
+    }
+
     /// Takes a slot, unless [`MAX_LOOKUPS`] are taken in this process.
     fn take(&self) -> bool {
         let me = u64::from(std::process::id());
         let mut seen = self.0.load(Ordering::Acquire);
         loop {
-            let running = if seen >> 32 == me {
-                seen & 0xffff_ffff
-            } else {
-                0
-            };
+            let running = Self::taken_in(seen, me);
             if running >= MAX_LOOKUPS as u64 {
                 return false;
             }
@@ -89,19 +94,17 @@ impl Lookups {
         let _ = self
             .0
             .fetch_update(Ordering::AcqRel, Ordering::Acquire, |seen| {
-                (seen >> 32 == me && seen & 0xffff_ffff > 0).then(|| seen - 1)
+                (Self::taken_in(seen, me) > 0).then(|| seen - 1)
             });
     }
 
     /// Slots taken in this process.
     #[cfg(test)]
     fn running(&self) -> u64 {
-        let seen = self.0.load(Ordering::Acquire);
-        if seen >> 32 == u64::from(std::process::id()) {
-            seen & 0xffff_ffff
-        } else {
-            0
-        }
+        Self::taken_in(
+            self.0.load(Ordering::Acquire),
+            u64::from(std::process::id()),
+        )
     }
 }
 
@@ -152,19 +155,20 @@ fn lookup_before(
             ),
         ));
     }
+    // Given back however the lookup ends (a panic included), or with the closure when
+    // no thread could be started for it.
+    let slot = Slot(waiting);
     let (tx, rx) = mpsc::sync_channel(1);
     let name = host_port.to_owned();
     let spawned = thread::Builder::new()
         .name("nats-resolve".into())
         .spawn(move || {
-            // Given back however the lookup ends, a panic included.
-            let _slot = Slot(waiting);
+            let _slot = slot;
             // The caller may have stopped waiting.
             let _ = tx.send(lookup(&name));
         });
     if spawned.is_err() {
         // No thread to spare: look it up here, unbounded, rather than not at all.
-        waiting.give_back();
         return lookup(host_port);
     }
     rx.recv_timeout(remaining(deadline)).unwrap_or_else(|_| {
