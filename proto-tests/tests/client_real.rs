@@ -4,7 +4,7 @@
 use std::time::Duration;
 
 use ansible_runner_nats::auth::Auth;
-use ansible_runner_nats::client::{Client, Options, Subscription};
+use ansible_runner_nats::client::{Client, Event, Options, Subscription};
 use ansible_runner_nats::headers::HeaderMap;
 use ansible_runner_nats::Error;
 use proto_tests::{JwtSetup, PySubOptions, PySubscriber, ServerConfig, TlsFiles};
@@ -26,6 +26,17 @@ fn connect_as(url: &str, user: &str, password: &str) -> Client {
         .user_password(user, password)
         .connect()
         .unwrap_or_else(|e| panic!("connect to {url} as {user}: {e}"))
+}
+
+/// Every event the client reports, in order, as the test sees them.
+type Recorded = std::sync::Arc<std::sync::Mutex<Vec<Event>>>;
+
+/// `opts` with an event callback that records every event, and the record.
+fn recording(opts: Options) -> (Options, Recorded) {
+    let record = Recorded::default();
+    let sink = std::sync::Arc::clone(&record);
+    let opts = opts.event_callback(move |e| sink.lock().unwrap().push(e));
+    (opts, record)
 }
 
 /// Publishes one message and checks the independent subscriber got exactly it.
@@ -132,14 +143,8 @@ fn raw_publish(url: &str, frames: &[u8]) {
 #[test]
 fn what_the_server_relays_from_other_publishers_never_ends_the_connection() {
     let server = ServerConfig::new().start();
-    let events = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
-    let sink = std::sync::Arc::clone(&events);
-    let client = Options::new()
-        .servers(&server.url())
-        .unwrap()
-        .event_callback(move |e| sink.lock().unwrap().push(format!("{e:?}")))
-        .connect()
-        .unwrap();
+    let (opts, events) = recording(Options::new().servers(&server.url()).unwrap());
+    let client = opts.connect().unwrap();
     let sub = client.subscribe("u.>").unwrap();
     client.flush(WAIT).unwrap();
     // A subject that is not UTF-8 (nats-server relays the bytes as they are), then a
@@ -161,7 +166,12 @@ fn what_the_server_relays_from_other_publishers_never_ends_the_connection() {
         "u.ok"
     );
     client.flush(WAIT).unwrap();
-    let seen = events.lock().unwrap().clone();
+    let seen: Vec<String> = events
+        .lock()
+        .unwrap()
+        .iter()
+        .map(|e| format!("{e:?}"))
+        .collect();
     assert!(
         !seen.iter().any(|e| e.starts_with("Disconnected")),
         "{seen:?}"
@@ -960,19 +970,13 @@ fn an_automatic_unsubscribe_counts_from_the_subscribe_as_the_server_does() {
 #[test]
 fn messages_a_slow_consumer_dropped_count_toward_the_limit() {
     let server = ServerConfig::new().start();
-    let slow = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
-    let seen = std::sync::Arc::clone(&slow);
-    let client = Options::new()
-        .servers(&server.url())
-        .unwrap()
-        .subscription_capacity(1)
-        .event_callback(move |e| {
-            if let ansible_runner_nats::client::Event::SlowConsumer { sid } = e {
-                seen.lock().unwrap().push(sid);
-            }
-        })
-        .connect()
-        .unwrap();
+    let (opts, events) = recording(
+        Options::new()
+            .servers(&server.url())
+            .unwrap()
+            .subscription_capacity(1),
+    );
+    let client = opts.connect().unwrap();
     let sub = client.subscribe("slow.>").unwrap();
     let sid = sub.sid();
     sub.unsubscribe_after(3).unwrap();
@@ -986,11 +990,16 @@ fn messages_a_slow_consumer_dropped_count_toward_the_limit() {
     assert_eq!(got, [b"0"]);
     assert_eq!(client.statistics().slow_consumer_drops, 2);
     client.close().unwrap();
-    assert_eq!(
-        *slow.lock().unwrap(),
-        [sid, sid],
-        "one event per dropped message"
-    );
+    let slow: Vec<u64> = events
+        .lock()
+        .unwrap()
+        .iter()
+        .filter_map(|e| match e {
+            Event::SlowConsumer { sid } => Some(*sid),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(slow, [sid, sid], "one event per dropped message");
 }
 
 #[test]
@@ -998,21 +1007,15 @@ fn a_verbose_pedantic_connection_takes_every_ok_and_loses_nothing() {
     // The server's trace shows what was asked and what it answered.
     let server = ServerConfig::new().extra("trace: true").start();
     let mut py = PySubscriber::start(&server.url(), "loud.>");
-    let errors = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
-    let seen = std::sync::Arc::clone(&errors);
-    let client = Options::new()
-        .servers(&server.url())
-        .unwrap()
-        .name("loud")
-        .verbose(true)
-        .pedantic(true)
-        .event_callback(move |e| {
-            if let ansible_runner_nats::client::Event::ServerError(text) = e {
-                seen.lock().unwrap().push(text);
-            }
-        })
-        .connect()
-        .unwrap();
+    let (opts, events) = recording(
+        Options::new()
+            .servers(&server.url())
+            .unwrap()
+            .name("loud")
+            .verbose(true)
+            .pedantic(true),
+    );
+    let client = opts.connect().unwrap();
     let own = client.subscribe("loud.*").unwrap();
     let mut h = HeaderMap::new();
     h.append("n", "1").unwrap();
@@ -1039,11 +1042,14 @@ fn a_verbose_pedantic_connection_takes_every_ok_and_loses_nothing() {
         .unwrap_or_else(|| panic!("our connection in {connz}"));
     assert_eq!(ours["subscriptions"], 1, "{ours}");
     client.close().unwrap();
-    assert!(
-        errors.lock().unwrap().is_empty(),
-        "{:?}",
-        errors.lock().unwrap()
-    );
+    let errors: Vec<Event> = events
+        .lock()
+        .unwrap()
+        .iter()
+        .filter(|e| matches!(e, Event::ServerError(_)))
+        .cloned()
+        .collect();
+    assert!(errors.is_empty(), "{errors:?}");
     let log = server.log();
     let connect = log
         .lines()
@@ -1087,8 +1093,8 @@ fn a_user_whose_jwt_expires_mid_connection_is_told_so() {
     let mut said = None;
     while let Ok(e) = rx.recv_timeout(WAIT) {
         match e {
-            ansible_runner_nats::client::Event::ServerError(text) => said = Some(text),
-            ansible_runner_nats::client::Event::Closed => break,
+            Event::ServerError(text) => said = Some(text),
+            Event::Closed => break,
             _ => {}
         }
     }
@@ -1141,7 +1147,7 @@ fn a_limit_set_while_messages_are_on_their_way_counts_what_the_server_sent() {
         .servers(&server.url())
         .unwrap()
         .event_callback(move |e| {
-            if let ansible_runner_nats::client::Event::ServerError(text) = e {
+            if let Event::ServerError(text) = e {
                 if text.contains("not UTF-8") {
                     let _ = held_tx.send(());
                     let _ = go_rx.lock().unwrap().recv_timeout(WAIT);
