@@ -2,6 +2,10 @@
 //! time covers the server having read everything. Ours, the legacy sync `nats` crate,
 //! `async-nats` on tokio, nats-py (`bench/py/pub_nats_py.py`), and pre-encoded PUB frames
 //! written straight to a socket (the practical limit: the server's ingest).
+//!
+//! Where the server's ingest is the limit, every client reaches about the same rate, and
+//! what still tells them apart is what each costs its own process: the table also gives the
+//! publisher's CPU time per message (all its threads, connecting and closing included).
 
 use std::io::{Read, Write};
 use std::net::TcpStream;
@@ -52,8 +56,22 @@ fn async_nats(url: &str, payload: &[u8], n: usize) -> Duration {
     })
 }
 
-/// Best of `runs`, measured by the Python script in its own process.
-fn nats_py(url: &str, size: usize, n: usize, runs: usize) -> Duration {
+/// The CPU time this process has used so far, all its threads together (those that have
+/// ended included, which a sum over `/proc/self/task` would miss).
+fn process_cpu() -> Duration {
+    let mut t = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    // SAFETY: `t` is a valid, writable timespec for the duration of the call.
+    let rc = unsafe { libc::clock_gettime(libc::CLOCK_PROCESS_CPUTIME_ID, &mut t) };
+    assert_eq!(rc, 0, "clock_gettime(CLOCK_PROCESS_CPUTIME_ID) failed");
+    Duration::new(t.tv_sec as u64, t.tv_nsec as u32)
+}
+
+/// The best of `runs` and that run's CPU time, measured by the Python script in its own
+/// process.
+fn nats_py(url: &str, size: usize, n: usize, runs: usize) -> Run {
     let script = crate::root().join("bench/py/pub_nats_py.py");
     let out = Command::new(crate::python())
         .arg(script)
@@ -65,11 +83,19 @@ fn nats_py(url: &str, size: usize, n: usize, runs: usize) -> Duration {
         "pub_nats_py.py failed: {}",
         String::from_utf8_lossy(&out.stderr)
     );
-    let secs: f64 = String::from_utf8_lossy(&out.stdout)
-        .trim()
-        .parse()
-        .expect("pub_nats_py.py prints seconds");
-    Duration::from_secs_f64(secs)
+    let text = String::from_utf8_lossy(&out.stdout);
+    let secs: Vec<f64> = text
+        .split_whitespace()
+        .map(|v| v.parse().expect("pub_nats_py.py prints seconds"))
+        .collect();
+    let [took, cpu] = secs[..] else {
+        panic!("pub_nats_py.py printed {text:?}, not two numbers");
+    };
+    Run {
+        took: Duration::from_secs_f64(took),
+        server_cpu: Duration::ZERO,
+        client_cpu: Duration::from_secs_f64(cpu),
+    }
 }
 
 /// Pre-encoded frames written in 64 KiB batches, then PING and wait for PONG.
@@ -102,11 +128,13 @@ fn raw(port: u16, payload: &[u8], n: usize) -> Duration {
     t.elapsed()
 }
 
-/// One client's run: its time, and the server's CPU time over the same span.
+/// One client's run: its time, and the server's and the client's CPU time over the same
+/// span.
 #[derive(Clone, Copy, Default)]
 struct Run {
     took: Duration,
     server_cpu: Duration,
+    client_cpu: Duration,
 }
 
 impl Run {
@@ -127,11 +155,16 @@ fn interleaved<const K: usize>(
         .map(|_| {
             let mut round = [Run::default(); K];
             for (r, run) in round.iter_mut().zip(clients) {
-                let before = server.cpu();
+                let (before, client_before) = (server.cpu(), process_cpu());
                 let took = run();
-                // The span includes connecting and closing, which cost the server little.
+                // The span includes connecting and closing, which cost little.
+                let client_cpu = process_cpu().saturating_sub(client_before);
                 let server_cpu = server.cpu().saturating_sub(before);
-                *r = Run { took, server_cpu };
+                *r = Run {
+                    took,
+                    server_cpu,
+                    client_cpu,
+                };
             }
             round
         })
@@ -158,9 +191,10 @@ pub fn section(server: &Server, runs: usize) {
     println!(
         "| payload | N | ours | legacy `nats` 0.26 | `async-nats` 0.51 | nats-py 2.16 | raw socket \
          | ours / legacy | ours / async | ours / nats-py | ours / raw \
-         | nats-server busy: ours, legacy, async, raw |"
+         | nats-server busy: ours, legacy, async, raw \
+         | publisher CPU per message (ns): ours, legacy, async, nats-py, raw |"
     );
-    println!("| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |");
+    println!("| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |");
     for (size, n) in [
         (16usize, 1_000_000usize),
         (128, 1_000_000),
@@ -181,7 +215,8 @@ pub fn section(server: &Server, runs: usize) {
         );
         let best = |i: usize| rounds.iter().map(|r| rate(&r[i])).fold(0.0, f64::max);
         let [o, l, a, r] = [best(0), best(1), best(2), best(3)];
-        let p = n as f64 / nats_py(&url, size, n, runs).as_secs_f64();
+        let py = nats_py(&url, size, n, runs);
+        let p = rate(&py);
         // Ours against a peer: the ratio of the bests, and in brackets the interquartile
         // range of the ratios within each round (neighbours in time share the machine's mood).
         let vs = |i: usize, peer_best: f64| {
@@ -191,15 +226,27 @@ pub fn section(server: &Server, runs: usize) {
         let k = |v: f64| format!("{:.0} k", v / 1000.0);
         // How busy the server was (median over the rounds): near 1.0 for every client, its
         // one reading goroutine is the limit they all meet.
+        let median_of = |f: &dyn Fn(&Run) -> f64, i: usize| {
+            quartiles(rounds.iter().map(|r| f(&r[i])).collect())[1]
+        };
         let busy = (0..4)
-            .map(|i| {
-                let [_, median, _] = quartiles(rounds.iter().map(|r| r[i].server_busy()).collect());
-                format!("{median:.2}")
-            })
+            .map(|i| format!("{:.2}", median_of(&Run::server_busy, i)))
             .collect::<Vec<_>>()
             .join(", ");
+        // The publisher's own CPU per message (median over the rounds; nats-py: its best
+        // round's), in the order of the rate columns.
+        let per_msg = |r: &Run| r.client_cpu.as_nanos() as f64 / n as f64;
+        let cpu = [
+            median_of(&per_msg, 0),
+            median_of(&per_msg, 1),
+            median_of(&per_msg, 2),
+            per_msg(&py),
+            median_of(&per_msg, 3),
+        ]
+        .map(|v| format!("{v:.0}"))
+        .join(", ");
         println!(
-            "| {size} B | {n} | {} | {} | {} | {} | {} | {} | {} | {:.2} | {} | {busy} |",
+            "| {size} B | {n} | {} | {} | {} | {} | {} | {} | {} | {:.2} | {} | {busy} | {cpu} |",
             k(o),
             k(l),
             k(a),
