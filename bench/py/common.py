@@ -1,11 +1,13 @@
 """What the Python benchmarks share: a nats-server of their own and a counting subscriber."""
 
+import os
 import subprocess
 import sys
 import tempfile
 import time
 from contextlib import contextmanager
 from pathlib import Path
+from typing import NamedTuple
 
 ROOT = Path(__file__).resolve().parents[2]
 # The Python plugin lives beside, not among, the virtualenv's packages (`make peer`): installed
@@ -17,16 +19,37 @@ sys.path.insert(0, str(ROOT / "python" / "tests"))
 from e2e_support import start_nats_server  # noqa: E402
 
 
+class Server(NamedTuple):
+    """A running nats-server: its URL and process id."""
+
+    url: str
+    pid: int
+
+
 @contextmanager
 def nats_server():
-    """Yields the URL of a fresh nats-server on a loopback port of its own choosing."""
+    """Yields a fresh nats-server (a `Server`) on a loopback port of its own choosing."""
     with tempfile.TemporaryDirectory(prefix="arn-bench-nats-") as tmp:
         server, ports = start_nats_server([], tmp)
         try:
-            yield ports["nats"][0]
+            yield Server(ports["nats"][0], server.pid)
         finally:
             server.kill()
             server.wait()
+
+
+def cpu_seconds(pid):
+    """The CPU time the live threads of process `pid` have used so far (Linux: the sum of
+    /proc/<pid>/task/*/schedstat). Only for processes whose threads outlive what is
+    measured (nats-server, the counter): the time of a thread that ended is not in it."""
+    total = 0
+    for task in os.listdir(f"/proc/{pid}/task"):
+        try:
+            with open(f"/proc/{pid}/task/{task}/schedstat") as f:
+                total += int(f.read().split()[0])
+        except (OSError, ValueError, IndexError):
+            pass  # the thread ended meanwhile
+    return total / 1e9
 
 
 COUNTER = ROOT / "bench" / "target" / "release" / "arn-bench"
@@ -68,6 +91,10 @@ class Counter:
                                "(disconnects, slow consumer): its count is not a measure")
         took = max(float(last) - self.started, 0.0) if int(count) else 0.0
         return int(count), took
+
+    def cpu(self):
+        """The counter's CPU time so far (seconds)."""
+        return cpu_seconds(self.proc.pid)
 
     def close(self):
         self.proc.kill()

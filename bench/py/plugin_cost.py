@@ -16,7 +16,11 @@ the same messages pre-serialized and written straight to a socket (the server an
 counting subscriber's share of the time until the last arrived), and serializing the events
 alone (the least a plugin that serializes in the call can take per call).
 
-A third table answers "why not serialize later, in a thread, as the Python plugin does?":
+A third table says where the CPU goes until the last message arrived: the publishing process
+(all its threads), nats-server and the counting subscriber, for ours, the Python plugin and
+the pre-encoded frames. On two cores, the time until the last arrived follows their sum.
+
+A fourth table answers "why not serialize later, in a thread, as the Python plugin does?":
 our plugin called from a thread of its own behind a queue of event references, bounded and
 unbounded, and what the unbounded queue held when the calls ended.
 """
@@ -34,7 +38,7 @@ import tracemalloc
 import uuid
 from urllib.parse import urlsplit
 
-from common import PEER_DEPS, ROOT, Counter, nats_server
+from common import PEER_DEPS, ROOT, Counter, cpu_seconds, nats_server
 
 FIXTURES = ROOT / "python" / "tests" / "fixtures"
 
@@ -47,7 +51,18 @@ class Config:
         self.settings = {}
 
 
-def run(plugin, url, event, n, label):
+def cpu_now(counter, server_pid):
+    """CPU seconds so far of this process (every thread, ended ones too), the server and the
+    counter."""
+    return time.process_time(), cpu_seconds(server_pid), counter.cpu()
+
+
+def cpu_per_event(start, end, n):
+    """µs of CPU per event of each party between two `cpu_now` readings."""
+    return [(b - a) / n * 1e6 for a, b in zip(start, end)]
+
+
+def run(plugin, url, server_pid, event, n, label):
     ident = f"{label}-{uuid.uuid4().hex[:8]}"
     os.environ["RUNNER_NATS_SUBJECT_ID"] = label
     os.environ["RUNNER_NATS_SERVERS"] = url
@@ -55,6 +70,7 @@ def run(plugin, url, event, n, label):
     config = Config(ident)
     events = events_of(event, n, ident)
     counter.start()
+    cpu_start = cpu_now(counter, server_pid)
     plugin.status_handler(config, {"status": "starting", "runner_ident": ident})
     t0 = time.perf_counter()
     for e in events:
@@ -66,8 +82,9 @@ def run(plugin, url, event, n, label):
     # without a message (a plugin still delivering is never that quiet). The time is until
     # the last message arrived, so losses are not charged the wait.
     got, total = counter.wait(n + 2, timeout=90, quiet=5)
+    cpu = cpu_per_event(cpu_start, cpu_now(counter, server_pid), n)
     counter.close()
-    return calls / n * 1e6, total / n * 1e6, got, backlog
+    return calls / n * 1e6, total / n * 1e6, got, backlog, cpu
 
 
 class Deferred:
@@ -122,10 +139,11 @@ def events_of(event, n, ident):
             for i in range(n)]
 
 
-def floor(url, event, n):
+def floor(url, server_pid, event, n):
     """The same N events, serialized beforehand and written in 1 MiB batches of PUB frames
     straight to a socket: the time until the counter holds the last one is what the server
-    and the subscriber take on this machine, with no plugin and no serializing."""
+    and the subscriber take on this machine, with no plugin and no serializing. Returns
+    that time and the CPU of each party, per event."""
     ident = f"floor-{uuid.uuid4().hex[:8]}"
     subject = f"pub.ansible.runner.floor.{ident}.event".encode()
     batches, batch = [], bytearray()
@@ -143,13 +161,15 @@ def floor(url, event, n):
         sock.recv(4096)  # INFO
         sock.sendall(b'CONNECT {"verbose":false,"pedantic":false}\r\n')
         counter.start()
+        cpu_start = cpu_now(counter, server_pid)
         for b in batches:
             sock.sendall(b)
         got, total = counter.wait(n, timeout=90)
+        cpu = cpu_per_event(cpu_start, cpu_now(counter, server_pid), n)
     counter.close()
     if got != n:
         raise SystemExit(f"floor: {got} of {n} pre-encoded messages arrived")
-    return total / n * 1e6
+    return total / n * 1e6, cpu
 
 
 def serializing(event, n):
@@ -163,12 +183,12 @@ def serializing(event, n):
     return (time.perf_counter() - t0) / n * 1e6
 
 
-def one(which, name, n, url):
+def one(which, name, n, url, server_pid):
     """In a child process: warm up, then measure one plugin (or the floor, or serializing
     alone) on one event size; prints JSON."""
     event = json.loads((FIXTURES / FIXTURES_BY_NAME[name]).read_text())
     if which == "floor":
-        result = floor(url, event, n)
+        result = floor(url, server_pid, event, n)
     elif which == "serializing":
         serializing(event, 200)
         result = serializing(event, n)
@@ -183,8 +203,9 @@ def one(which, name, n, url):
         if which.startswith("deferred-"):
             plugin = Deferred(plugin, int(which.removeprefix("deferred-")))
         label = "py" if which == "python" else "rs"
-        run(plugin, url, json.loads((FIXTURES / "event_item.json").read_text()), 200, label)
-        result = run(plugin, url, event, n, label)
+        warm_up = json.loads((FIXTURES / "event_item.json").read_text())
+        run(plugin, url, server_pid, warm_up, 200, label)
+        result = run(plugin, url, server_pid, event, n, label)
     print(json.dumps(result), flush=True)
     # The Python plugin's loop thread may still be busy: leave without waiting for it.
     os._exit(0)
@@ -201,8 +222,9 @@ ROUNDS = 3
 LOGGED = []
 
 
-def measure(which, name, n, url):
-    out = subprocess.run([sys.executable, __file__, "--one", which, name, str(n), url],
+def measure(which, name, n, server):
+    out = subprocess.run([sys.executable, __file__, "--one", which, name, str(n), server.url,
+                          str(server.pid)],
                          capture_output=True, text=True, timeout=600)
     if out.returncode != 0:
         raise SystemExit(f"measuring {which} {name} N = {n} failed: {out.stderr[-2000:]}")
@@ -211,22 +233,34 @@ def measure(which, name, n, url):
     return json.loads(out.stdout.strip().splitlines()[-1])
 
 
-def rounds(name, n, url, *which):
+def rounds(name, n, server, *which):
     """Each of `which` measured ROUNDS times, interleaved, the order reversed every other
     round so that none is always first on a machine that drifts."""
     results = {w: [] for w in which}
     for r in range(ROUNDS):
         for w in which if r % 2 == 0 else which[::-1]:
-            results[w].append(measure(w, name, n, url))
+            results[w].append(measure(w, name, n, server))
     return [results[w] for w in which]
+
+
+def median_cpu(measured):
+    """The element-wise medians of the rounds' CPU per event (publisher, server, counter)."""
+    return [statistics.median(parts) for parts in zip(*measured)]
+
+
+def shown_cpu(cpu):
+    """'publisher + server + counter = sum', µs per event."""
+    return " + ".join(f"{c:.1f}" for c in cpu) + f" = {sum(cpu):.1f}"
 
 
 class Plugin:
     """A plugin's rounds of one row: median per call, median until the last arrived over the
-    rounds in which anything did (None if nothing ever did), and each round's count."""
+    rounds in which anything did (None if nothing ever did), each round's count, and the
+    median CPU per event of each party."""
 
     def __init__(self, measured, total):
         self.call = statistics.median(m[0] for m in measured)
+        self.cpu = median_cpu(m[4] for m in measured)
         arrived = [m[1] for m in measured if m[2]]
         self.until = statistics.median(arrived) if arrived else None
         counts = [m[2] for m in measured]
@@ -243,11 +277,11 @@ def main():
           "| delivered Python (each round) |")
     print("| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |")
     limits, deferred = [], []
-    with nats_server() as url:
+    with nats_server() as server:
         for name in FIXTURES_BY_NAME:
-            size = measure("parsed-size", name, 0, url)
+            size = measure("parsed-size", name, 0, server)
             for n in (1000, 10000):
-                o, p = (Plugin(m, n + 2) for m in rounds(name, n, url, "ours", "python"))
+                o, p = (Plugin(m, n + 2) for m in rounds(name, n, server, "ours", "python"))
                 if o.until is None:
                     raise SystemExit(f"ours, {name}, N = {n}: nothing arrived")
                 # Nothing arrived: there is no time until the last arrival to compare.
@@ -256,23 +290,33 @@ def main():
                 print(f"| {name} | {n} | {o.call:.1f} | {p.call:.1f} | {p.call / o.call:.1f}x "
                       f"| {o.until:.1f} | {p_until} | {ratio} "
                       f"| {o.delivered} | {p.delivered} |", flush=True)
-                ser, flo = (statistics.median(m)
-                            for m in rounds(name, n, url, "serializing", "floor"))
-                limits.append((name, n, p, ser, flo))
-                deferred.append((name, n, p, o, measure(f"deferred-{DEPTH}", name, n, url),
-                                 measure("deferred-0", name, n, url), size))
+                ser, flo = rounds(name, n, server, "serializing", "floor")
+                ser = statistics.median(ser)
+                flo, flo_cpu = statistics.median(f[0] for f in flo), median_cpu(f[1] for f in flo)
+                limits.append((name, n, o, p, ser, flo, flo_cpu))
+                deferred.append((name, n, p, o, measure(f"deferred-{DEPTH}", name, n, server),
+                                 measure("deferred-0", name, n, server), size))
     print()
     print("### What the event and the machine allow any plugin (same run, same server and counter)\n")
     print("| event | N | serializing alone (µs per event) | Python per call / that | pre-encoded frames "
           "straight to a socket: until the last arrived (µs per event) | Python until the last "
           "arrived / that |")
     print("| --- | --- | --- | --- | --- | --- |")
-    for name, n, p, ser, flo in limits:
+    for name, n, _, p, ser, flo, _ in limits:
         most = "—" if p.until is None else f"{p.until / flo:.1f}x"
         print(f"| {name} | {n} | {ser:.1f} | {p.call / ser:.1f}x | {flo:.1f} | {most} |")
     print()
     print("A plugin that serializes in the call cannot show a larger per-call ratio than the "
           "fourth column, nor any publisher a larger ratio until the last arrived than the last.\n")
+    print("### Where the CPU goes until the last arrived (µs per event, medians: the publishing "
+          "process with all its threads + nats-server + the counting subscriber = sum)\n")
+    print("| event | N | ours | Python | pre-encoded frames straight to a socket |")
+    print("| --- | --- | --- | --- | --- |")
+    for name, n, o, p, _, _, flo_cpu in limits:
+        print(f"| {name} | {n} | {shown_cpu(o.cpu)} | {shown_cpu(p.cpu)} | {shown_cpu(flo_cpu)} |")
+    print()
+    print("The two cores are shared by all three: the time until the last arrived cannot be less "
+          "than half the sum.\n")
     print("### Deferring the work instead: our plugin called from a thread of its own behind a "
           "queue of event references (µs per event)\n")
     print(f"| event | N | ours, serializing in the call: per call | until the last arrived "
@@ -300,5 +344,5 @@ def main():
 
 if __name__ == "__main__":
     if len(sys.argv) > 1 and sys.argv[1] == "--one":
-        one(sys.argv[2], sys.argv[3], int(sys.argv[4]), sys.argv[5])
+        one(sys.argv[2], sys.argv[3], int(sys.argv[4]), sys.argv[5], int(sys.argv[6]))
     sys.exit(main())

@@ -138,7 +138,8 @@ def main():
     delivered = {c: [] for c in CONFIGS}
     handlers = {c: [] for c in CONFIGS}
     events = set()
-    with nats_server() as url, tempfile.TemporaryDirectory() as workdir:
+    with nats_server() as server, tempfile.TemporaryDirectory() as workdir:
+        url = server.url
         one_run("none", url, workdir)  # warm the caches once, not measured
         for r in range(runs):
             # Each round starts with the next configuration: with a fixed order, a machine
