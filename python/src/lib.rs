@@ -256,36 +256,7 @@ fn handle_call(
         None
     };
     let Some(ident) = text_item(data, intern!(py, "runner_ident"))? else {
-        if kind != "status" {
-            // Nothing to publish it under; other runs are not affected.
-            NO_IDENT.fetch_add(1, Ordering::Relaxed);
-            if NO_IDENT_REPORTED.swap(true, Ordering::Relaxed) {
-                return Ok(Vec::new());
-            }
-            return Ok(vec![(
-                ERROR,
-                format!("{kind} without runner_ident: not published, nor any later one without it (counted in stats()['no_ident'])"),
-            )]);
-        }
-        // `ansible-runner process` reports a broken worker stream as a status without a
-        // runner_ident. Nothing more will come for the runs it opened with this
-        // configuration; other runs of the process go on.
-        let explanation = text_item(data, intern!(py, "job_explanation"))?.unwrap_or_default();
-        let idents = runs::take(runs::key(runner_config));
-        let mut out = lines(py.detach(|| emitter().close_runs(&idents)));
-        out.insert(
-            0,
-            (
-                ERROR,
-                format!(
-                    "{kind} {:?} without runner_ident ({}); not published; {} open runs of this stream closed",
-                    status.as_deref().unwrap_or("?"),
-                    shown_explanation(&explanation),
-                    idents.len()
-                ),
-            ),
-        );
-        return Ok(out);
+        return without_ident(py, kind, status.as_deref(), runner_config, data);
     };
     let mut report = Report::default();
     // Never an emitter lock with the GIL held: a thread holding the lock may be waiting
@@ -339,6 +310,61 @@ fn handle_call(
         PAYLOAD.with(|p| p.set(Some(payload)));
     }
     result
+}
+
+/// A message without `runner_ident`: there is nothing to publish it under. Said (for
+/// events, the first time) where something configures the plugin; a plugin that nothing
+/// turns on stays silent, as it does for every other message.
+fn without_ident(
+    py: Python<'_>,
+    kind: &str,
+    status: Option<&str>,
+    runner_config: &Bound<'_, PyAny>,
+    data: &Bound<'_, PyAny>,
+) -> PyResult<Lines> {
+    if kind != "status" {
+        // Nothing to publish it under; other runs are not affected.
+        NO_IDENT.fetch_add(1, Ordering::Relaxed);
+        if NO_IDENT_REPORTED.load(Ordering::Relaxed)
+            || !configured(py, runner_config)?
+            || NO_IDENT_REPORTED.swap(true, Ordering::Relaxed)
+        {
+            return Ok(Vec::new());
+        }
+        return Ok(vec![(
+            ERROR,
+            format!("{kind} without runner_ident: not published, nor any later one without it (counted in stats()['no_ident'])"),
+        )]);
+    }
+    // `ansible-runner process` reports a broken worker stream as a status without a
+    // runner_ident. Nothing more will come for the runs it opened with this
+    // configuration; other runs of the process go on.
+    let idents = runs::take(runs::key(runner_config));
+    if idents.is_empty() && !configured(py, runner_config)? {
+        return Ok(Vec::new());
+    }
+    let explanation = text_item(data, intern!(py, "job_explanation"))?.unwrap_or_default();
+    let mut out = lines(py.detach(|| emitter().close_runs(&idents)));
+    out.insert(
+        0,
+        (
+            ERROR,
+            format!(
+                "{kind} {:?} without runner_ident ({}); not published; {} open runs of this stream closed",
+                status.unwrap_or("?"),
+                shown_explanation(&explanation),
+                idents.len()
+            ),
+        ),
+    );
+    Ok(out)
+}
+
+/// Whether anything configures the plugin for `runner_config`: a configuration that
+/// loads, or settings or variables whose problems a run's start would report.
+fn configured(py: Python<'_>, runner_config: &Bound<'_, PyAny>) -> PyResult<bool> {
+    let loaded = load_config(py, runner_config)?;
+    Ok(loaded.config.is_some() || !loaded.issues.is_empty())
 }
 
 thread_local! {

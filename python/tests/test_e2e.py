@@ -332,6 +332,33 @@ def test_bad_configuration_is_logged_and_the_playbook_succeeds(tmp_path, server,
     assert expected in proc.stderr, proc.stderr
 
 
+@pytest.mark.parametrize("subject_id", [None, "te st"])
+def test_messages_without_runner_ident_are_said_only_where_the_plugin_is_configured(subject_id):
+    code = (
+        "import types, ansible_runner_nats_rs as p\n"
+        "c = types.SimpleNamespace(ident='x', settings={})\n"
+        "p.event_handler(c, {'event': 'orphan'})\n"
+        "p.status_handler(c, {'status': 'error', 'job_explanation': 'cut: {\"env\": 1}'})\n"
+        "print(p._native.stats()['no_ident'])\n"
+    )
+    env = base_env() if subject_id is None else base_env(RUNNER_NATS_SUBJECT_ID=subject_id)
+    proc = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True,
+                          timeout=60)
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.strip() == "1"
+    said = [line for line in proc.stderr.splitlines() if line.startswith("ansible-runner.nats")]
+    if subject_id is None:
+        # Nothing turns the plugin on: it says nothing, as for every other message.
+        assert said == [], proc.stderr
+    else:
+        assert [line.split(": ", 2)[2] for line in said] == [
+            "event without runner_ident: not published, nor any later one without it "
+            "(counted in stats()['no_ident'])",
+            'status "error" without runner_ident (cut (the rest not shown)); not published; '
+            "0 open runs of this stream closed",
+        ], proc.stderr
+
+
 def test_process_fed_a_truncated_stream_exits_as_fast_as_without_the_plugin(tmp_path, server):
     pdd = private_data_dir(tmp_path)
     runner = str(VENV_BIN / "ansible-runner")
@@ -358,7 +385,9 @@ def test_process_fed_a_truncated_stream_exits_as_fast_as_without_the_plugin(tmp_
             capture_output=True, timeout=60,
         )
         results[name] = (proc.returncode, time.monotonic() - started, proc.stderr.decode())
-    (rc_without, t_without, _), (rc_with, t_with, err_with) = results["without"], results["with"]
+    (rc_without, t_without, err_without), (rc_with, t_with, err_with) = (
+        results["without"], results["with"])
+    assert "ansible-runner.nats" not in err_without, err_without
     assert rc_with == rc_without, err_with
     slack = max(2, t_without / 2)
     assert t_with < t_without + 2 + slack, f"{t_with:.1f}s with the plugin, {t_without:.1f}s without"
