@@ -174,6 +174,16 @@ pub enum Error {
     Disconnected,
     /// The client was closed (by the user, or for good after a fatal error).
     Closed,
+    /// Messages published before a flush were written to a connection that ended before
+    /// the server confirmed them, and were not written again (see
+    /// [`crate::client::Options::resend_unconfirmed`]): they may not have arrived. The
+    /// rest was confirmed.
+    Lost {
+        /// How many messages.
+        messages: u64,
+        /// Why that connection ended.
+        reason: String,
+    },
     /// The client closed with messages the server never confirmed.
     NotDelivered {
         /// How many messages were not confirmed delivered.
@@ -268,6 +278,10 @@ impl fmt::Display for Error {
                 f.write_str("connection: lost while the operation was pending; data may be lost")
             }
             Error::Closed => f.write_str("connection: closed"),
+            Error::Lost { messages, reason } => write!(
+                f,
+                "connection: {messages} messages were lost with a connection before the server confirmed them ({reason})"
+            ),
             Error::NotDelivered { messages, reason } => write!(
                 f,
                 "close: {messages} messages were not confirmed delivered ({reason})"

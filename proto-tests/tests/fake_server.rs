@@ -1,6 +1,6 @@
 //! The client against a scripted fake server driven by the crate's own codec: exact
 //! CONNECT fields, server PINGs, `-ERR` mid-stream, INFO split into tiny reads, a server
-//! that never speaks, and what a lost connection does to a pending flush.
+//! that never speaks, and what a lost connection does to a pending flush and to the next.
 
 use std::io::{Read, Write};
 use std::net::TcpStream;
@@ -433,6 +433,169 @@ fn a_flush_pending_when_the_connection_dies_fails() {
         matches!(err, Error::NotDelivered { messages: 1, .. }),
         "{err:?}"
     );
+}
+
+/// A fake server for two connections: the first runs `first`, the second completes the
+/// handshake and answers PINGs until the client hangs up.
+fn lost_then_served<F>(first: F) -> (Client, thread::JoinHandle<()>)
+where
+    F: FnOnce(FakeConn) + Send + 'static,
+{
+    let listener = proto_tests::loopback_listener();
+    let url = format!("nats://{}", listener.local_addr().unwrap());
+    let handle = thread::spawn(move || {
+        let accept = || {
+            let (stream, _) = listener.accept().unwrap();
+            stream.set_nodelay(true).unwrap();
+            FakeConn {
+                stream,
+                buf: Vec::new(),
+            }
+        };
+        first(accept());
+        let mut second = accept();
+        second.handshake(basic_info());
+        second.serve_until_closed();
+    });
+    let client = Options::new()
+        .servers(&url)
+        .unwrap()
+        .reconnect_time_wait(Duration::from_millis(10))
+        .connect()
+        .unwrap();
+    (client, handle)
+}
+
+#[test]
+fn a_flush_after_a_lost_connection_says_what_was_lost_with_it() {
+    let (client, server) = lost_then_served(|mut conn| {
+        conn.handshake(basic_info());
+        for _ in 0..5 {
+            assert!(matches!(conn.next(), Seen::Pub { .. }));
+        }
+        // Gone without confirming them: they may or may not have been processed.
+        drop(conn);
+    });
+    for _ in 0..5 {
+        client.publish("a", b"in flight").unwrap();
+    }
+    wait_until(STEP, "the reconnect", || {
+        client.statistics().reconnects == 1
+    });
+    assert_eq!(client.statistics().lost, 5);
+    // The new connection confirms the flush, but not the five written before it.
+    let err = client.flush(STEP).unwrap_err();
+    assert!(matches!(err, Error::Lost { messages: 5, .. }), "{err:?}");
+    assert!(
+        err.to_string().starts_with(
+            "connection: 5 messages were lost with a connection before the server confirmed them ("
+        ),
+        "{err}"
+    );
+    // Told once: later flushes are confirmed.
+    client.flush(STEP).unwrap();
+    client.publish("a", b"confirmed").unwrap();
+    client.flush(STEP).unwrap();
+    // The final count still has them.
+    let err = client.close().unwrap_err();
+    assert!(
+        matches!(err, Error::NotDelivered { messages: 5, .. }),
+        "{err:?}"
+    );
+    server.join().unwrap();
+}
+
+#[test]
+fn a_loss_a_flush_saw_happen_is_not_told_again() {
+    let (client, server) = lost_then_served(|mut conn| {
+        conn.handshake(basic_info());
+        assert!(matches!(conn.next(), Seen::Pub { .. }));
+        assert_eq!(conn.next(), Seen::Ping);
+        drop(conn);
+    });
+    client.publish("a", b"maybe lost").unwrap();
+    let err = client.flush(STEP).unwrap_err();
+    assert!(matches!(err, Error::Disconnected), "{err:?}");
+    wait_until(STEP, "the reconnect", || {
+        client.statistics().reconnects == 1
+    });
+    assert_eq!(client.statistics().lost, 1);
+    client.flush(STEP).unwrap();
+    drop(client);
+    server.join().unwrap();
+}
+
+#[test]
+fn a_pong_nobody_asked_for_confirms_nothing() {
+    let (ready_tx, ready_rx) = mpsc::channel();
+    let (url, server) = fake_server(move |mut conn| {
+        conn.handshake(basic_info());
+        conn.send(ServerOp::Pong);
+        // The client answers this PING after it has read the stray PONG.
+        conn.send(ServerOp::Ping);
+        assert_eq!(conn.next(), Seen::Pong);
+        ready_tx.send(()).unwrap();
+        assert!(matches!(conn.next(), Seen::Pub { .. }));
+        // The first flush's PING goes unanswered until the second one's comes.
+        assert_eq!(conn.next(), Seen::Ping);
+        assert_eq!(conn.next(), Seen::Ping);
+        conn.send(ServerOp::Pong);
+        conn.send(ServerOp::Pong);
+        conn.serve_until_closed();
+    });
+    let client = Options::new().servers(&url).unwrap().connect().unwrap();
+    ready_rx.recv_timeout(STEP).unwrap();
+    client.publish("a", b"not yet processed").unwrap();
+    let err = client.flush(Duration::from_millis(300)).unwrap_err();
+    assert!(matches!(err, Error::Timeout { .. }), "{err:?}");
+    client.flush(STEP).unwrap();
+    client.close().unwrap();
+    server.join().unwrap();
+}
+
+#[test]
+fn each_lost_connection_gives_its_own_reason() {
+    let listener = proto_tests::loopback_listener();
+    let url = format!("nats://{}", listener.local_addr().unwrap());
+    let server = thread::spawn(move || {
+        for err in [None, Some("Unknown Protocol Operation"), None] {
+            let (stream, _) = listener.accept().unwrap();
+            let mut conn = FakeConn {
+                stream,
+                buf: Vec::new(),
+            };
+            conn.handshake(basic_info());
+            if let Some(text) = err {
+                conn.send(ServerOp::Err(text));
+            }
+        }
+    });
+    let (tx, rx) = mpsc::channel();
+    let tx = Mutex::new(tx);
+    let client = Options::new()
+        .servers(&url)
+        .unwrap()
+        .reconnect_time_wait(Duration::from_millis(10))
+        // Once the fake is gone: given up on after two more tries, not sixty.
+        .max_reconnect_attempts(2)
+        .event_callback(move |e| {
+            if let Event::Disconnected { reason } = e {
+                let _ = tx.lock().unwrap().send(reason);
+            }
+        })
+        .connect()
+        .unwrap();
+    let reasons: Vec<String> = (0..3).map(|_| rx.recv_timeout(STEP).unwrap()).collect();
+    assert_eq!(
+        reasons,
+        [
+            "the server closed the connection",
+            "the server closed the connection after: server: Unknown Protocol Operation",
+            "the server closed the connection",
+        ]
+    );
+    server.join().unwrap();
+    drop(client);
 }
 
 #[test]

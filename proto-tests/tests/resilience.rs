@@ -77,7 +77,9 @@ fn wait_routes(server: &NatsServer, peers: usize) {
 /// Two-node cluster, publisher behind a proxy to node A only (routes not advertised to
 /// clients), subscriber on node B. Kills A twice mid-stream. Returns (first arrivals in
 /// order?, duplicates, missing, what `close` counted as not confirmed delivered).
-fn kill_twice(resend: bool, total: usize) -> (bool, usize, usize, u64) {
+/// In order, duplicates, missing, what the final flush said was lost with the killed
+/// connections, and what close counted as not delivered.
+fn kill_twice(resend: bool, total: usize) -> (bool, usize, usize, u64, u64) {
     let nodes = cluster(2, |c| c.cluster_no_advertise());
     let (mut a, b) = {
         let mut it = nodes.into_iter();
@@ -132,7 +134,11 @@ fn kill_twice(resend: bool, total: usize) -> (bool, usize, usize, u64) {
     }
     let _ = published;
     publisher.join().unwrap();
-    client.flush(WAIT).unwrap();
+    let lost = match client.flush(WAIT) {
+        Ok(()) => 0,
+        Err(Error::Lost { messages, .. }) => messages,
+        Err(e) => panic!("flush: {e}"),
+    };
     let undelivered = match client.close() {
         Ok(()) => 0,
         Err(Error::NotDelivered { messages, .. }) => messages,
@@ -175,15 +181,16 @@ fn kill_twice(resend: bool, total: usize) -> (bool, usize, usize, u64) {
     let in_order = firsts.windows(2).all(|w| w[0] < w[1]);
     let duplicates = got.len() - seen.len();
     let missing = total - seen.len();
-    (in_order, duplicates, missing, undelivered)
+    (in_order, duplicates, missing, lost, undelivered)
 }
 
 #[test]
 fn kill_and_restart_twice_with_resend_loses_nothing() {
     let total = 100_000;
-    let (in_order, duplicates, missing, undelivered) = kill_twice(true, total);
+    let (in_order, duplicates, missing, lost, undelivered) = kill_twice(true, total);
     eprintln!("resend_unconfirmed on: {missing} missing, {duplicates} duplicates of {total}");
     assert_eq!(missing, 0, "messages lost with resend_unconfirmed");
+    assert_eq!(lost, 0, "the flush said messages were lost");
     assert_eq!(undelivered, 0, "close counted messages as not delivered");
     assert!(in_order, "first arrivals out of publish order");
 }
@@ -191,9 +198,9 @@ fn kill_and_restart_twice_with_resend_loses_nothing() {
 #[test]
 fn kill_and_restart_twice_without_resend_reports_loss() {
     let total = 100_000;
-    let (in_order, duplicates, missing, undelivered) = kill_twice(false, total);
+    let (in_order, duplicates, missing, lost, undelivered) = kill_twice(false, total);
     eprintln!(
-        "resend_unconfirmed off: {missing} missing, {duplicates} duplicates of {total}; close: {undelivered} not confirmed delivered"
+        "resend_unconfirmed off: {missing} missing, {duplicates} duplicates of {total}; flush: {lost} lost; close: {undelivered} not confirmed delivered"
     );
     assert_eq!(duplicates, 0, "at-most-once must not duplicate");
     assert!(in_order);
@@ -202,6 +209,9 @@ fn kill_and_restart_twice_without_resend_reports_loss() {
         undelivered >= missing as u64 && undelivered > 0,
         "close counted {undelivered} not delivered, {missing} are missing"
     );
+    // The flush after the kills said so already, with the same count: everything after
+    // them was confirmed.
+    assert_eq!(lost, undelivered, "the flush's loss and close's count");
 }
 
 #[test]

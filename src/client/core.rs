@@ -79,12 +79,19 @@ pub(crate) struct State {
     pub(crate) conn_lost: Option<String>,
     pub(crate) lame_duck: bool,
     pub(crate) last_error: Option<String>,
+    /// The connection (generation) whose server sent the `-ERR` in `last_error`: the
+    /// reason given when that connection ends.
+    pub(crate) err_generation: Option<u64>,
     pub(crate) stats: Statistics,
     pub(crate) pool: Pool,
     pub(crate) current: Option<Entry>,
     /// Without `resend_unconfirmed`: messages written to connections that were lost
     /// before a PONG confirmed them, and not written again. They may have arrived.
     pub(crate) unconfirmed_lost: u64,
+    /// How much of `unconfirmed_lost` a flush has reported (each loss is told once).
+    pub(crate) lost_told: u64,
+    /// Why the latest connection that lost messages ended.
+    pub(crate) lost_reason: Option<String>,
     /// Messages that were never confirmed delivered when the client closed.
     pub(crate) undelivered: u64,
     /// A second handle on the socket being connected or in use, for `close` to shut down
@@ -345,10 +352,13 @@ impl Shared {
                 conn_lost: None,
                 lame_duck: false,
                 last_error: None,
+                err_generation: None,
                 stats: Statistics::default(),
                 pool,
                 current: None,
                 unconfirmed_lost: 0,
+                lost_told: 0,
+                lost_reason: None,
                 undelivered: 0,
                 socket: None,
                 aborted: false,
@@ -746,6 +756,9 @@ fn lose_connection(shared: &Shared, unconfirmed: &mut Unconfirmed, reason: Strin
     st.last_error = Some(reason.clone());
     if !shared.opts.resend_unconfirmed {
         // Not to be written again: what was in flight counts as not confirmed delivered.
+        if unconfirmed.msgs > 0 {
+            st.lost_reason = Some(reason.clone());
+        }
         st.unconfirmed_lost += unconfirmed.msgs;
         *unconfirmed = Unconfirmed::default();
     }
@@ -1104,7 +1117,7 @@ fn reader_loop(shared: &Shared, mut r: ReadHalf, mut buf: Vec<u8>, generation: u
             Ok(0) => {
                 let st = shared.state();
                 break 'read match &st.last_error {
-                    Some(e) if st.generation == generation => {
+                    Some(e) if st.err_generation == Some(generation) => {
                         format!("the server closed the connection after: {e}")
                     }
                     _ => "the server closed the connection".into(),
@@ -1133,7 +1146,10 @@ fn handle_op(shared: &Shared, op: ServerOp<'_>, generation: u64) {
         }
         ServerOp::Pong => {
             let mut st = shared.state();
-            if st.generation == generation {
+            // Only an answer to a PING the writer has taken: a PONG nobody asked for
+            // (no server should send one) would confirm messages not yet processed.
+            let taken = st.pings_requested.saturating_sub(u64::from(st.pings_due));
+            if st.generation == generation && st.pongs_received < taken {
                 st.pongs_received += 1;
                 st.pings_outstanding = 0;
                 drop(st);
@@ -1169,6 +1185,7 @@ fn handle_op(shared: &Shared, op: ServerOp<'_>, generation: u64) {
                 st.stats.publish_denied += 1;
             }
             st.last_error = Some(err.to_string());
+            st.err_generation = Some(generation);
             drop(st);
             if let Some(denied) = denied {
                 deny_request(shared, denied, text);

@@ -124,9 +124,10 @@ pub struct Statistics {
     pub out_msgs: u64,
     /// Payload bytes queued for sending.
     pub out_bytes: u64,
-    /// Messages received for subscriptions.
+    /// Messages the server delivered (MSG and HMSG), those for a subscription that had
+    /// just ended included.
     pub in_msgs: u64,
-    /// Payload bytes received for subscriptions.
+    /// Payload bytes of those messages.
     pub in_bytes: u64,
     /// Messages refused by `publish` because a buffer was full.
     pub dropped: u64,
@@ -146,6 +147,10 @@ pub struct Statistics {
     /// connection stays open). Those messages went to nobody. The server answers in order:
     /// once a flush returned, every refusal of what was published before it is counted.
     pub publish_denied: u64,
+    /// Messages written to a connection that ended before the server confirmed them, and
+    /// not written again (without [`Options::resend_unconfirmed`]): they may not have
+    /// arrived. Reported by the next flush as [`Error::Lost`].
+    pub lost: u64,
 }
 
 /// A connection to a NATS server. Cheap to clone: clones share the connection, which
@@ -377,6 +382,12 @@ impl Client {
     /// published before may not have arrived) unless [`Options::resend_unconfirmed`] is
     /// on: then the unconfirmed messages are written again on the next connection and
     /// the flush waits for that one's confirmation, within the same `timeout`.
+    ///
+    /// Without `resend_unconfirmed`, messages written to a connection that was lost
+    /// before the flush was called may not have arrived either: once the server has
+    /// confirmed the rest, the flush fails with [`Error::Lost`] and their count. Each
+    /// loss is told once, to the first flush that covers it (also counted in
+    /// [`Statistics::lost`], and again in [`Client::close`]'s final count).
     pub fn flush(&self, timeout: Duration) -> Result<()> {
         flush(self.shared(), timeout)
     }
@@ -447,7 +458,13 @@ impl Client {
     /// The counters so far.
     pub fn statistics(&self) -> Statistics {
         let shared = self.shared();
-        let mut stats = shared.state().stats;
+        let mut stats = {
+            let st = shared.state();
+            Statistics {
+                lost: st.unconfirmed_lost,
+                ..st.stats
+            }
+        };
         stats.in_msgs = shared.in_msgs.load(Ordering::Relaxed);
         stats.in_bytes = shared.in_bytes.load(Ordering::Relaxed);
         stats.slow_consumer_drops = shared.slow_consumer_drops.load(Ordering::Relaxed);
@@ -529,6 +546,10 @@ fn flush(shared: &Shared, timeout: Duration) -> Result<()> {
             return Err(Error::Closed);
         }
         let generation = st.generation;
+        // Lost so far: messages published before this flush, on connections that ended
+        // before confirming them. What the current connection may lose later was published
+        // after its ticket, or makes this flush fail below.
+        let lost = st.unconfirmed_lost;
         let ticket = shared.request_ping(&mut st);
         loop {
             if st.generation != generation {
@@ -537,12 +558,12 @@ fn flush(shared: &Shared, timeout: Duration) -> Result<()> {
                     .ended
                     .is_some_and(|(g, pongs)| g == generation && pongs >= ticket)
                 {
-                    return Ok(());
+                    return untold_losses(&mut st, lost);
                 }
                 break;
             }
             if st.pongs_received >= ticket {
-                return Ok(());
+                return untold_losses(&mut st, lost);
             }
             let left = remaining(deadline);
             if left.is_zero() {
@@ -554,9 +575,28 @@ fn flush(shared: &Shared, timeout: Duration) -> Result<()> {
         // on the next connection when `resend_unconfirmed` is on, so a PING there confirms
         // them too; otherwise they may be gone, and saying so is the only honest answer.
         if !shared.opts.resend_unconfirmed {
+            // This loss, and any before it, are told by this answer.
+            st.lost_told = st.unconfirmed_lost;
             return Err(Error::Disconnected);
         }
     }
+}
+
+/// A confirmed flush's answer: [`Error::Lost`] if messages published before it (`lost`
+/// counted when it began) were lost with an earlier connection and no flush said so yet.
+fn untold_losses(st: &mut State, lost: u64) -> Result<()> {
+    let untold = lost.saturating_sub(st.lost_told);
+    if untold == 0 {
+        return Ok(());
+    }
+    st.lost_told = lost;
+    Err(Error::Lost {
+        messages: untold,
+        reason: st
+            .lost_reason
+            .clone()
+            .unwrap_or_else(|| "connection lost".into()),
+    })
 }
 
 fn close(shared: &Shared, timeout: Duration) -> Result<()> {

@@ -2,6 +2,7 @@
 //! client tries them.
 
 use std::collections::hash_map::RandomState;
+use std::collections::HashSet;
 use std::hash::{BuildHasher, Hasher};
 use std::time::{Duration, Instant};
 
@@ -86,25 +87,27 @@ impl Pool {
     /// drops discovered ones no longer advertised (but `current`). A discovered host name
     /// is verified as itself; a discovered IP as `current`'s name, which is what its
     /// certificate carries. With randomizing, the order is shuffled again, `current` last.
-    /// Returns how many were new.
+    /// Returns how many were new. Linear in the lengths of both lists: it runs under the
+    /// client's lock, and an INFO may advertise tens of thousands of servers.
     pub(crate) fn add_discovered(&mut self, urls: &[String], current: &Entry) -> usize {
         let advertised: Vec<ServerAddr> = urls.iter().filter_map(|u| u.parse().ok()).collect();
         let is_current =
             |e: &Entry| e.addr.host == current.addr.host && e.addr.port == current.addr.port;
+        let listed: HashSet<(&str, u16)> = advertised
+            .iter()
+            .map(|a| (a.host.as_str(), a.port))
+            .collect();
         self.entries.retain(|e| {
-            !e.discovered
-                || is_current(e)
-                || advertised
-                    .iter()
-                    .any(|a| a.host == e.addr.host && a.port == e.addr.port)
+            !e.discovered || is_current(e) || listed.contains(&(e.addr.host.as_str(), e.addr.port))
         });
+        let mut known: HashSet<(String, u16)> = self
+            .entries
+            .iter()
+            .map(|e| (e.addr.host.clone(), e.addr.port))
+            .collect();
         let mut added = 0;
         for mut addr in advertised {
-            if self
-                .entries
-                .iter()
-                .any(|e| e.addr.host == addr.host && e.addr.port == addr.port)
-            {
+            if !known.insert((addr.host.clone(), addr.port)) {
                 continue;
             }
             if current.addr.scheme == Scheme::Tls {
@@ -276,6 +279,36 @@ mod tests {
         assert_eq!(pool.add_discovered(&urls, &current), 10);
         assert_eq!(pool.entries.last().unwrap().addr.host, "a");
         assert_eq!(pool.len(), 11);
+    }
+
+    #[test]
+    fn a_long_advertised_list_is_taken_once_each_and_dropped_again() {
+        // 50,000 servers (an INFO of about 1 MiB), each listed twice: compared pairwise,
+        // that took seconds under the client's lock.
+        let list = addrs(&["nats://a:1"]);
+        let mut pool = Pool::new(&list, false, None);
+        let current = pool.next(None).unwrap();
+        let many: Vec<String> = (0..50_000u32)
+            .map(|i| {
+                format!(
+                    "127.{}.{}.{}:{}",
+                    i >> 16,
+                    (i >> 8) & 255,
+                    i & 255,
+                    4000 + i % 7
+                )
+            })
+            .collect();
+        let twice: Vec<String> = many.iter().chain(&many).cloned().collect();
+        assert_eq!(pool.add_discovered(&twice, &current), 50_000);
+        assert_eq!(pool.len(), 50_001);
+        assert_eq!(pool.add_discovered(&many, &current), 0);
+        assert_eq!(pool.add_discovered(&many[..10], &current), 0);
+        assert_eq!(
+            pool.len(),
+            11,
+            "the configured server and the ten still listed"
+        );
     }
 
     #[test]
