@@ -181,7 +181,7 @@ pub enum Error {
     Lost {
         /// How many messages.
         messages: u64,
-        /// Why that connection ended.
+        /// Why the connection ended (the latest one, when several lost messages).
         reason: String,
     },
     /// The client closed with messages the server never confirmed.

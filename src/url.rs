@@ -260,14 +260,23 @@ pub(crate) fn parse_server_items(list: &str) -> Result<Vec<Result<ServerAddr, Er
         .collect())
 }
 
-/// True when `list`'s commas seem to fall inside credentials: an item with a scheme and
-/// no `@` followed by one with an `@` and no scheme, as `nats://me:a,b@host` splits into
-/// `nats://me:a` and `b@host`. Taken as servers, those would send part of the secret
-/// to a name lookup and to the host as a token.
-fn split_inside_credentials(list: &str) -> bool {
+/// True when `list`'s commas seem to fall inside credentials: an item with an `@` and no
+/// scheme, after items without an `@` of which one cannot be a server of its own (it has
+/// a scheme, so it opened the URL, or it does not parse), as `nats://me:a,b@host` splits
+/// into `nats://me:a` and `b@host`, and `me:a,b,c@host` into `me:a` (a host with port
+/// `a`), `b` and `c@host`. Taken as servers, those would send part of the secret to a
+/// name lookup and to the host as a token. (`host:1,t0ken@host:2` stays two servers: a
+/// comma in a secret is written `%2C`.)
+pub(crate) fn split_inside_credentials(list: &str) -> bool {
     let items: Vec<&str> = split_server_list(list).map(|(_, s)| s).collect();
-    items.windows(2).any(|w| {
-        w[0].contains("://") && !w[0].contains('@') && w[1].contains('@') && !w[1].contains("://")
+    items.iter().enumerate().any(|(i, item)| {
+        item.contains('@')
+            && !item.contains("://")
+            && items[..i]
+                .iter()
+                .rev()
+                .take_while(|before| !before.contains('@'))
+                .any(|before| before.contains("://") || before.parse::<ServerAddr>().is_err())
     })
 }
 
@@ -372,7 +381,13 @@ mod tests {
 
     #[test]
     fn a_comma_inside_credentials_refuses_the_list_unseen() {
-        for list in ["nats://s3cr,et@127.0.0.1:1", "nats://alice:1234,5678@host"] {
+        for list in [
+            "nats://s3cr,et@127.0.0.1:1",
+            "nats://alice:1234,5678@host",
+            // Without a scheme: `alice:1234` is no server (port `1234x`), nor is `alice:s3cr`.
+            "alice:1234x,5678@127.0.0.1:1",
+            "alice:s3cr,1234,5678@127.0.0.1:1",
+        ] {
             let text = parse_server_list(list).unwrap_err().to_string();
             for part in ["s3cr", "et@", "1234", "5678", "alice"] {
                 assert!(!text.contains(part), "{text}");
@@ -381,6 +396,8 @@ mod tests {
         }
         // Lists of plain servers, or with whole credentials, are fine.
         assert_eq!(parse_server_list("nats://a:1,b:2").unwrap().len(), 2);
+        // A server, then one with a token: nothing says the comma is not a separator.
+        assert_eq!(parse_server_list("a:1, t0ken@b:2").unwrap().len(), 2);
         assert_eq!(
             parse_server_list("nats://u:p@a:1,nats://u:p@b:2")
                 .unwrap()

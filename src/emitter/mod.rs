@@ -946,9 +946,12 @@ pub fn redact_env(payload: &[u8]) -> Option<Vec<u8>> {
 }
 
 /// Our own server list with every userinfo hidden: a schemeless `t0ken@host` is a token
-/// here, not an e-mail address, and a ',' inside a secret (which the list refuses) cuts it
-/// into items that each hide their part before an '@'.
+/// here, not an e-mail address. A list whose commas seem to fall inside a secret (which
+/// the list refuses) is hidden whole: its items before an '@' may be parts of the secret.
 fn redact_server_list(list: &str) -> Option<String> {
+    if crate::url::split_inside_credentials(list) {
+        return Some("********".into());
+    }
     let mut changed = false;
     let items: Vec<String> = list
         .split(',')
@@ -1129,8 +1132,10 @@ mod tests {
             ),
             ("t0ken@h:1, nats://h:2", Some("********@h:1, nats://h:2")),
             (" t0ken@h", Some(" ********@h")),
-            // A ',' inside the token: each part before an '@' goes.
-            ("nats://me,hunter22@h", Some("nats://me,********@h")),
+            // A ',' inside the secret: the list goes whole.
+            ("nats://me,hunter22@h", Some("********")),
+            ("bob:SEK,RIT@h:1", Some("********")),
+            ("bob:S,E,K@h:1, nats://h:2", Some("********")),
             ("nats://h:1,nats://h:2", None),
         ];
         for (value, want) in table {
