@@ -190,9 +190,16 @@ pub fn parse_creds(text: &str) -> Result<Credentials, &'static str> {
 /// Creds files are about 1 KiB; anything near this is not one.
 const MAX_CREDS_FILE: u64 = 1 << 20;
 
+/// The text of a creds, JWT or seed file. A UTF-8 byte order mark (which some editors
+/// write) is dropped; UTF-16 text is named as such.
 fn read_text(path: &Path) -> Result<String, Error> {
-    let bytes = crate::files::read_bounded(path, MAX_CREDS_FILE)
+    let mut bytes = crate::files::read_bounded(path, MAX_CREDS_FILE)
         .map_err(|why| Error::creds_file(path, why))?;
+    if bytes.starts_with(&[0xEF, 0xBB, 0xBF]) {
+        bytes.drain(..3);
+    } else if bytes.starts_with(&[0xFF, 0xFE]) || bytes.starts_with(&[0xFE, 0xFF]) {
+        return Err(Error::creds_file(path, "UTF-16 text: save it as UTF-8"));
+    }
     String::from_utf8(bytes).map_err(|_| Error::creds_file(path, "not UTF-8 text"))
 }
 
@@ -224,18 +231,20 @@ pub fn load_jwt_and_seed_files(jwt: &Path, seed: &Path) -> Result<Credentials, E
     })
 }
 
-/// The seed in a seed file's text: a `USER NKEY SEED` block, else the first line that
-/// starts with `S`.
+/// The seed in a seed file's text: a `USER NKEY SEED` block, else the first line that is
+/// a seed (a comment such as `Seed for alice:` may come first), else the first line that
+/// starts with `S`, for the error to say why it is none.
 fn seed_in(text: &str) -> Result<String, &'static str> {
-    match block(text, "USER NKEY SEED")? {
-        Some(seed) => Ok(seed.to_owned()),
-        None => text
-            .lines()
-            .map(str::trim)
-            .find(|l| l.starts_with('S'))
-            .map(str::to_owned)
-            .ok_or("no nkey seed in the file"),
+    if let Some(seed) = block(text, "USER NKEY SEED")? {
+        return Ok(seed.to_owned());
     }
+    let mut lines = text.lines().map(str::trim);
+    lines
+        .clone()
+        .find(|l| l.starts_with('S') && nkeys::decode_seed(l).is_ok())
+        .or_else(|| lines.find(|l| l.starts_with('S')))
+        .map(str::to_owned)
+        .ok_or("no nkey seed in the file")
 }
 
 /// A seed given directly (`SU…`) or the path of a file holding one (bare, or in a
@@ -399,6 +408,52 @@ mod tests {
         for (text, want) in table {
             assert_eq!(parse_creds(&text), Err(want));
         }
+    }
+
+    #[test]
+    fn files_with_a_byte_order_mark_or_a_comment_before_the_seed_are_read() {
+        let dir = std::env::temp_dir().join(format!("arn-auth-bom-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let kp = KeyPair::new_user();
+        let seed = kp.seed().unwrap();
+        let bom = |text: &str| [&[0xEF, 0xBB, 0xBF][..], text.as_bytes()].concat();
+        let creds = dir.join("user.creds");
+        for text in [
+            creds_text(JWT, &seed),
+            creds_text(JWT, &seed).replace('\n', "\r\n"),
+        ] {
+            std::fs::write(&creds, bom(&text)).unwrap();
+            let c = load_creds_file(&creds).unwrap();
+            assert_eq!((c.jwt(), c.seed()), (JWT, seed.as_str()));
+        }
+        let (jwt_file, seed_file) = (dir.join("user.jwt"), dir.join("user.nk"));
+        std::fs::write(&jwt_file, bom(JWT)).unwrap();
+        std::fs::write(&seed_file, bom(&format!("Seed for user alice:\n{seed}\n"))).unwrap();
+        let c = load_jwt_and_seed_files(&jwt_file, &seed_file).unwrap();
+        assert_eq!((c.jwt(), c.seed()), (JWT, seed.as_str()));
+        assert_eq!(load_seed(seed_file.to_str().unwrap()).unwrap(), seed);
+        // A line that starts like a seed and is none is still named as such.
+        std::fs::write(&seed_file, "Seed for user alice:\n").unwrap();
+        let e = load_jwt_and_seed_files(&jwt_file, &seed_file)
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("not a valid nkey seed") && !e.contains(&seed),
+            "{e}"
+        );
+        // UTF-16 (as some editors save): said, not taken for a missing block.
+        let utf16: Vec<u8> = [0xFF, 0xFE]
+            .into_iter()
+            .chain(
+                creds_text(JWT, &seed)
+                    .encode_utf16()
+                    .flat_map(u16::to_le_bytes),
+            )
+            .collect();
+        std::fs::write(&creds, utf16).unwrap();
+        let e = load_creds_file(&creds).unwrap_err().to_string();
+        assert!(e.ends_with("UTF-16 text: save it as UTF-8"), "{e}");
+        std::fs::remove_dir_all(&dir).unwrap();
     }
 
     #[test]
