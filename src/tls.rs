@@ -187,11 +187,24 @@ fn read_pem(path: &Path) -> Result<Vec<u8>, Error> {
         .map_err(|why| Error::Tls(format!("{}: {why}", shown_path(path))))
 }
 
-fn pem_error(path: &Path, e: &rustls::pki_types::pem::Error) -> Error {
+/// Why the PEM text `pem` of `path` gave nothing usable. Says nothing of the content but
+/// its section markers.
+fn pem_error(path: &Path, pem: &[u8], e: &rustls::pki_types::pem::Error) -> Error {
+    use rustls::pki_types::pem::Error as Pem;
     // The file was read already (`read_pem`): what is left is its content.
     let why = match e {
-        rustls::pki_types::pem::Error::NoItemsFound => "no PEM item found".to_owned(),
-        other => format!("not valid PEM ({other:?})"),
+        Pem::NoItemsFound if pem.windows(9).any(|w| w == b"ENCRYPTED") => {
+            "an encrypted private key: give it decrypted".to_owned()
+        }
+        Pem::NoItemsFound => "no PEM item found".to_owned(),
+        Pem::MissingSectionEnd { end_marker } => {
+            let marker = String::from_utf8_lossy(end_marker);
+            let label = marker.trim_matches('-').trim_start_matches("END ");
+            format!("not valid PEM: no \"-----END {label}-----\" line (cut short?)")
+        }
+        Pem::IllegalSectionStart { .. } => "not valid PEM: a malformed BEGIN line".to_owned(),
+        Pem::Base64Decode(_) => "not valid PEM: what is inside is not base64".to_owned(),
+        other => format!("not valid PEM ({other})"),
     };
     Error::Tls(format!("{}: {why}", shown_path(path)))
 }
@@ -200,7 +213,7 @@ fn load_certs(path: &Path) -> Result<Vec<CertificateDer<'static>>, Error> {
     let pem = read_pem(path)?;
     let certs = CertificateDer::pem_slice_iter(&pem)
         .collect::<Result<Vec<_>, _>>()
-        .map_err(|e| pem_error(path, &e))?;
+        .map_err(|e| pem_error(path, &pem, &e))?;
     if certs.is_empty() {
         return Err(Error::Tls(format!(
             "{}: no certificate found",
@@ -237,8 +250,9 @@ pub fn client_config(opts: &TlsOptions) -> Result<Arc<ClientConfig>, Error> {
         (None, None) => builder.with_no_client_auth(),
         (Some(cert), Some(key)) => {
             let chain = load_certs(cert)?;
-            let key_der =
-                PrivateKeyDer::from_pem_slice(&read_pem(key)?).map_err(|e| pem_error(key, &e))?;
+            let key_pem = read_pem(key)?;
+            let key_der = PrivateKeyDer::from_pem_slice(&key_pem)
+                .map_err(|e| pem_error(key, &key_pem, &e))?;
             builder.with_client_auth_cert(chain, key_der).map_err(|e| {
                 Error::Tls(format!(
                     "client certificate {} and key {} do not fit together: {}",
@@ -293,7 +307,26 @@ pub fn describe_error(e: &rustls::Error) -> String {
             format!("invalid server certificate: {why}")
         }
         rustls::Error::AlertReceived(alert) => {
-            format!("the server refused the handshake (alert: {alert:?})")
+            use rustls::AlertDescription as A;
+            let why = match alert {
+                A::CertificateRequired => "it requires a client certificate (give one, with its key)",
+                A::BadCertificate
+                | A::UnknownCA
+                | A::CertificateUnknown
+                | A::UnsupportedCertificate
+                | A::CertificateExpired
+                | A::CertificateRevoked
+                | A::AccessDenied => "it does not accept the client certificate",
+                _ => "",
+            };
+            match why {
+                "" => format!("the server refused the handshake (alert: {alert:?})"),
+                why => format!("the server refused the handshake: {why} (alert: {alert:?})"),
+            }
+        }
+        // What came back is no TLS record: the server speaks plain NATS first.
+        rustls::Error::InvalidMessage(rustls::InvalidMessage::InvalidContentType) => {
+            "the server answered in plain text, not TLS (TLS first needs handshake_first in the server's tls block; otherwise turn tls_first off)".to_owned()
         }
         other => other.to_string(),
     }
@@ -337,6 +370,31 @@ mod tests {
         let e = client_config(&opts).unwrap_err().to_string();
         assert_eq!(e, "tls: a client certificate was given without its key");
         let _ = std::fs::remove_dir_all(dir);
+    }
+
+    #[test]
+    fn unusable_keys_say_why_without_their_content() {
+        let key = Path::new("/etc/nats/client-key.pem");
+        let said = |pem: &str| {
+            let e = PrivateKeyDer::from_pem_slice(pem.as_bytes()).unwrap_err();
+            pem_error(key, pem.as_bytes(), &e).to_string()
+        };
+        assert_eq!(
+            said("-----BEGIN PRIVATE KEY-----\nMC4CAQAwBQYDK2VwBCIEIA\n"),
+            "tls: /etc/nats/client-key.pem: not valid PEM: no \"-----END PRIVATE KEY-----\" line (cut short?)"
+        );
+        assert_eq!(
+            said("-----BEGIN ENCRYPTED PRIVATE KEY-----\nMC4CAQAw\n-----END ENCRYPTED PRIVATE KEY-----\n"),
+            "tls: /etc/nats/client-key.pem: an encrypted private key: give it decrypted"
+        );
+        assert_eq!(
+            said("-----BEGIN PRIVATE KEY-----\n%%%%\n-----END PRIVATE KEY-----\n"),
+            "tls: /etc/nats/client-key.pem: not valid PEM: what is inside is not base64"
+        );
+        assert_eq!(
+            said("no key here"),
+            "tls: /etc/nats/client-key.pem: no PEM item found"
+        );
     }
 
     #[test]

@@ -518,14 +518,23 @@ fn mutual_tls() {
         .unwrap();
     assert_delivers(&client, &mut py, "mtls");
 
-    let without_cert = Options::new()
-        .servers(&server.url())
-        .unwrap()
-        .add_root_certificate(&certs.ca_cert)
-        .connect();
+    // Refused by the server, each with what to do about it.
+    let refused = |opts: Options| match opts.connect() {
+        Err(Error::Tls(why)) => why,
+        other => panic!("the server must refuse the client: {:?}", other.map(|_| ())),
+    };
+    let base = || {
+        Options::new()
+            .servers(&server.url())
+            .unwrap()
+            .add_root_certificate(&certs.ca_cert)
+    };
+    let why = refused(base());
+    assert!(why.contains("it requires a client certificate"), "{why}");
+    let why = refused(base().client_certificate(&certs.other_client_cert, &certs.other_client_key));
     assert!(
-        without_cert.is_err(),
-        "the server must refuse a client without a certificate"
+        why.contains("it does not accept the client certificate"),
+        "{why}"
     );
 }
 
@@ -544,6 +553,21 @@ fn tls_first_handshake() {
     client.publish("first", b"over tls-first").unwrap();
     assert_eq!(own.next_timeout(WAIT).unwrap().payload, b"over tls-first");
     client.close().unwrap();
+    // TLS first to a server that sends its INFO in plain text first: said so.
+    let plain_first = ServerConfig::new().tls(&certs).start();
+    let err = Options::new()
+        .servers(&plain_first.url())
+        .unwrap()
+        .add_root_certificate(&certs.ca_cert)
+        .tls_first(true)
+        .connect()
+        .map(|_| ())
+        .unwrap_err();
+    assert!(
+        err.to_string()
+            .contains("the server answered in plain text, not TLS"),
+        "{err}"
+    );
 }
 
 #[test]

@@ -173,9 +173,16 @@ fn read_op(
             return Ok(seen);
         }
         set_deadline(stream.tcp(), deadline)?;
-        let n = stream
-            .read(&mut chunk)
-            .map_err(|e| Error::io("read from server during the handshake", e))?;
+        let n = stream.read(&mut chunk).map_err(|e| {
+            // A TLS alert, e.g. the server refusing the client certificate.
+            match e
+                .get_ref()
+                .and_then(|inner| inner.downcast_ref::<rustls::Error>())
+            {
+                Some(tls) => Error::Tls(crate::tls::describe_error(tls)),
+                None => Error::io("read from server during the handshake", e),
+            }
+        })?;
         if n == 0 {
             return Err(Error::io(
                 "handshake",
