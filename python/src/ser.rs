@@ -366,15 +366,26 @@ impl Ser<'_> {
                 self.buf.push(b',');
             }
             first = false;
-            if ffi::Py_TYPE(k) == addr_of_mut!(ffi::PyUnicode_Type) {
-                self.str(k)?;
+            let ascii = if ffi::Py_TYPE(k) == addr_of_mut!(ffi::PyUnicode_Type) {
+                compact_ascii(k)
             } else {
-                // Keep the key alive: converting it may run Python code.
-                let k = Owned::incref(k);
+                None
+            };
+            if let Some(text) = ascii {
+                // Nothing allocated: the dict cannot change before its value is written.
+                write_str_utf8(self.buf, text);
+                self.buf.push(b':');
+                self.item(v)?;
+            } else {
+                // Converting this key allocates (a UTF-8 copy, an error for a lone
+                // surrogate, an int's digits) or runs Python code; either may start a
+                // garbage collection whose `__del__` methods and gc callbacks clear this
+                // dict and free both: hold them until the value is written.
+                let (k, v) = (Owned::incref(k), Owned::incref(v));
                 self.key(k.0)?;
+                self.buf.push(b':');
+                self.item(v.0)?;
             }
-            self.buf.push(b':');
-            self.item(v)?;
         }
         self.buf.push(b'}');
         self.leave();

@@ -273,10 +273,20 @@ class ClearsOnCollect:
     def __del__(self):
         holder.clear()
 
+class Key(str):
+    pass
+
 # Each value made afresh, so that the container holds its only reference.
-fresh = [lambda: "".join(["\ud800", "A" * 5000]), lambda: 10 ** 40 + len(sys.argv)]
+fresh = [lambda: "".join(["\ud800", "A" * 5000]), lambda: 10 ** 40 + len(sys.argv),
+         lambda: ["value", len(sys.argv)], lambda: "".join(["\u00e9", "B" * 100])]
+# Keys whose conversion allocates (and so may collect) before their value is written.
+keys = [lambda: "".join(["\ud800", "k"]), lambda: "".join(["\u00e9", "k"]),
+        lambda: 10 ** 40 + len(sys.argv), lambda: Key("k")]
+containers = [lambda v: {"k": v}, lambda v: [v]]
+containers += [lambda v, key=key: {key(): v} for key in keys]
 for value in fresh:
-    for make in (lambda: {"k": value()}, lambda: [value()]):
+    for container in containers:
+        make = lambda: container(value())
         for _ in range(20):
             holder = make()
             gc.collect()
