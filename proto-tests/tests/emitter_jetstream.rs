@@ -574,3 +574,108 @@ fn with_the_server_down_the_run_ends_in_time_and_counts_every_message() {
         end.errors
     );
 }
+
+/// Creates `config` (stream JSON) through the JetStream API, as an administrator would.
+fn create_stream_as_admin(url: &str, config: serde_json::Value) {
+    let nc = client::connect(url).unwrap();
+    let name = config["name"].as_str().unwrap().to_owned();
+    let reply = nc
+        .request(
+            &format!("$JS.API.STREAM.CREATE.{name}"),
+            config.to_string().as_bytes(),
+            WAIT,
+        )
+        .unwrap();
+    let text = String::from_utf8_lossy(&reply.payload).into_owned();
+    assert!(!text.contains("\"error\""), "{text}");
+    nc.close().unwrap();
+}
+
+#[test]
+fn a_full_stream_that_discards_new_messages_refuses_them_at_once() {
+    // The stream the run is configured to create exists already, made by an
+    // administrator with another configuration (a limit of 5 messages, new ones refused):
+    // it is published to without an error about creating it, and what does not fit is
+    // refused for good (nats-server answers it with code 503), not retried until the
+    // flush timeout.
+    let server = ServerConfig::new().jetstream().start();
+    create_stream_as_admin(
+        &server.url(),
+        json!({"name": STREAM, "subjects": ["pub.ansible.runner.>"], "storage": "file",
+               "max_msgs": 5, "discard": "new", "duplicate_window": 600_000_000_000u64}),
+    );
+    let v = vars(&server.url(), &[("RUNNER_NATS_FLUSH_TIMEOUT", "30")]);
+    let emitter = Emitter::new();
+    let ident = "full";
+    let mut errors = send_status(&emitter, &v, ident, "starting").errors;
+    for i in 1..=10 {
+        errors.extend(send(&emitter, &v, ident, Kind::Event, &event(ident, i)).errors);
+    }
+    let end = send_status(&emitter, &v, ident, "successful");
+    errors.extend(end.errors);
+    let c = end.summary.unwrap().counters;
+    let js = c.jetstream.unwrap();
+    assert_eq!(
+        (js.acknowledged, js.refused, js.retries, c.undelivered),
+        (5, 7, 0, 0),
+        "{errors:?}"
+    );
+    assert_eq!(errors.len(), 1, "{errors:?}");
+    assert!(
+        errors[0].contains("JetStream refused a message on")
+            && errors[0].contains("maximum messages exceeded"),
+        "{errors:?}"
+    );
+    assert_eq!(stored_ids(&server.url()).len(), 5);
+}
+
+#[test]
+fn a_stream_that_appears_mid_run_stores_it_in_order_but_for_one_window() {
+    // No stream at first: every publish meets "no responders" and waits to go again.
+    // Once an administrator makes one, the run resumes from its oldest message: only the
+    // messages in flight at that moment may be stored after later ones.
+    let server = ServerConfig::new().jetstream().start();
+    let mut v = vars(&server.url(), &[]);
+    v.remove("RUNNER_NATS_JETSTREAM_STREAM");
+    let emitter = Emitter::new();
+    let ident = "late";
+    let n = 2000;
+    send_status(&emitter, &v, ident, "starting");
+    for i in 1..=n {
+        send(&emitter, &v, ident, Kind::Event, &event(ident, i));
+    }
+    // The end of the run goes on publishing until everything is acknowledged; the stream
+    // is made while it does, once the server has seen the run's messages come back
+    // more than once (each publish is counted there, answered or not).
+    let end = thread::scope(|s| {
+        let end = s.spawn(|| send_status(&emitter, &v, ident, "successful"));
+        wait_until(WAIT, "publishes refused for want of a stream", || {
+            server.monitor("/varz")["in_msgs"].as_u64().unwrap_or(0) >= 3 * n as u64
+        });
+        create_stream_as_admin(
+            &server.url(),
+            json!({"name": STREAM, "subjects": ["pub.ansible.runner.>"], "storage": "file"}),
+        );
+        end.join().unwrap()
+    });
+    assert!(end.errors.is_empty(), "{:?}", end.errors);
+    let ids = stored_ids(&server.url());
+    let expected = expected_ids(ident, &run_tag(ident, &ids), n);
+    let mut sorted = ids.clone();
+    sorted.sort();
+    let mut want = expected.clone();
+    want.sort();
+    assert_eq!(sorted, want, "each message stored once");
+    let place: HashMap<&String, usize> =
+        expected.iter().enumerate().map(|(i, id)| (id, i)).collect();
+    let window = 256;
+    let mut latest = 0;
+    for id in &ids {
+        let at = place[id];
+        assert!(
+            at + window > latest,
+            "{id} (message {at}) stored after message {latest}"
+        );
+        latest = latest.max(at);
+    }
+}

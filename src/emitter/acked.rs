@@ -197,9 +197,15 @@ impl Acked {
         let mut i = 0;
         while i < self.queue.len() && self.in_flight < self.config.window {
             let p = &mut self.queue[i];
-            if p.ack.is_some() || p.not_before.is_some_and(|t| t > now) {
+            if p.ack.is_some() {
                 i += 1;
                 continue;
+            }
+            // A message waiting out its retry pause holds back those behind it: they
+            // would meet what it met (JetStream unavailable, busy), and sent past it they
+            // would be stored before it.
+            if p.not_before.is_some_and(|t| t > now) {
+                break;
             }
             match self.js.publish_async(&p.subject, &p.headers, &p.payload) {
                 Ok(ack) => {
@@ -258,7 +264,13 @@ impl Acked {
             },
         };
         match outcome {
-            Ok(_) => {
+            // Made, or there already under that name (10058: with another configuration,
+            // such as a duplicate window an administrator lengthened): published to.
+            Ok(_)
+            | Err(Error::JetStream {
+                err_code: STREAM_NAME_IN_USE,
+                ..
+            }) => {
                 self.creating = None;
                 true
             }
@@ -407,11 +419,18 @@ impl Acked {
 /// full stream that discards new messages.)
 const NOT_NOW: [u64; 2] = [10158, 10167];
 
+/// The stream exists under that name with another configuration.
+const STREAM_NAME_IN_USE: u64 = 10058;
+
+/// A store that failed: over a limit of a stream that discards new messages (`maximum
+/// messages exceeded`, `maximum bytes exceeded`), which nats-server answers with code 503.
+const STORE_FAILED: u64 = 10077;
+
 /// Whether an ack's error means the message will never be stored, however often sent.
 fn refused_for_good(e: &Error) -> bool {
     match e {
         Error::JetStream { code, err_code, .. } => {
-            *code != 503 && *code != 0 && !NOT_NOW.contains(err_code)
+            *err_code == STORE_FAILED || (*code != 503 && *code != 0 && !NOT_NOW.contains(err_code))
         }
         Error::PermissionDenied(_) => true,
         _ => false,
@@ -438,6 +457,8 @@ mod tests {
         assert!(refused_for_good(&api(400, 10060)));
         assert!(refused_for_good(&Error::PermissionDenied("x".into())));
         assert!(refused_for_good(&api(500, 10077)));
+        // A full stream that discards new messages, as nats-server 2.15 answers it.
+        assert!(refused_for_good(&api(503, 10077)));
         // Unavailable, unreadable, still being proposed, too busy: again.
         for retried in [api(503, 10008), api(0, 0), api(409, 10158), api(429, 10167)] {
             assert!(!refused_for_good(&retried), "{retried:?}");
