@@ -9,7 +9,7 @@ use std::thread;
 use std::time::Duration;
 
 use ansible_runner_nats::client;
-use ansible_runner_nats::emitter::{config, Emitter, Kind, Report};
+use ansible_runner_nats::emitter::{config, Emitter, Kind, Report, RunCounters};
 use ansible_runner_nats::jetstream::{JetStream, StreamConfig, MSG_ID};
 use proto_tests::proxy::{Mode, Proxy};
 use proto_tests::{cluster, wait_until, ServerConfig};
@@ -88,6 +88,22 @@ fn start_with_a_big_and_a_small_event(
     errors.extend(send(emitter, vars, ident, Kind::Event, &big).errors);
     errors.extend(send(emitter, vars, ident, Kind::Event, &event(ident, 2)).errors);
     errors
+}
+
+/// A whole run of `n` events ending `successful`: its counters and every error line.
+fn whole_run(
+    emitter: &Emitter,
+    vars: &HashMap<String, String>,
+    ident: &str,
+    n: usize,
+) -> (RunCounters, Vec<String>) {
+    let mut errors = send_status(emitter, vars, ident, "starting").errors;
+    for i in 1..=n {
+        errors.extend(send(emitter, vars, ident, Kind::Event, &event(ident, i)).errors);
+    }
+    let end = send_status(emitter, vars, ident, "successful");
+    errors.extend(end.errors);
+    (end.summary.expect("the run's summary").counters, errors)
 }
 
 /// `call` until it succeeds, for up to `WAIT`: right after a node died, a replicated
@@ -352,15 +368,7 @@ fn messages_this_user_may_not_publish_are_refused_at_once_not_retried_until_the_
             ("RUNNER_NATS_PASSWORD", "pw"),
         ],
     );
-    let emitter = Emitter::new();
-    let ident = "denied";
-    let mut errors = send_status(&emitter, &v, ident, "starting").errors;
-    for i in 1..=3 {
-        errors.extend(send(&emitter, &v, ident, Kind::Event, &event(ident, i)).errors);
-    }
-    let end = send_status(&emitter, &v, ident, "successful");
-    errors.extend(end.errors);
-    let c = end.summary.unwrap().counters;
+    let (c, errors) = whole_run(&Emitter::new(), &v, "denied", 3);
     let js = c.jetstream.unwrap();
     // Within the 60 s flush timeout nothing was left waiting for an ack.
     assert_eq!(
@@ -383,17 +391,10 @@ fn a_stream_that_cannot_be_made_and_a_refused_message_are_each_reported() {
     // Another stream already captures the subjects, with a small message limit: ours
     // cannot be created (overlap), and JetStream refuses a larger event.
     let server = ServerConfig::new().jetstream().start();
-    let nc = client::connect(&server.url()).unwrap();
-    let other = json!({"name": "OTHER", "subjects": ["pub.ansible.runner.>"], "max_msg_size": 300});
-    let reply = nc
-        .request(
-            "$JS.API.STREAM.CREATE.OTHER",
-            other.to_string().as_bytes(),
-            WAIT,
-        )
-        .unwrap();
-    assert!(!String::from_utf8_lossy(&reply.payload).contains("\"error\""));
-    nc.close().unwrap();
+    create_stream_as_admin(
+        &server.url(),
+        json!({"name": "OTHER", "subjects": ["pub.ansible.runner.>"], "max_msg_size": 300}),
+    );
     let v = vars(&server.url(), &[("RUNNER_NATS_FLUSH_TIMEOUT", "5")]);
     let emitter = Emitter::new();
     let ident = "refused";
@@ -605,15 +606,7 @@ fn a_full_stream_that_discards_new_messages_refuses_them_at_once() {
                "max_msgs": 5, "discard": "new", "duplicate_window": 600_000_000_000u64}),
     );
     let v = vars(&server.url(), &[("RUNNER_NATS_FLUSH_TIMEOUT", "30")]);
-    let emitter = Emitter::new();
-    let ident = "full";
-    let mut errors = send_status(&emitter, &v, ident, "starting").errors;
-    for i in 1..=10 {
-        errors.extend(send(&emitter, &v, ident, Kind::Event, &event(ident, i)).errors);
-    }
-    let end = send_status(&emitter, &v, ident, "successful");
-    errors.extend(end.errors);
-    let c = end.summary.unwrap().counters;
+    let (c, errors) = whole_run(&Emitter::new(), &v, "full", 10);
     let js = c.jetstream.unwrap();
     assert_eq!(
         (js.acknowledged, js.refused, js.retries, c.undelivered),

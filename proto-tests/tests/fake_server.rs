@@ -3,7 +3,7 @@
 //! that never speaks, and what a lost connection does to a pending flush and to the next.
 
 use std::io::{Read, Write};
-use std::net::TcpStream;
+use std::net::{TcpListener, TcpStream};
 use std::sync::{mpsc, Arc, Mutex, OnceLock};
 use std::thread;
 use std::time::{Duration, Instant};
@@ -142,6 +142,16 @@ fn basic_info() -> ServerInfo {
     }
 }
 
+/// The next connection to `listener`.
+fn accept(listener: &TcpListener) -> FakeConn {
+    let (stream, _) = listener.accept().unwrap();
+    stream.set_nodelay(true).unwrap();
+    FakeConn {
+        stream,
+        buf: Vec::new(),
+    }
+}
+
 /// Starts a fake server that runs `script` on its first connection.
 fn fake_server<F>(script: F) -> (String, thread::JoinHandle<()>)
 where
@@ -149,14 +159,7 @@ where
 {
     let listener = proto_tests::loopback_listener();
     let url = format!("nats://{}", listener.local_addr().unwrap());
-    let handle = thread::spawn(move || {
-        let (stream, _) = listener.accept().unwrap();
-        stream.set_nodelay(true).unwrap();
-        script(FakeConn {
-            stream,
-            buf: Vec::new(),
-        });
-    });
+    let handle = thread::spawn(move || script(accept(&listener)));
     (url, handle)
 }
 
@@ -444,16 +447,8 @@ where
     let listener = proto_tests::loopback_listener();
     let url = format!("nats://{}", listener.local_addr().unwrap());
     let handle = thread::spawn(move || {
-        let accept = || {
-            let (stream, _) = listener.accept().unwrap();
-            stream.set_nodelay(true).unwrap();
-            FakeConn {
-                stream,
-                buf: Vec::new(),
-            }
-        };
-        first(accept());
-        let mut second = accept();
+        first(accept(&listener));
+        let mut second = accept(&listener);
         second.handshake(basic_info());
         second.serve_until_closed();
     });
@@ -559,11 +554,7 @@ fn each_lost_connection_gives_its_own_reason() {
     let url = format!("nats://{}", listener.local_addr().unwrap());
     let server = thread::spawn(move || {
         for err in [None, Some("Unknown Protocol Operation"), None] {
-            let (stream, _) = listener.accept().unwrap();
-            let mut conn = FakeConn {
-                stream,
-                buf: Vec::new(),
-            };
+            let mut conn = accept(&listener);
             conn.handshake(basic_info());
             if let Some(text) = err {
                 conn.send(ServerOp::Err(text));
