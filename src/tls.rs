@@ -192,8 +192,11 @@ fn read_pem(path: &Path) -> Result<Vec<u8>, Error> {
 fn pem_error(path: &Path, pem: &[u8], e: &rustls::pki_types::pem::Error) -> Error {
     use rustls::pki_types::pem::Error as Pem;
     // The file was read already (`read_pem`): what is left is its content.
+    // `BEGIN ENCRYPTED PRIVATE KEY` (PKCS#8: no item the parser knows), or
+    // `Proc-Type: 4,ENCRYPTED` inside a traditional key (not base64).
+    let encrypted = pem.windows(9).any(|w| w == b"ENCRYPTED");
     let why = match e {
-        Pem::NoItemsFound if pem.windows(9).any(|w| w == b"ENCRYPTED") => {
+        Pem::NoItemsFound | Pem::Base64Decode(_) if encrypted => {
             "an encrypted private key: give it decrypted".to_owned()
         }
         Pem::NoItemsFound => "no PEM item found".to_owned(),
@@ -385,6 +388,10 @@ mod tests {
         );
         assert_eq!(
             said("-----BEGIN ENCRYPTED PRIVATE KEY-----\nMC4CAQAw\n-----END ENCRYPTED PRIVATE KEY-----\n"),
+            "tls: /etc/nats/client-key.pem: an encrypted private key: give it decrypted"
+        );
+        assert_eq!(
+            said("-----BEGIN RSA PRIVATE KEY-----\nProc-Type: 4,ENCRYPTED\nDEK-Info: AES-128-CBC,00\n\nMIIE\n-----END RSA PRIVATE KEY-----\n"),
             "tls: /etc/nats/client-key.pem: an encrypted private key: give it decrypted"
         );
         assert_eq!(

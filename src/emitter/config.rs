@@ -997,11 +997,19 @@ fn load_tls(src: &mut Sources<'_>) -> Option<TlsOptions> {
     }
     if !files.is_empty() || tls.tls_first {
         if let Err(e) = crate::tls::client_config(&tls) {
+            // Filed under the variable of the file the error names (the first that it
+            // does, for a certificate and key that do not fit together).
+            let text = e.to_string();
+            let named = |(_, path): &&(String, String)| {
+                text.contains(&crate::error::shown_path(std::path::Path::new(path)))
+            };
             let source = files
-                .first()
+                .iter()
+                .find(named)
+                .or(files.first())
                 .map_or("RUNNER_NATS_TLS_FIRST", |(s, _)| s.as_str())
                 .to_owned();
-            src.issue(&source, format!("{e}; emitter disabled"), true);
+            src.issue(&source, format!("{text}; emitter disabled"), true);
             return None;
         }
     }

@@ -700,6 +700,20 @@ fn tls_variables() {
         "RUNNER_NATS_TLS_CERT_FILE: a client certificate needs both RUNNER_NATS_TLS_CERT_FILE and RUNNER_NATS_TLS_KEY_FILE; emitter disabled"
     );
     assert!(disables);
+    // A problem with one of several files is filed under that file's variable.
+    let cert = concat!(env!("CARGO_MANIFEST_DIR"), "/fuzz/fixtures/ca.pem");
+    let (text, _, _) = only_issue(
+        &[
+            ("RUNNER_NATS_TLS_CA_FILE", cert),
+            ("RUNNER_NATS_TLS_CERT_FILE", cert),
+            ("RUNNER_NATS_TLS_KEY_FILE", &garbage),
+        ],
+        None,
+    );
+    assert_eq!(
+        text,
+        format!("RUNNER_NATS_TLS_KEY_FILE: tls: {garbage}: no PEM item found; emitter disabled")
+    );
     let c = config(&[("RUNNER_NATS_TLS_FIRST", "true")], None);
     assert!(c.options.tls.tls_first);
     assert!(
