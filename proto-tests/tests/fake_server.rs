@@ -480,7 +480,13 @@ fn a_flush_after_a_lost_connection_says_what_was_lost_with_it() {
     assert_eq!(client.statistics().lost, 5);
     // The new connection confirms the flush, but not the five written before it.
     let err = client.flush(STEP).unwrap_err();
-    assert!(matches!(err, Error::Lost { messages: 5, .. }), "{err:?}");
+    let Error::Lost {
+        messages: 5,
+        reason: lost_reason,
+    } = &err
+    else {
+        panic!("{err:?}")
+    };
     assert!(
         err.to_string().starts_with(
             "connection: 5 messages were lost with a connection before the server confirmed them ("
@@ -491,10 +497,10 @@ fn a_flush_after_a_lost_connection_says_what_was_lost_with_it() {
     client.flush(STEP).unwrap();
     client.publish("a", b"confirmed").unwrap();
     client.flush(STEP).unwrap();
-    // The final count still has them.
+    // The final count still has them, and why they were lost.
     let err = client.close().unwrap_err();
     assert!(
-        matches!(err, Error::NotDelivered { messages: 5, .. }),
+        matches!(&err, Error::NotDelivered { messages: 5, reason } if reason == lost_reason),
         "{err:?}"
     );
     server.join().unwrap();

@@ -185,12 +185,12 @@ pub(crate) struct Waiter {
 /// The sending end of a subscription's or a request's channel, and why the server ended
 /// it, if it did: set once, before the sender goes, so that the receiver finds it when the
 /// channel ends (see [`ended`]).
-pub(crate) struct Outlet {
-    pub(crate) tx: SyncSender<Message>,
+pub(crate) struct Outlet<T = Message> {
+    pub(crate) tx: SyncSender<T>,
     pub(crate) denied: Arc<OnceLock<String>>,
 }
 
-impl Outlet {
+impl<T> Outlet<T> {
     /// Ends the channel with the server's refusal `text`.
     fn deny(self, text: &str) {
         let _ = self.denied.set(text.to_owned());
@@ -207,8 +207,9 @@ pub(crate) fn ended(denied: &OnceLock<String>) -> Error {
 
 /// Where a subscription's messages go.
 pub(crate) enum Sink {
-    /// A [`crate::client::Subscription`]'s queue.
-    Channel(Outlet),
+    /// A [`crate::client::Subscription`]'s queue: each message with its number among
+    /// those delivered to the subscription (see [`Sub::delivered`]).
+    Channel(Outlet<(u64, Message)>),
     /// The request inbox (`_INBOX.<id>.*`): each reply goes to the request waiting for
     /// its last subject token, see [`Shared::replies`].
     Replies,
@@ -1345,7 +1346,7 @@ fn route(shared: &Shared, msg: Msg<'_>) -> [Option<Event>; 2] {
             return [malformed, None];
         }
     };
-    let sent = tx.try_send(message);
+    let sent = tx.try_send((sub.delivered + 1, message));
     let ended = sub.count_delivered();
     let slow = match sent {
         Ok(()) => None,

@@ -27,6 +27,7 @@ pub(crate) mod pool;
 mod request;
 pub(crate) mod transport;
 
+use std::cell::Cell;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::mpsc::{self, Receiver, RecvTimeoutError};
 use std::sync::{Arc, OnceLock};
@@ -439,6 +440,7 @@ impl Client {
             rx,
             dropped,
             denied,
+            limit: Cell::new(None),
             shared: Arc::clone(shared),
             active: true,
         })
@@ -662,10 +664,15 @@ fn close(shared: &Shared, timeout: Duration) -> Result<()> {
         0 => Ok(()),
         messages => Err(Error::NotDelivered {
             messages,
-            reason: st
-                .last_error
-                .clone()
-                .unwrap_or_else(|| "the server did not confirm them in time".into()),
+            // All lost with connections that ended: why the last of those ended (a
+            // later failed reconnect, say, is not why).
+            reason: match &st.lost_reason {
+                Some(lost) if messages == st.unconfirmed_lost => lost.clone(),
+                _ => st
+                    .last_error
+                    .clone()
+                    .unwrap_or_else(|| "the server did not confirm them in time".into()),
+            },
         }),
     }
 }
@@ -674,10 +681,14 @@ fn close(shared: &Shared, timeout: Duration) -> Result<()> {
 pub struct Subscription {
     sid: u64,
     subject: String,
-    rx: Receiver<Message>,
+    /// Each message with its number among those delivered to the subscription.
+    rx: Receiver<(u64, Message)>,
     dropped: Arc<AtomicU64>,
     /// Set when the server refused the subscription.
     denied: Arc<OnceLock<String>>,
+    /// The automatic unsubscribe's limit: messages numbered beyond it, which arrived
+    /// before it was set, are not handed out.
+    limit: Cell<Option<u64>>,
     shared: Arc<Shared>,
     active: bool,
 }
@@ -709,7 +720,9 @@ impl Subscription {
     /// [`Error::Closed`] (client closed, or its automatic unsubscribe limit reached).
     pub fn next_timeout(&self, timeout: Duration) -> Result<Message> {
         match self.rx.recv_timeout(timeout) {
-            Ok(m) => Ok(m),
+            Ok(numbered) => self
+                .within_limit(numbered)
+                .ok_or_else(|| ended(&self.denied)),
             Err(RecvTimeoutError::Timeout) => Err(Error::Timeout {
                 what: "receive",
                 after: timeout,
@@ -720,7 +733,7 @@ impl Subscription {
 
     /// The next message if one is waiting.
     pub fn try_next(&self) -> Option<Message> {
-        self.rx.try_recv().ok()
+        self.within_limit(self.rx.try_recv().ok()?)
     }
 
     /// Waits for the next message, as long as it takes; `None` once the subscription has
@@ -728,7 +741,15 @@ impl Subscription {
     /// tells why it ended). Not from the event callback: it runs on the thread that
     /// delivers the messages, which would wait for itself.
     pub fn recv(&self) -> Option<Message> {
-        self.rx.recv().ok()
+        self.within_limit(self.rx.recv().ok()?)
+    }
+
+    /// The message, unless its number is beyond the limit (the subscription ended before it).
+    fn within_limit(&self, (number, message): (u64, Message)) -> Option<Message> {
+        match self.limit.get() {
+            Some(max) if number > max => None,
+            _ => Some(message),
+        }
     }
 
     /// The messages as they come ([`Subscription::recv`] in a loop), until the
@@ -755,7 +776,8 @@ impl Subscription {
     /// Ends the subscription once `max` messages in all have been delivered to it since
     /// the subscribe (NATS's `UNSUB <sid> <max>`; nats.go's `AutoUnsubscribe`): the
     /// server stops sending there, the client ends it when the last one arrives, and a
-    /// reconnect asks the new server for what is left. If `max` came already, it ends now.
+    /// reconnect asks the new server for what is left. If `max` came already, it ends now,
+    /// and of the messages that arrived before, those beyond `max` are not handed out.
     /// Messages a slow consumer dropped count: the server delivered them. A limit can be
     /// lowered, not raised ([`Error::Config`]): the server may have ended the subscription
     /// at the first one already. Beyond 999,999,999 (more digits than nats-server reads)
@@ -767,8 +789,13 @@ impl Subscription {
         // What to tell the server: `Some(None)` a plain UNSUB, `Some(Some(n))` UNSUB n.
         let unsub = {
             let mut subs = lock(&self.shared.subs);
+            // Messages beyond the limit that arrived already are not handed out.
+            let lower = |limit: &Cell<Option<u64>>| {
+                limit.set(Some(limit.get().map_or(max, |set| set.min(max))));
+            };
             let Some(sub) = subs.get_mut(&self.sid) else {
                 // Ended already: its limit, or the server's refusal.
+                lower(&self.limit);
                 return Ok(());
             };
             if let Some(set) = sub.max.filter(|set| max > *set) {
@@ -778,6 +805,7 @@ impl Subscription {
                 )));
             }
             sub.max = Some(max);
+            lower(&self.limit);
             if sub.limit_reached() {
                 subs.remove(&self.sid);
                 Some(None)
