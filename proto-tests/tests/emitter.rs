@@ -585,6 +585,46 @@ fn oversized_event_is_reported_and_the_rest_arrive() {
 }
 
 #[test]
+fn a_run_full_of_oversized_events_names_ten_and_counts_them_all() {
+    let server = ServerConfig::new().max_payload(4 * 1024).start();
+    let vars = env(&[
+        ("RUNNER_NATS_SUBJECT_ID", "many"),
+        ("RUNNER_NATS_SERVERS", &server.url()),
+    ]);
+    let emitter = Emitter::new();
+    let ident = "many1";
+    send_status(&emitter, &vars, ident, "starting");
+    proto_tests::wait_until(WAIT, "the emitter's connection", || {
+        emitter.is_connected(ident)
+    });
+    let mut said = Vec::new();
+    for i in 1..=25 {
+        said.extend(
+            send(
+                &emitter,
+                &vars,
+                ident,
+                Kind::Event,
+                &event(ident, i, 8 * 1024),
+            )
+            .errors,
+        );
+    }
+    let end = send_status(&emitter, &vars, ident, "successful");
+    assert_eq!(said.len(), 11, "{said:?}");
+    assert!(
+        said[..10].iter().all(|l| l.contains(": not sent")),
+        "{said:?}"
+    );
+    assert_eq!(
+        said[10],
+        "run many1: more events over the server's max_payload of 4096: from now on only counted (in the run's summary)"
+    );
+    assert_eq!(end.summary.unwrap().counters.oversized, 25);
+    assert_eq!(end.errors, ["run many1: 25 oversized events not sent"]);
+}
+
+#[test]
 fn secrets_in_the_starting_env_are_redacted() {
     let server = ServerConfig::new().start();
     let mut sub = PySubscriber::start(&server.url(), "pub.ansible.runner.sec.>");

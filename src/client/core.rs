@@ -650,7 +650,11 @@ fn begin_connection(
     st.info = info;
     // Messages buffered before this server was known: one over its limit, or with headers
     // it does not support, would make it close the connection, again after every reconnect.
-    let (oversized, headers) = drop_unsendable(&mut st);
+    let Unsendable {
+        oversized,
+        headers,
+        resent,
+    } = drop_unsendable(&mut st, replayed);
     st.pool.add_discovered(&urls, &entry);
     st.pool.record(&entry.addr, true, Instant::now());
     st.current = Some(entry);
@@ -677,6 +681,12 @@ fn begin_connection(
             reason: "buffered with headers, which the server does not support".into(),
         });
     }
+    if resent > 0 {
+        shared.emit(Event::Dropped {
+            messages: resent,
+            reason: RESENT_UNSENDABLE.into(),
+        });
+    }
 
     let s = Arc::clone(shared);
     match thread::Builder::new()
@@ -699,10 +709,25 @@ fn begin_connection(
     }
 }
 
+/// Why a message written to a lost connection was not written again.
+const RESENT_UNSENDABLE: &str = "written to a connection that ended before the server confirmed it, then over the max_payload of the server reached next, or with headers it does not support: not written again";
+
+/// What [`drop_unsendable`] removed.
+struct Unsendable {
+    /// Never written: over the server's `max_payload` (`Statistics::oversized`).
+    oversized: u64,
+    /// Never written: with headers the server does not support.
+    headers: u64,
+    /// Written to a connection that was lost before confirming them (the first messages
+    /// of the buffer, replayed with `resend_unconfirmed`): they may have arrived, so they
+    /// count as lost (`Statistics::lost`), not as never sent.
+    resent: u64,
+}
+
 /// Removes the buffered messages the server just connected would refuse by closing the
 /// connection: larger than its `max_payload`, or with headers where it has no header
-/// support. Returns how many of each.
-fn drop_unsendable(st: &mut State) -> (u64, u64) {
+/// support. The first `replayed` messages of the buffer were written before.
+fn drop_unsendable(st: &mut State, replayed: u64) -> Unsendable {
     let max = st.max_payload();
     let before = std::mem::replace(&mut st.accepted_max, max);
     let had_headers = std::mem::replace(&mut st.accepted_headers, st.info.headers);
@@ -710,12 +735,17 @@ fn drop_unsendable(st: &mut State) -> (u64, u64) {
     // only where this server has them too.
     let check_size = max < before;
     let check_headers = had_headers && !st.info.headers;
+    let mut dropped = Unsendable {
+        oversized: 0,
+        headers: 0,
+        resent: 0,
+    };
     if !check_size && !check_headers {
-        return (0, 0);
+        return dropped;
     }
     let mut kept = Vec::with_capacity(st.out.len());
-    let (mut oversized, mut headers) = (0, 0);
     let mut rest = st.out.as_slice();
+    let mut n = 0;
     // `out` holds only PUB and HPUB that we encoded ourselves.
     while let Ok(Status::Complete((op, used))) = parse_client_op(rest, usize::MAX) {
         let (size, has_headers) = match op {
@@ -726,24 +756,32 @@ fn drop_unsendable(st: &mut State) -> (u64, u64) {
             _ => (0, false),
         };
         let (this, after) = rest.split_at(used.min(rest.len()));
-        if check_size && size > max {
-            oversized += 1;
-        } else if check_headers && has_headers {
-            headers += 1;
-        } else {
+        let refused = (check_size && size > max) || (check_headers && has_headers);
+        if !refused {
             kept.extend_from_slice(this);
+        } else if n < replayed {
+            dropped.resent += 1;
+        } else if check_size && size > max {
+            dropped.oversized += 1;
+        } else {
+            dropped.headers += 1;
         }
+        n += 1;
         rest = after;
     }
-    let dropped = oversized + headers;
-    if dropped > 0 {
+    let never_sent = dropped.oversized + dropped.headers;
+    if never_sent + dropped.resent > 0 {
         st.out = kept;
-        st.out_msgs = st.out_msgs.saturating_sub(dropped);
-        st.stats.dropped += dropped;
-        st.stats.oversized += oversized;
-        st.stats.headers_unsupported += headers;
+        st.out_msgs = st.out_msgs.saturating_sub(never_sent + dropped.resent);
+        st.stats.dropped += never_sent;
+        st.stats.oversized += dropped.oversized;
+        st.stats.headers_unsupported += dropped.headers;
     }
-    (oversized, headers)
+    if dropped.resent > 0 {
+        st.unconfirmed_lost += dropped.resent;
+        st.lost_reason = Some(RESENT_UNSENDABLE.into());
+    }
+    dropped
 }
 
 /// Bookkeeping after a connection ended: fail its waiters, keep what must be replayed.
@@ -1369,7 +1407,37 @@ fn route(shared: &Shared, msg: Msg<'_>) -> [Option<Event>; 2] {
 
 #[cfg(test)]
 mod tests {
-    use super::{denied_publish, denied_subscription, DeniedPublish, Unconfirmed};
+    use super::{
+        denied_publish, denied_subscription, drop_unsendable, DeniedPublish, Shared, Unconfirmed,
+    };
+    use crate::client::pool::Pool;
+    use crate::client::Options;
+    use crate::proto::encode_pub;
+
+    #[test]
+    fn a_message_written_before_and_over_the_next_limit_is_lost_not_unsent() {
+        // Three messages, the second too big for the server just reached (2 MiB after
+        // 8 MiB); the first `replayed` of them were written to the lost connection.
+        for (replayed, resent, oversized) in [(0, 0, 1), (2, 1, 0), (3, 1, 0)] {
+            let shared = Shared::new(Options::default(), Pool::new(&[], false, None));
+            let mut st = shared.state();
+            for size in [100, 3 << 20, 100] {
+                encode_pub(&mut st.out, "s", None, None, &vec![b'x'; size]);
+            }
+            st.out_msgs = 3;
+            st.accepted_max = 8 << 20;
+            st.info.max_payload = 2 << 20;
+            let dropped = drop_unsendable(&mut st, replayed);
+            assert_eq!((dropped.resent, dropped.oversized), (resent, oversized));
+            assert_eq!(st.out_msgs, 2);
+            assert_eq!(st.unconfirmed_lost, resent);
+            assert_eq!(
+                (st.stats.oversized, st.stats.dropped),
+                (oversized, oversized)
+            );
+            assert_eq!(st.lost_reason.is_some(), resent > 0);
+        }
+    }
 
     #[test]
     fn permission_violations_are_told_apart() {

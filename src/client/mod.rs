@@ -149,8 +149,10 @@ pub struct Statistics {
     /// once a flush returned, every refusal of what was published before it is counted.
     pub publish_denied: u64,
     /// Messages written to a connection that ended before the server confirmed them, and
-    /// not written again (without [`Options::resend_unconfirmed`]): they may not have
-    /// arrived. Reported by the next flush as [`Error::Lost`].
+    /// not written again (without [`Options::resend_unconfirmed`]; with it, those the
+    /// server reached next would refuse: over its `max_payload`, or with headers it does
+    /// not support): they may not have arrived. Reported by the next flush as
+    /// [`Error::Lost`]. Not in `oversized`, which counts messages never sent.
     pub lost: u64,
 }
 

@@ -614,6 +614,17 @@ impl Run {
         max: usize,
         report: &mut Report,
     ) {
+        // The first few are named one by one; a run full of them is not a line each.
+        let said = self.counters.oversized + self.counters.truncated;
+        let mut say = |line: String| {
+            match said.cmp(&OVERSIZE_LINES) {
+            std::cmp::Ordering::Less => report.errors.push(line),
+            std::cmp::Ordering::Equal => report.errors.push(format!(
+                "run {ident}: more events over the server's max_payload of {max}: from now on only counted (in the run's summary)"
+            )),
+            std::cmp::Ordering::Greater => {}
+        }
+        };
         let what = describe(payload);
         if self.config.oversize == Oversize::Truncate {
             if let Some(short) = truncate_event(payload) {
@@ -621,7 +632,7 @@ impl Run {
                 let marked = headers.append(TRUNCATED_HEADER, "true");
                 if marked.is_ok() && self.publish(subject, Some(&headers), &short).is_ok() {
                     self.counters.truncated += 1;
-                    report.errors.push(format!(
+                    say(format!(
                         "run {ident}: {what} is {size} bytes, over the server's max_payload of {max}: sent truncated to {} bytes",
                         short.len()
                     ));
@@ -630,7 +641,7 @@ impl Run {
             }
         }
         self.counters.oversized += 1;
-        report.errors.push(format!(
+        say(format!(
             "run {ident}: {what} is {size} bytes, over the server's max_payload of {max}: not sent"
         ));
     }
@@ -971,6 +982,10 @@ fn redact_server_list(list: &str) -> Option<String> {
         .collect();
     changed.then(|| items.join(","))
 }
+
+/// Oversized events named one by one in a run; the rest are counted, and the run's summary
+/// says how many.
+const OVERSIZE_LINES: u64 = 10;
 
 /// Values longer than this are replaced when an event is truncated.
 const TRUNCATE_OVER: usize = 1024;
