@@ -756,12 +756,13 @@ fn drop_unsendable(st: &mut State, replayed: u64) -> Unsendable {
             _ => (0, false),
         };
         let (this, after) = rest.split_at(used.min(rest.len()));
-        let refused = (check_size && size > max) || (check_headers && has_headers);
-        if !refused {
+        let over = check_size && size > max;
+        let unsupported = check_headers && has_headers;
+        if !over && !unsupported {
             kept.extend_from_slice(this);
         } else if n < replayed {
             dropped.resent += 1;
-        } else if check_size && size > max {
+        } else if over {
             dropped.oversized += 1;
         } else {
             dropped.headers += 1;

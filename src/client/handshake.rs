@@ -10,7 +10,9 @@ use std::time::Instant;
 
 use crate::auth::{Auth, ConnectFields};
 use crate::client::options::Options;
-use crate::client::transport::{connect_tcp, later, set_deadline, ReadHalf, Stream, WriteHalf};
+use crate::client::transport::{
+    connect_tcp, later, set_deadline, tls_failure, ReadHalf, Stream, WriteHalf,
+};
 use crate::error::{Error, ProtoError, Result};
 use crate::proto::{parse_server_op, ClientOp, ConnectInfo, ServerInfo, ServerOp, Status};
 use crate::url::ServerAddr;
@@ -175,13 +177,7 @@ fn read_op(
         set_deadline(stream.tcp(), deadline)?;
         let n = stream.read(&mut chunk).map_err(|e| {
             // A TLS alert, e.g. the server refusing the client certificate.
-            match e
-                .get_ref()
-                .and_then(|inner| inner.downcast_ref::<rustls::Error>())
-            {
-                Some(tls) => Error::Tls(crate::tls::describe_error(tls)),
-                None => Error::io("read from server during the handshake", e),
-            }
+            tls_failure(&e).unwrap_or_else(|| Error::io("read from server during the handshake", e))
         })?;
         if n == 0 {
             return Err(Error::io(

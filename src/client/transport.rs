@@ -264,14 +264,14 @@ fn handshake_error(e: io::Error, deadline: Instant) -> Error {
     {
         return Error::Tls("handshake timed out".into());
     }
-    // complete_io wraps TLS failures in InvalidData with the rustls::Error inside.
-    if let Some(tls) = e
-        .get_ref()
-        .and_then(|inner| inner.downcast_ref::<rustls::Error>())
-    {
-        return Error::Tls(crate::tls::describe_error(tls));
-    }
-    Error::Tls(format!("handshake failed: {e}"))
+    tls_failure(&e).unwrap_or_else(|| Error::Tls(format!("handshake failed: {e}")))
+}
+
+/// The TLS failure inside `e`, if it is one: rustls's I/O wraps them in `InvalidData`
+/// with the `rustls::Error` inside (an alert from the server among them).
+pub(crate) fn tls_failure(e: &io::Error) -> Option<Error> {
+    let tls = e.get_ref()?.downcast_ref::<rustls::Error>()?;
+    Some(Error::Tls(crate::tls::describe_error(tls)))
 }
 
 /// Sets both socket timeouts to the time left before `deadline`.

@@ -617,13 +617,13 @@ impl Run {
         // The first few are named one by one; a run full of them is not a line each.
         let said = self.counters.oversized + self.counters.truncated;
         let mut say = |line: String| {
-            match said.cmp(&OVERSIZE_LINES) {
-            std::cmp::Ordering::Less => report.errors.push(line),
-            std::cmp::Ordering::Equal => report.errors.push(format!(
-                "run {ident}: more events over the server's max_payload of {max}: from now on only counted (in the run's summary)"
-            )),
-            std::cmp::Ordering::Greater => {}
-        }
+            if said < OVERSIZE_LINES {
+                report.errors.push(line);
+            } else if said == OVERSIZE_LINES {
+                report.errors.push(format!(
+                    "run {ident}: more events over the server's max_payload of {max}: from now on only counted (in the run's summary)"
+                ));
+            }
         };
         let what = describe(payload);
         if self.config.oversize == Oversize::Truncate {
